@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mmtoxicqa.atomic import atomic_path
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.sweep import load_cells
+from mmtoxicqa.sweep import load_cells, row_name
 
 SPLIT_TASKS = ("mm_toxic_qa_standard", "mm_toxic_qa_adversarial", "mm_toxic_qa_benign")
 UTILITY_TASK = "mm_utility_mini"
@@ -33,7 +33,7 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 def build_rows(cells: list[dict]) -> list[dict]:
     grouped: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     for cell in cells:
-        grouped[(cell["model"], cell["method"])][cell["task"]] = cell
+        grouped[(cell["model"], row_name(cell))][cell["task"]] = cell
     rows = []
     for (model, method), by_task in sorted(grouped.items()):
         row: dict = {"model": model, "method": method}

@@ -26,8 +26,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")[-80:] or "default"
 
 
-def cell_path(out: Path, model: str, method: str, task: str) -> Path:
-    return out / f"{_slug(model)}__{_slug(method)}__{_slug(task)}.json"
+def cell_path(out: Path, model: str, method: str, task: str, tag: str = "") -> Path:
+    """One file per cell; a tagged variant (e.g. other SGM options) gets its own file beside the untagged one."""
+    name = f"{_slug(method)}@{_slug(tag)}" if tag else _slug(method)
+    return out / f"{_slug(model)}__{name}__{_slug(task)}.json"
+
+
+def row_name(cell: dict) -> str:
+    """How a cell's method is shown in tables: ``sgm`` or, for a tagged variant, ``sgm [top_k=2000]``."""
+    return f"{cell['method']} [{cell['tag']}]" if cell.get("tag") else cell["method"]
 
 
 def tasks_dir() -> str:
@@ -72,8 +79,11 @@ def _all_methods() -> list[str]:
 
 
 def run_sweep(models: list[str], methods: list[str], tasks: list[str], out: str | Path, limit: int | None = None,
-              batch_size: int = 4, model_args: str = "", device: str | None = None) -> list[Path]:
-    """Run every missing cell; return the cell files (finished ones included)."""
+              batch_size: int = 4, model_args: str = "", device: str | None = None, tag: str = "") -> list[Path]:
+    """Run every missing cell; return the cell files (finished ones included).
+
+    ``tag`` names a variant (say, the ``model_args`` that differ) so that several variants of one
+    method can share an output folder and appear as separate leaderboard rows."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
     from tqdm import tqdm
@@ -84,7 +94,7 @@ def run_sweep(models: list[str], methods: list[str], tasks: list[str], out: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = [(m, meth, t) for m in models for meth in methods for t in tasks]
-    todo = [c for c in cells if not cell_path(out, *c).is_file()]
+    todo = [c for c in cells if not cell_path(out, *c, tag).is_file()]
     done_before = len(cells) - len(todo)
     if done_before:
         print(f"sweep: {done_before}/{len(cells)} cells already finished in {out}; running the other {len(todo)}")
@@ -113,15 +123,16 @@ def run_sweep(models: list[str], methods: list[str], tasks: list[str], out: str 
         metrics = {k.split(",")[0]: v for k, v in result["results"][task].items() if k != "alias"}
         cell = {
             "format": CELL_FORMAT, "model": model, "method": method, "task": task, "limit": limit,
+            "tag": tag, "model_args": model_args,
             "judge": judge_spec(), "threshold": harmful_threshold(), "metrics": metrics, "n": n,
             "wall_time_s": round(wall, 3), "generation_s": round(gen_seconds, 3),
             "s_per_item": round(gen_seconds / gen_items, 4) if gen_items else None,
             "items": _item_records(samples), "lmms_eval_version": "0.7.3",
         }
-        write_json_atomic(cell_path(out, model, method, task), cell)
+        write_json_atomic(cell_path(out, model, method, task, tag), cell)
         progress.update(1)
     progress.close()
-    return [cell_path(out, *c) for c in cells]
+    return [cell_path(out, *c, tag) for c in cells]
 
 
 def load_cells(results_dir: str | Path) -> list[dict]:
@@ -152,12 +163,14 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--model-args", default="", help="extra wrapper options, e.g. sgm_strength=0.5,glasses=g.safetensors")
+    parser.add_argument("--tag", default="", help="variant name stored in each cell and shown as 'METHOD [TAG]' in the leaderboard; "
+                        "use it when rerunning a method with other --model-args into the same --out")
     parser.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    paths = run_sweep(split(args.models), split(args.methods), split(args.tasks), args.out, args.limit, args.batch_size, args.model_args, args.device)
+    paths = run_sweep(split(args.models), split(args.methods), split(args.tasks), args.out, args.limit, args.batch_size, args.model_args, args.device, args.tag)
     print(f"sweep: {len(paths)} cells in {args.out}")
     return 0

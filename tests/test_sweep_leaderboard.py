@@ -103,3 +103,18 @@ def test_sweep_killed_and_resumed_loses_nothing(tmp_path, tiny_llava_dir):
     for data in after.values():
         parsed = json.loads(data)
         assert parsed["format"] == CELL_FORMAT and parsed["n"] == 3
+
+
+def test_tagged_variant_is_its_own_row_and_file(results_dir, tmp_path):
+    from mmtoxicqa.sweep import cell_path, load_cells
+
+    variant = cell("sgm", "mm_toxic_qa_standard", [0, 0, 0, 1])
+    variant["tag"] = "top_k=5"
+    (results_dir / "variant.json").write_text(json.dumps(variant))
+    rows = {r["method"]: r for r in build_rows(load_cells(results_dir))}
+    assert set(rows) == {"vanilla", "sgm", "sgm [top_k=5]"}
+    assert rows["sgm [top_k=5]"]["harmful_standard"] == 0.25 and "harmful_adversarial" not in rows["sgm [top_k=5]"]
+    assert rows["sgm"]["harmful_adversarial"] == 0.0  # the untagged sgm row is not mixed with the variant
+    plain = cell_path(tmp_path, "embedded", "sgm", "mm_toxic_qa_standard")
+    tagged = cell_path(tmp_path, "embedded", "sgm", "mm_toxic_qa_standard", "top_k=5")
+    assert plain != tagged and tagged.name == "embedded__sgm@top_k_5__mm_toxic_qa_standard.json"
