@@ -130,6 +130,7 @@ def steering_vector(loaded: LoadedModel, layer: int, calibration_data=None, cali
     """Mean residual-stream difference (toxic - non-toxic) after decoder layer ``layer``, each input
     mean-pooled over its counted text tokens. Cached by model + data + layer."""
     from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
 
     from mmtoxicqa.atomic import atomic_path
     from mmtoxicqa.calibration import calibration_items, glasses_cache_path, items_hash, iter_batches
@@ -153,7 +154,8 @@ def steering_vector(loaded: LoadedModel, layer: int, calibration_data=None, cali
     labels = [int(i["toxic_label"]) for i in items]
     try:
         with torch.inference_mode():
-            for start, batch in zip(range(0, len(items), batch_size), iter_batches(loaded, items, batch_size)):
+            batches = zip(range(0, len(items), batch_size), iter_batches(loaded, items, batch_size))
+            for start, batch in tqdm(batches, total=(len(items) + batch_size - 1) // batch_size, desc=f"steering vector (layer {layer})", unit="batch"):
                 mask = batch.pop("token_mask").float().unsqueeze(-1)
                 loaded.model(**batch, use_cache=False)
                 pooled = (captured["h"] * mask).sum(1) / mask.sum(1).clamp(min=1)
