@@ -21,8 +21,9 @@ GATE_LIMIT ?= 16
 GATE_METHOD ?= vanilla
 DEMO_METHODS ?= vanilla,sgm,sgm_star,safety_prompt,adashield_s,coca,ecso,bad_words,aura,det0,damp,steer,self_debias
 DEMO_SWEEP_LIMIT ?= 6
-# Same resolution as mmtoxicqa.paths.data_dir(): MMTOXICQA_DATA, else $MMTOXICQA_CACHE/data, else ~/.cache/mmtoxicqa/data.
-DATA_DIR := $(if $(MMTOXICQA_DATA),$(MMTOXICQA_DATA),$(if $(MMTOXICQA_CACHE),$(MMTOXICQA_CACHE),$(HOME)/.cache/mmtoxicqa)/data)
+# Asked of the library (MMTOXICQA_DATA, else $MMTOXICQA_CACHE/data), so make and Python never disagree;
+# expanded lazily (=) inside recipes, after setup has made the venv.
+DATA_DIR = $(shell $(BIN)/python -c "from mmtoxicqa.paths import data_dir; print(data_dir())")
 BAD_WORDS ?= $(SOURCES)/rtp-bad-words/list_of_naughty_and_bad_words.txt
 
 .PHONY: setup demo test model data gate gate-run gate-baseline clean-venv help

@@ -55,12 +55,12 @@ def test_pope_prompt_and_scorer_run_through_our_wrapper(pope_task_dir, tiny_llav
     samples = result["samples"]["pope_local"]
     assert len(samples) == len(DOCS)
     # POPE's own prompt reached the model: the question plus lmms-eval's post_prompt
-    prompts = [s["arguments"][0][0] if isinstance(s["arguments"][0], (list, tuple)) else s["arguments"][0] for s in samples]
-    assert all(p.endswith("\nAnswer the question using a single word or phrase.") for p in map(str, prompts)), prompts
+    prompts = [s["arguments"][0] for s in samples]
+    assert all(p.endswith("\nAnswer the question using a single word or phrase.") for p in prompts), prompts
     # POPE's scorer: yes_ratio is the share of "yes" ground truths (3 of 4); accuracy is exact match of the
     # lower-cased, stripped answer, recomputed here from the logged responses.
     assert metrics["pope_yes_ratio"] == pytest.approx(0.75)
     answers = {DOCS[s["doc_id"]][0]: str(s["filtered_resps"][0]).lower().strip() for s in samples}
     expected_accuracy = sum(answers[qid] == gold for qid, _, gold in DOCS) / len(DOCS)
     assert metrics["pope_accuracy"] == pytest.approx(expected_accuracy)
-    assert all(isinstance(a, str) for a in answers.values())
+    assert all(answers[qid] for qid, _, _ in DOCS)  # every doc got a (non-empty) answer
