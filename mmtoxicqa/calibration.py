@@ -152,6 +152,21 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--resume-dir", default=None, help="folder for per-batch partial results (default: next to --out)")
     parser.set_defaults(func=_cli_calibrate)
 
+    show = subparsers.add_parser(
+        "glasses",
+        help="summarise SGM glasses: neurons dampened per layer, AUROC distribution (no model needed)",
+        description="Print what a glasses file holds: the calibration options and class sizes, how many neurons "
+        "each layer dampens, the smallest alpha and the AUROC quantiles. With no FILE, list the glasses cached "
+        "under $MMTOXICQA_CACHE/glasses (those `sgm` fitted on its own). --strength/--select show the effect of "
+        "those options without refitting.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    show.add_argument("files", nargs="*", metavar="FILE", help="glasses .safetensors files (default: every cached one)")
+    show.add_argument("--strength", type=float, default=None, help="re-derive alpha with this strength")
+    show.add_argument("--select", default=None, help="re-derive alpha with this narrowing, e.g. 'top_fraction=0.01'")
+    show.add_argument("--json", default=None, metavar="OUT", help="also write the summaries (a list) to this JSON file")
+    show.set_defaults(func=_cli_glasses)
+
 
 def _cli_calibrate(args) -> int:
     import time
@@ -170,4 +185,33 @@ def _cli_calibrate(args) -> int:
     shutil.rmtree(resume, ignore_errors=True)
     print(glasses.summary_text())
     print(f"wrote {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _cli_glasses(args) -> int:
+    from mmtoxicqa.atomic import write_json_atomic
+    from mmtoxicqa.sgm.glasses import Glasses
+
+    listing = not args.files
+    files = [Path(f) for f in args.files] or sorted((cache_dir() / "glasses").glob("*.safetensors"))
+    if not files:
+        raise MMToxError(f"no glasses cached in {cache_dir() / 'glasses'}; make some with `mmtoxicqa calibrate --out FILE`")
+    summaries = []
+    for path in files:
+        try:
+            glasses = Glasses.load(path)
+        except MMToxError:
+            if listing:  # the cache folder also holds other artifacts (e.g. steering vectors)
+                continue
+            raise
+        if args.strength is not None or args.select is not None:
+            glasses = glasses.with_options(strength=glasses.meta.get("strength", 1.0) if args.strength is None else args.strength,
+                                           select=args.select if args.select is not None else glasses.meta.get("select"))
+        summary = dict(glasses.summary(), file=str(path), layers_option=glasses.meta.get("layers"), text_only=glasses.meta.get("text_only"))
+        summaries.append(summary)
+        print(f"== {path}")
+        print(glasses.summary_text())
+    if args.json:
+        write_json_atomic(Path(args.json), summaries)
+        print(f"wrote {args.json}")
     return 0

@@ -67,6 +67,26 @@ def test_calibrate_cli_writes_validated_glasses(glasses_file, tiny_llava):
     assert glasses.num_dampened > 0
 
 
+def test_glasses_cli_summarises_and_renarrows(glasses_file, tmp_path, capsys):
+    """`mmtoxicqa glasses` reports what the file holds, and --select re-derives alpha without refitting."""
+    import json
+
+    from mmtoxicqa.cli import main
+
+    glasses = Glasses.load(glasses_file)
+    out = tmp_path / "summary.json"
+    assert main(["glasses", str(glasses_file), "--select", "top_k=3", "--json", str(out)]) == 0
+    [summary] = json.loads(out.read_text())
+    assert summary["neurons"] == glasses.num_neurons
+    assert summary["dampened"] == min(3, glasses.num_dampened)
+    assert sum(row["dampened"] for row in summary["per_layer"]) == summary["dampened"]
+    assert summary["select"] == {"top_k": 3}
+    assert summary["class_sizes"] == {"toxic": 6, "non_toxic": 6}
+    printed = capsys.readouterr().out
+    assert f"{summary['dampened']}/{glasses.num_neurons} neurons dampened" in printed
+    assert main(["glasses", str(tmp_path / "missing.safetensors")]) == 2
+
+
 def test_sgm_method_hooks_fire_only_while_generating(tiny_llava, glasses_file):
     method = build_method("sgm", tiny_llava, glasses=str(glasses_file))
     [part] = method.of_kind("intervention")
