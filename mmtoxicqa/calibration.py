@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import LoadedModel, build_inputs, counted_token_mask
+from mmtoxicqa.modeling import TOKEN_SCOPES, LoadedModel, build_inputs, counted_token_mask, request_token_mask
 from mmtoxicqa.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,17 @@ def items_hash(items: Sequence[dict], text_only: bool) -> str:
     return digest.hexdigest()
 
 
-def iter_batches(loaded: LoadedModel, items: Sequence[dict], batch_size: int, text_only: bool = False) -> Iterator[dict]:
-    """Model-input batches (left padded) with the counted-token mask attached as ``token_mask``."""
+def iter_batches(loaded: LoadedModel, items: Sequence[dict], batch_size: int, text_only: bool = False,
+                 tokens: str = "text") -> Iterator[dict]:
+    """Model-input batches (left padded) with the counted-token mask attached as ``token_mask``:
+    every text position (``tokens="text"``) or only the item's own question (``"request"``)."""
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
-        batch = build_inputs(loaded, [item_conversation(i, text_only) for i in chunk])
-        batch = dict(batch)
+        conversations = [item_conversation(i, text_only) for i in chunk]
+        batch = dict(build_inputs(loaded, conversations))
         batch["token_mask"] = counted_token_mask(loaded, batch)
+        if tokens == "request":
+            batch["token_mask"] &= request_token_mask(loaded, conversations, batch)
         yield batch
 
 
@@ -96,8 +100,13 @@ def glasses_cache_path(model_id: str, data_hash: str, options: dict) -> Path:
 
 def fit(loaded: LoadedModel, data: str | Path | None = None, *, text_only: bool = False, pooling: str = "max", layers=None,
         strength: float = 1.0, select=None, batch_size: int = 8, limit: int | None = None, checkpoint_dir: str | Path | None = None,
-        use_cache: bool = True, progress: bool = True):
-    """Fit SGM glasses for ``loaded`` on the calibration split (cached by model + data + options)."""
+        use_cache: bool = True, progress: bool = True, tokens: str = "text"):
+    """Fit SGM glasses for ``loaded`` on the calibration split (cached by model + data + options).
+
+    ``tokens`` is the pooling scope: "text" (every attended non-image position, template included)
+    or "request" (only the calibration item's own question, as AurA pools over the sentence)."""
+    if tokens not in TOKEN_SCOPES:
+        raise MMToxError(f"tokens={tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
     from mmtoxicqa.sgm import fit_glasses
     from mmtoxicqa.sgm.glasses import Glasses
 
@@ -105,6 +114,8 @@ def fit(loaded: LoadedModel, data: str | Path | None = None, *, text_only: bool 
     labels = [int(i["toxic_label"]) for i in items]
     data_hash = items_hash(items, text_only)
     options = {"pooling": pooling, "layers": None if layers is None else str(layers), "text_only": text_only}
+    if tokens != "text":  # the default keeps the cache keys of glasses fitted before the option existed
+        options["tokens"] = tokens
     cached = glasses_cache_path(loaded.model_id, data_hash, options)
     if use_cache and cached.is_file():
         log.info("using cached glasses %s", cached)
@@ -112,11 +123,12 @@ def fit(loaded: LoadedModel, data: str | Path | None = None, *, text_only: bool 
     if checkpoint_dir is None and use_cache:
         checkpoint_dir = cached.with_suffix(".partial")
     glasses = fit_glasses(
-        loaded, iter_batches(loaded, items, batch_size, text_only), labels, pooling=pooling, layers=layers,
+        loaded, iter_batches(loaded, items, batch_size, text_only, tokens), labels, pooling=pooling, layers=layers,
         strength=1.0, select=None, model_id=loaded.model_id, data_hash=data_hash, checkpoint_path=checkpoint_dir,
         progress=progress, total=(len(items) + batch_size - 1) // batch_size,
     )
     glasses.meta["text_only"] = text_only
+    glasses.meta["tokens"] = tokens
     glasses.meta["calibration_items"] = len(items)
     if use_cache:
         glasses.save(cached)
@@ -144,6 +156,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--text-only", action="store_true", help="drop the images (the AurA-style unimodal ablation)")
     parser.add_argument("--pooling", choices=("max", "mean"), default="max", help="pooling over counted text tokens")
     parser.add_argument("--layers", default=None, help="decoder layers to use, e.g. '10:20' (default: all)")
+    parser.add_argument("--tokens", choices=TOKEN_SCOPES, default="text",
+                        help="pooling scope: every text position incl. the chat template ('text') or the item's own question only ('request')")
     parser.add_argument("--strength", type=float, default=1.0, help="alpha = 1 - strength * (2 AUROC - 1)")
     parser.add_argument("--select", default=None, help="narrow to 'top_k=K', 'top_fraction=F' or 'min_auroc=T' (default: all AUROC > 0.5)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -178,7 +192,8 @@ def _cli_calibrate(args) -> int:
     resume = Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".partial")
     start = time.perf_counter()
     glasses = fit(loaded, args.data, text_only=args.text_only, pooling=args.pooling, layers=args.layers, strength=args.strength,
-                  select=args.select, batch_size=args.batch_size, limit=args.limit, checkpoint_dir=resume, use_cache=False)
+                  select=args.select, batch_size=args.batch_size, limit=args.limit, checkpoint_dir=resume, use_cache=False,
+                  tokens=args.tokens)
     glasses.save(out)
     import shutil
 

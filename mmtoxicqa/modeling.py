@@ -181,10 +181,47 @@ def build_inputs(loaded: LoadedModel, conversations: Sequence[Conversation]):
 
 
 def counted_token_mask(loaded: LoadedModel, batch) -> torch.Tensor:
-    """Tokens that count as text positions: attended, not padding, not image placeholders."""
+    """Tokens that count as text positions (token scope "text"): attended, not padding, not image placeholders."""
     mask = batch["attention_mask"].bool()
     for token_id in loaded.image_token_ids:
         mask &= batch["input_ids"] != token_id
+    return mask
+
+
+TOKEN_SCOPES = ("text", "request")
+
+
+def _without_user_text(conversation: Conversation) -> Conversation:
+    """The same conversation with every user text part emptied (images and template kept)."""
+    out = []
+    for message in conversation:
+        if message.get("role") != "user":
+            out.append(message)
+        elif isinstance(message.get("content"), str):
+            out.append({**message, "content": ""})
+        else:
+            out.append({**message, "content": [dict(part, text="") if part.get("type") == "text" else part for part in _parts(message)]})
+    return out
+
+
+def request_token_mask(loaded: LoadedModel, conversations: Sequence[Conversation], batch) -> torch.Tensor:
+    """Positions holding the user's own text: what differs between each row and the same
+    conversation rendered with the user text emptied (the chat template, image tokens and
+    generation prompt are identical in both, so they fall in the common prefix or suffix)."""
+    empty = build_inputs(loaded, [_without_user_text(c) for c in conversations])
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    for row in range(mask.shape[0]):
+        positions = batch["attention_mask"][row].bool().nonzero().flatten()
+        full = batch["input_ids"][row][positions].tolist()
+        bare = empty["input_ids"][row][empty["attention_mask"][row].bool()].tolist()
+        limit = min(len(full), len(bare))
+        prefix = 0
+        while prefix < limit and full[prefix] == bare[prefix]:
+            prefix += 1
+        suffix = 0
+        while suffix < limit - prefix and full[-1 - suffix] == bare[-1 - suffix]:
+            suffix += 1
+        mask[row, positions[prefix: len(full) - suffix]] = True
     return mask
 
 

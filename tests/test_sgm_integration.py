@@ -201,3 +201,33 @@ def test_every_method_name_runs_through_lmms_eval(tiny_llava_dir, calib_file, tm
         assert 0.0 <= metrics["harmful_rate,none"] <= 1.0, name
         assert lm.method.name == name
         assert len(result["samples"]["mm_toxic_qa_standard"]) == 2
+
+
+def test_request_scope_counts_exactly_the_question_tokens(tiny_llava):
+    """tokens="request" keeps the question's own tokens: no chat template, no image, no padding."""
+    from mmtoxicqa.modeling import build_inputs, counted_token_mask, request_token_mask
+
+    texts = ["the cat sat on the mat", TOXIC[1]]  # different lengths, so row 1 is left padded
+    conversations = [conv(t) for t in texts]
+    batch = build_inputs(tiny_llava, conversations)
+    request = request_token_mask(tiny_llava, conversations, batch)
+    text = counted_token_mask(tiny_llava, batch)
+    assert bool((request & ~text).sum() == 0)  # a subset of the text positions
+    assert int(request.sum()) < int(text.sum()) - 2 * 3  # the template's tokens are really dropped
+    tokenizer = tiny_llava.processor.tokenizer
+    for row, question in enumerate(texts):
+        kept = batch["input_ids"][row][request[row]]
+        assert tokenizer.decode(kept).strip() == question
+        positions = request[row].nonzero().flatten()
+        assert torch.equal(positions, torch.arange(int(positions[0]), int(positions[0]) + len(positions)))  # one contiguous span
+
+
+def test_calibration_token_scope_changes_responses_and_is_recorded(tiny_llava, calib_file, tmp_path):
+    from mmtoxicqa.calibration import fit
+
+    text = fit(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False)
+    request = fit(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False, tokens="request")
+    assert request.meta["tokens"] == "request" and text.meta["tokens"] == "text"
+    assert not torch.equal(text.auroc_all(), request.auroc_all())
+    with pytest.raises(MMToxError, match="tokens='words' must be one of text, request"):
+        fit(tiny_llava, calib_file, tokens="words")

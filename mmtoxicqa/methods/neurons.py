@@ -21,7 +21,8 @@ from mmtoxicqa.modeling import LoadedModel
 NEURON_SLOT = "neuron dampening (sgm / aura / det0 / damp)"
 
 
-def _glasses(loaded: LoadedModel, glasses: str | None, *, text_only: bool, pooling: str, layers, calibration_data, calibration_limit):
+def _glasses(loaded: LoadedModel, glasses: str | None, *, text_only: bool, pooling: str, layers, calibration_data, calibration_limit,
+             tokens: str = "text"):
     from mmtoxicqa.calibration import fit
     from mmtoxicqa.sgm import Glasses
 
@@ -31,7 +32,7 @@ def _glasses(loaded: LoadedModel, glasses: str | None, *, text_only: bool, pooli
             raise MMToxError(f"glasses={glasses!r} not found; make them with `mmtoxicqa calibrate --out {glasses}` or omit glasses= to calibrate now")
         return Glasses.load(path, loaded.model)
     limit = None if calibration_limit in (None, "", "None") else int(calibration_limit)
-    return fit(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit)
+    return fit(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit, tokens=tokens)
 
 
 def _wear_part(loaded: LoadedModel, glasses, mode: str, owner: str) -> Part:
@@ -50,14 +51,16 @@ def _strength(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
 
 @register("sgm")
 def sgm(loaded: LoadedModel, glasses: str | None = None, sgm_strength: float = 1.0, sgm_select: str | None = None, sgm_mode: str = "hooks",
-        sgm_pooling: str = "max", sgm_layers: str | None = None, calibration_data: str | None = None, calibration_limit: int | None = None) -> Method:
+        sgm_pooling: str = "max", sgm_layers: str | None = None, sgm_tokens: str = "text", calibration_data: str | None = None,
+        calibration_limit: int | None = None) -> Method:
     """SGM, safety glasses for toxic neurons (this project; builds on AurA, Suau et al. 2024): language-decoder
     MLP neurons rated by AUROC on fused image+text calibration inputs, each scaled by
     alpha = 1 - s * (2 AUROC - 1) during every forward pass."""
     strength = _strength("sgm_strength", sgm_strength)
     if strength == 0:
         return Method("sgm", loaded)
-    fitted = _glasses(loaded, glasses, text_only=False, pooling=sgm_pooling, layers=sgm_layers, calibration_data=calibration_data, calibration_limit=calibration_limit)
+    fitted = _glasses(loaded, glasses, text_only=False, pooling=sgm_pooling, layers=sgm_layers, calibration_data=calibration_data,
+                      calibration_limit=calibration_limit, tokens=sgm_tokens)
     fitted = fitted.with_options(strength=strength, select=sgm_select)
     method = Method("sgm", loaded, [_wear_part(loaded, fitted, sgm_mode, "sgm")])
     method.glasses = fitted
