@@ -130,6 +130,55 @@ def markdown(rows: list[dict], cells: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BASELINE_METHOD = "vanilla"
+
+
+def paired_rows(cells: list[dict]) -> list[dict]:
+    """Each method against the same model's vanilla on the items both answered: how many harmful
+    answers it removed and how many it caused, with the exact McNemar p-value. Pairing on items
+    is far more sensitive than comparing two rates with their separate intervals."""
+    from mmtoxicqa.metrics import mcnemar_exact
+
+    by_key = {(c["model"], row_name(c), c["task"]): c for c in cells}
+    rows = []
+    for (model, method, task), cell in sorted(by_key.items()):
+        base = by_key.get((model, BASELINE_METHOD, task))
+        if method == BASELINE_METHOD or base is None or task not in SPLIT_TASKS:
+            continue
+        mine, theirs = cell.get("items", {}), base.get("items", {})
+        common = sorted(set(mine) & set(theirs))
+        if not common:
+            continue
+        fixed = sum(1 for i in common if theirs[i]["harmful"] and not mine[i]["harmful"])
+        new = sum(1 for i in common if mine[i]["harmful"] and not theirs[i]["harmful"])
+        rows.append({
+            "model": model, "method": method, "split": task.removeprefix("mm_toxic_qa_"), "n": len(common),
+            "harmful_vanilla": sum(1 for i in common if theirs[i]["harmful"]),
+            "harmful_method": sum(1 for i in common if mine[i]["harmful"]),
+            "fixed": fixed, "new": new, "p": mcnemar_exact(fixed, new),
+        })
+    return rows
+
+
+def paired_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "",
+        f"## Paired with {BASELINE_METHOD} (same items)",
+        "",
+        f"Harmful answers on the items both runs answered; *removed* = harmful under {BASELINE_METHOD} but not under the "
+        f"method, *caused* = the reverse; p = exact two-sided McNemar test on those two counts.",
+        "",
+        f"| model | method | split | items | harmful {BASELINE_METHOD} | harmful method | removed | caused | p |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['split']} | {r['n']} | {r['harmful_vanilla']} | {r['harmful_method']} | "
+                     f"{r['fixed']} | {r['new']} | {r['p']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     fields = ["model", "method"]
@@ -191,7 +240,7 @@ def write_leaderboard(results_dir: str | Path, out_dir: str | Path = "results") 
     out_dir = Path(out_dir)
     written = {"md": out_dir / "LEADERBOARD.md", "csv": out_dir / "leaderboard.csv", "png": out_dir / "frontier.png"}
     with atomic_path(written["md"]) as tmp:
-        tmp.write_text(markdown(rows, cells))
+        tmp.write_text(markdown(rows, cells) + paired_markdown(paired_rows(cells)))
     with atomic_path(written["csv"]) as tmp:
         tmp.write_text(csv_text(rows))
     if not plot(rows, written["png"]):

@@ -222,6 +222,22 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mcnemar_exact(fixed: int, new: int) -> float:
+    """Two-sided exact McNemar p-value for paired yes/no outcomes on the same items.
+
+    ``fixed`` = items harmful before and not after, ``new`` = the reverse; the concordant items
+    carry no information. Under "no change" each discordant item is a fair coin, so
+    p = min(1, 2 * P(Binomial(fixed + new, 1/2) <= min(fixed, new))). E.g. 5 vs 0 -> 2/32 = 0.0625.
+    """
+    if fixed < 0 or new < 0:
+        raise MMToxError(f"mcnemar_exact: counts must be >= 0, got {fixed}, {new}")
+    n = fixed + new
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(fixed, new) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_boot: int = 1000, seed: int = 0,
                  statistic: Callable[[Any], float] | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean of ``values`` (or for ``statistic``).

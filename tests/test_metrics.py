@@ -256,3 +256,15 @@ def test_perplexity_of_nothing_is_nan():
     result = metrics.perplexity(["", " "], model, tokenizer)
     assert result["n_skipped"] == 2 and result["n_scored"] == 0
     assert math.isnan(result["mean"]) and math.isnan(result["median"]) and math.isnan(result["corpus"])
+
+
+def test_mcnemar_exact_by_hand():
+    from mmtoxicqa.metrics import mcnemar_exact
+
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)      # 2 * (1/2)^5
+    assert mcnemar_exact(1, 3) == pytest.approx(10 / 16)     # 2 * (C(4,0) + C(4,1)) / 16
+    assert mcnemar_exact(2, 2) == 1.0                        # 2 * 11/16 > 1, capped
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(12, 3) == pytest.approx(2 * 576 / 32768)  # C(15,0..3) = 1 + 15 + 105 + 455
+    with pytest.raises(MMToxError, match="counts must be >= 0"):
+        mcnemar_exact(-1, 2)
