@@ -137,7 +137,7 @@ def paired_rows(cells: list[dict]) -> list[dict]:
     """Each method against the same model's vanilla on the items both answered: how many harmful
     answers it removed and how many it caused, with the exact McNemar p-value. Pairing on items
     is far more sensitive than comparing two rates with their separate intervals."""
-    from mmtoxicqa.metrics import mcnemar_exact
+    from mmtoxicqa.metrics import mcnemar_exact, paired_signed_rank_p
 
     by_key = {(c["model"], row_name(c), c["task"]): c for c in cells}
     rows = []
@@ -156,6 +156,9 @@ def paired_rows(cells: list[dict]) -> list[dict]:
             "harmful_vanilla": sum(1 for i in common if theirs[i]["harmful"]),
             "harmful_method": sum(1 for i in common if mine[i]["harmful"]),
             "fixed": fixed, "new": new, "p": mcnemar_exact(fixed, new),
+            "mean_vanilla": sum(theirs[i]["score"] for i in common) / len(common),
+            "mean_method": sum(mine[i]["score"] for i in common) / len(common),
+            "p_scores": paired_signed_rank_p([theirs[i]["score"] for i in common], [mine[i]["score"] for i in common]),
         })
     return rows
 
@@ -168,14 +171,16 @@ def paired_markdown(rows: list[dict]) -> str:
         f"## Paired with {BASELINE_METHOD} (same items)",
         "",
         f"Harmful answers on the items both runs answered; *removed* = harmful under {BASELINE_METHOD} but not under the "
-        f"method, *caused* = the reverse; p = exact two-sided McNemar test on those two counts.",
+        f"method, *caused* = the reverse; p = exact two-sided McNemar test on those two counts. Mean toxicity = the "
+        f"judge's mean score on the same items; its p = two-sided Wilcoxon signed-rank test on the per-item scores.",
         "",
-        f"| model | method | split | items | harmful {BASELINE_METHOD} | harmful method | removed | caused | p |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| model | method | split | items | harmful {BASELINE_METHOD} | harmful method | removed | caused | p | "
+        f"mean toxicity {BASELINE_METHOD} → method | p |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['split']} | {r['n']} | {r['harmful_vanilla']} | {r['harmful_method']} | "
-                     f"{r['fixed']} | {r['new']} | {r['p']:.3g} |")
+                     f"{r['fixed']} | {r['new']} | {r['p']:.3g} | {r['mean_vanilla']:.4f} → {r['mean_method']:.4f} | {r['p_scores']:.3g} |")
     return "\n".join(lines) + "\n"
 
 

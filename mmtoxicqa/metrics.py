@@ -238,6 +238,19 @@ def mcnemar_exact(fixed: int, new: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired_signed_rank_p(before: Sequence[float], after: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value for paired scores (zero differences dropped; 1.0 when
+    nothing changed). Exact for small samples without ties, normal approximation otherwise (scipy)."""
+    from scipy.stats import wilcoxon
+
+    before, after = _scores(before, "before"), _scores(after, "after")
+    if len(before) != len(after):
+        raise MMToxError(f"paired_signed_rank_p: {len(before)} scores before but {len(after)} after; pair them item by item")
+    if all(a == b for a, b in zip(before, after)):
+        return 1.0
+    return float(wilcoxon(after, before).pvalue)
+
+
 def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_boot: int = 1000, seed: int = 0,
                  statistic: Callable[[Any], float] | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean of ``values`` (or for ``statistic``).

@@ -268,3 +268,16 @@ def test_mcnemar_exact_by_hand():
     assert mcnemar_exact(12, 3) == pytest.approx(2 * 576 / 32768)  # C(15,0..3) = 1 + 15 + 105 + 455
     with pytest.raises(MMToxError, match="counts must be >= 0"):
         mcnemar_exact(-1, 2)
+
+
+def test_paired_signed_rank_p_by_hand():
+    from mmtoxicqa.metrics import paired_signed_rank_p
+
+    # differences -0.1, -0.2, -0.3: all 2^3 sign patterns equally likely under no change; only
+    # "all negative" and "all positive" are as extreme -> p = 2/8
+    assert paired_signed_rank_p([0.5, 0.5, 0.5], [0.4, 0.3, 0.2]) == pytest.approx(0.25)
+    # five decreases with distinct sizes: p = 2/32
+    assert paired_signed_rank_p([0.9] * 5, [0.8, 0.7, 0.6, 0.5, 0.4]) == pytest.approx(0.0625)
+    assert paired_signed_rank_p([0.2, 0.3], [0.2, 0.3]) == 1.0
+    with pytest.raises(MMToxError, match="2 scores before but 1 after"):
+        paired_signed_rank_p([0.1, 0.2], [0.1])

@@ -133,4 +133,6 @@ def test_paired_section_counts_removed_and_caused_by_hand(results_dir):
     assert (rows["adversarial"]["fixed"], rows["adversarial"]["new"], rows["adversarial"]["p"]) == (3, 0, 0.25)
     written = write_leaderboard(results_dir, results_dir / "out")
     text = Path(written["md"]).read_text()
-    assert "| embedded | sgm | adversarial | 4 | 3 | 0 | 3 | 0 | 0.25 |" in text
+    # mean judge score 0.75 -> 0; the three decreases are tied in size, all negative: signed-rank p = 2/8
+    assert rows["adversarial"]["p_scores"] == pytest.approx(0.25)
+    assert "| embedded | sgm | adversarial | 4 | 3 | 0 | 3 | 0 | 0.25 | 0.7500 → 0.0000 | 0.25 |" in text
