@@ -222,7 +222,8 @@ def _cli_glasses(args) -> int:
         if args.strength is not None or args.select is not None:
             glasses = glasses.with_options(strength=glasses.meta.get("strength", 1.0) if args.strength is None else args.strength,
                                            select=args.select if args.select is not None else glasses.meta.get("select"))
-        summary = dict(glasses.summary(), file=str(path), layers_option=glasses.meta.get("layers"), text_only=glasses.meta.get("text_only"))
+        summary = dict(glasses.summary(), file=str(path), layers_option=glasses.meta.get("layers"), text_only=glasses.meta.get("text_only"),
+                       tokens=glasses.meta.get("tokens", "text"))
         summaries.append(summary)
         print(f"== {path}")
         print(glasses.summary_text())
