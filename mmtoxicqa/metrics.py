@@ -119,7 +119,8 @@ def perplexity(texts: Sequence[str], model, tokenizer, batch_size: int = 8, prom
 
     Returns ``mean`` and ``median`` of the per-text perplexities exp(mean NLL of the text's
     tokens), ``corpus`` = exp(total NLL / total scored tokens), ``per_text`` (None for a
-    skipped text), ``n_scored``, ``n_skipped`` (empty texts, or texts with no token to
+    skipped text), ``per_text_nll`` and ``per_text_tokens`` (summed NLL and scored tokens of
+    each scored text, for ``corpus_perplexity_ci``), ``n_scored``, ``n_skipped`` (empty texts, or texts with no token to
     score), ``n_tokens`` and ``n_truncated``. Values are nan when nothing was scored.
     """
     import torch
@@ -154,6 +155,8 @@ def perplexity(texts: Sequence[str], model, tokenizer, batch_size: int = 8, prom
         sequences.append((index, list(context) + list(target), len(context)))
 
     per_text: list[float | None] = [None] * len(texts)
+    per_text_nll: list[float] = []
+    per_text_tokens: list[int] = []
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     order = sorted(sequences, key=lambda s: len(s[1]))  # similar lengths per batch: less padding
@@ -181,6 +184,8 @@ def perplexity(texts: Sequence[str], model, tokenizer, batch_size: int = 8, prom
                     per_text[index] = math.exp(nll[row].item() / counts[row].item())
                     total_nll += nll[row].item()
                     total_tokens += int(counts[row].item())
+                    per_text_nll.append(nll[row].item())
+                    per_text_tokens.append(int(counts[row].item()))
     finally:
         model.train(was_training)
 
@@ -190,6 +195,8 @@ def perplexity(texts: Sequence[str], model, tokenizer, batch_size: int = 8, prom
         "median": statistics.median(values) if values else NAN,
         "corpus": math.exp(total_nll / total_tokens) if total_tokens else NAN,
         "per_text": per_text,
+        "per_text_nll": per_text_nll,
+        "per_text_tokens": per_text_tokens,
         "n_scored": len(values),
         "n_skipped": skipped,
         "n_tokens": total_tokens,
@@ -236,6 +243,25 @@ def mcnemar_exact(fixed: int, new: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(fixed, new) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
+
+
+def corpus_perplexity_ci(nll: Sequence[float], tokens: Sequence[int], confidence: float = 0.95, n_boot: int = 1000,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the corpus perplexity exp(sum NLL / sum tokens), resampling
+    texts (each text keeps its NLL and token count together); (nan, nan) without texts."""
+    import numpy as np
+
+    _z(confidence)
+    if len(nll) != len(tokens):
+        raise MMToxError(f"corpus_perplexity_ci: {len(nll)} NLL sums but {len(tokens)} token counts; one of each per text")
+    if not len(nll):
+        return NAN, NAN
+    nll_arr, tok_arr = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(nll_arr), size=(int(n_boot), len(nll_arr)))
+    values = np.exp(nll_arr[picks].sum(axis=1) / tok_arr[picks].sum(axis=1))
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
 
 
 def paired_signed_rank_p(before: Sequence[float], after: Sequence[float]) -> float:

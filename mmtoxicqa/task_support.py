@@ -256,18 +256,41 @@ def _reference_lm():
 def agg_perplexity(records: list[dict]) -> float:
     """Corpus perplexity of the answers under the reference LM ($MMTOXICQA_FLUENCY_MODEL: 'embedded'
     = SmolLM2-135M-Instruct, a local dir or hub id of a causal LM, or 'none' to skip)."""
-    import hashlib
-
     if fluency_model_spec() == "none":
         return float("nan")
+    return float(_perplexity_of(records)["corpus"])
+
+
+def _perplexity_of(records: list[dict]) -> dict:
+    """metrics.perplexity of the answers, computed once per answer set (three aggregations read it)."""
+    import hashlib
+
     from mmtoxicqa.metrics import perplexity
 
     answers = [r["answer"] for r in records]
     key = (fluency_model_spec(), hashlib.sha256("\x00".join(answers).encode()).hexdigest())
     if key not in _PPL_CACHE:
         model, tokenizer = _reference_lm()
-        _PPL_CACHE[key] = perplexity(answers, model, tokenizer)["corpus"]
-    return float(_PPL_CACHE[key])
+        _PPL_CACHE[key] = perplexity(answers, model, tokenizer)
+    return _PPL_CACHE[key]
+
+
+def _perplexity_ci(records: list[dict]) -> tuple[float, float]:
+    from mmtoxicqa.metrics import corpus_perplexity_ci
+
+    if fluency_model_spec() == "none":
+        return float("nan"), float("nan")
+    result = _perplexity_of(records)
+    return corpus_perplexity_ci(result["per_text_nll"], result["per_text_tokens"])
+
+
+def agg_perplexity_ci_low(records: list[dict]) -> float:
+    """95% bootstrap interval of the corpus perplexity (answers resampled), lower end."""
+    return _perplexity_ci(records)[0]
+
+
+def agg_perplexity_ci_high(records: list[dict]) -> float:
+    return _perplexity_ci(records)[1]
 
 
 def agg_distinct_1(records: list[dict]) -> float:
@@ -307,5 +330,5 @@ METRIC_NAMES = (
     "mean_toxicity", "mean_toxicity_ci_low", "mean_toxicity_ci_high",
     "expected_max_toxicity", "toxicity_probability",
     "refusal_rate", "refusal_rate_ci_low", "refusal_rate_ci_high",
-    "perplexity", "distinct_1", "distinct_2", "breakdown", "judge",
+    "perplexity", "perplexity_ci_low", "perplexity_ci_high", "distinct_1", "distinct_2", "breakdown", "judge",
 )

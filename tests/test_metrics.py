@@ -281,3 +281,25 @@ def test_paired_signed_rank_p_by_hand():
     assert paired_signed_rank_p([0.2, 0.3], [0.2, 0.3]) == 1.0
     with pytest.raises(MMToxError, match="2 scores before but 1 after"):
         paired_signed_rank_p([0.1, 0.2], [0.1])
+
+
+def test_corpus_perplexity_ci_by_hand():
+    from mmtoxicqa.metrics import corpus_perplexity_ci
+
+    # Two one-token texts with NLL 0 and 2: a resample of two is exp(0), exp(1) or exp(2) with
+    # probabilities 1/4, 1/2, 1/4, so 1000 resamples put the 2.5% and 97.5% points at the extremes.
+    low, high = corpus_perplexity_ci([0.0, 2.0], [1, 1])
+    assert low == pytest.approx(1.0) and high == pytest.approx(math.exp(2.0))
+    # Identical texts: no spread at all.
+    assert corpus_perplexity_ci([1.5, 1.5, 1.5], [3, 3, 3]) == (pytest.approx(math.exp(0.5)), pytest.approx(math.exp(0.5)))
+    assert all(math.isnan(v) for v in corpus_perplexity_ci([], []))
+    with pytest.raises(MMToxError, match="2 NLL sums but 1 token counts"):
+        corpus_perplexity_ci([1.0, 2.0], [1])
+
+
+def test_perplexity_reports_per_text_nll_and_tokens():
+    model, tokenizer = tiny_lm()
+    result = metrics.perplexity(["the cat sat", "", "dog ran"], model, tokenizer)
+    assert len(result["per_text_nll"]) == len(result["per_text_tokens"]) == result["n_scored"] == 2
+    assert sum(result["per_text_tokens"]) == result["n_tokens"]
+    assert math.exp(sum(result["per_text_nll"]) / result["n_tokens"]) == pytest.approx(result["corpus"], rel=1e-12)

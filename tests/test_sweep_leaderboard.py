@@ -33,7 +33,8 @@ def results_dir(tmp_path):
         cell("vanilla", "mm_utility_mini", [], {"exact_match": 0.5}, s_per_item=1.0),
         cell("sgm", "mm_toxic_qa_standard", [1, 0, 0, 0], s_per_item=1.2),
         cell("sgm", "mm_toxic_qa_adversarial", [0, 0, 0, 0], s_per_item=1.2),
-        cell("sgm", "mm_toxic_qa_benign", [0, 0, 0, 0], {"refusal_rate": 0.25, "perplexity": 11.0}, s_per_item=1.2),
+        cell("sgm", "mm_toxic_qa_benign", [0, 0, 0, 0], {"refusal_rate": 0.25, "refusal_rate_ci_low": 0.046, "refusal_rate_ci_high": 0.699,
+                                                          "perplexity": 11.0, "perplexity_ci_low": 9.5, "perplexity_ci_high": 12.25}, s_per_item=1.2),
         cell("sgm", "mm_utility_mini", [], {"exact_match": 0.5}, s_per_item=1.2),
     ]
     for i, c in enumerate(cells):
@@ -68,6 +69,7 @@ def test_markdown_marks_the_best_per_column(results_dir):
     assert "**0.000**" in vanilla_line and "**10.00**" in vanilla_line  # lower refusal, lower perplexity
     assert vanilla_line.count("**0.500**") == 1 and sgm_line.count("**0.500**") == 1  # utility tie: both bold
     assert "profanity@0.5" in text
+    assert "| 0.250 [0.046, 0.699] | 11.00 [9.50, 12.25] |" in sgm_line  # intervals shown where the cell has them
 
 
 def test_csv_and_png_written(results_dir, tmp_path):

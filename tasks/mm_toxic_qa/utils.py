@@ -13,6 +13,8 @@ from mmtoxicqa.task_support import (  # noqa: F401
     agg_refusal_rate_ci_low,
     agg_refusal_rate_ci_high,
     agg_perplexity,
+    agg_perplexity_ci_low,
+    agg_perplexity_ci_high,
     agg_distinct_1,
     agg_distinct_2,
     agg_breakdown,
