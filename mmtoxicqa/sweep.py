@@ -142,7 +142,7 @@ def load_cells(results_dir: str | Path) -> list[dict]:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
-        if data.get("format") == CELL_FORMAT:
+        if isinstance(data, dict) and data.get("format") == CELL_FORMAT:  # other JSON (e.g. glasses.json) may share the folder
             cells.append(data)
     return cells
 

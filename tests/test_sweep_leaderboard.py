@@ -40,6 +40,7 @@ def results_dir(tmp_path):
     for i, c in enumerate(cells):
         (tmp_path / f"cell{i}.json").write_text(json.dumps(c))
     (tmp_path / "not_a_cell.json").write_text(json.dumps({"format": "other"}))
+    (tmp_path / "glasses.json").write_text(json.dumps([{"neurons": 3}]))  # a list, as `mmtoxicqa glasses --json` writes
     return tmp_path
 
 
