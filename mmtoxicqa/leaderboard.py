@@ -94,19 +94,14 @@ def _best(rows: list[dict]) -> dict[str, float]:
 
 
 def _fmt(row: dict, key: str, kind: str) -> str:
+    """The value, with its interval in brackets when the row has one (always for rates)."""
     value = row.get(key)
     if not isinstance(value, (int, float)) or math.isnan(value):
         return "–"
-    if kind == "rate":
-        low, high = row.get(f"{key}_ci", (math.nan, math.nan))
-        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-    if kind == "ppl":
-        ci = row.get(f"{key}_ci")
-        return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.2f}"
-    if kind == "time":
-        return f"{value:.2f}"
-    ci = row.get(f"{key}_ci")
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+    digits = 2 if kind in ("ppl", "time") else 3
+    ci = row.get(f"{key}_ci", (math.nan, math.nan) if kind == "rate" else None)
+    text = f"{value:.{digits}f}"
+    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else text
 
 
 def markdown(rows: list[dict], cells: list[dict]) -> str:

@@ -247,21 +247,19 @@ def mcnemar_exact(fixed: int, new: int) -> float:
 
 def corpus_perplexity_ci(nll: Sequence[float], tokens: Sequence[int], confidence: float = 0.95, n_boot: int = 1000,
                          seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the corpus perplexity exp(sum NLL / sum tokens), resampling
-    texts (each text keeps its NLL and token count together); (nan, nan) without texts."""
+    """Percentile bootstrap interval of the corpus perplexity exp(sum NLL / sum tokens): ``bootstrap_ci``
+    over text indices, so each resampled text keeps its NLL and token count together; (nan, nan) without texts."""
     import numpy as np
 
-    _z(confidence)
     if len(nll) != len(tokens):
         raise MMToxError(f"corpus_perplexity_ci: {len(nll)} NLL sums but {len(tokens)} token counts; one of each per text")
-    if not len(nll):
-        return NAN, NAN
     nll_arr, tok_arr = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
-    picks = np.random.default_rng(seed).integers(0, len(nll_arr), size=(int(n_boot), len(nll_arr)))
-    values = np.exp(nll_arr[picks].sum(axis=1) / tok_arr[picks].sum(axis=1))
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+
+    def corpus(indices) -> float:
+        picked = indices.astype(int)
+        return float(np.exp(nll_arr[picked].sum() / tok_arr[picked].sum()))
+
+    return bootstrap_ci(range(len(nll_arr)), confidence, n_boot, seed, statistic=corpus)
 
 
 def paired_signed_rank_p(before: Sequence[float], after: Sequence[float]) -> float:
