@@ -26,12 +26,13 @@ DEMO_SWEEP_LIMIT ?= 6
 DATA_DIR = $(shell $(BIN)/python -c "from mmtoxicqa.paths import data_dir; print(data_dir())")
 BAD_WORDS ?= $(SOURCES)/rtp-bad-words/list_of_naughty_and_bad_words.txt
 
-.PHONY: setup demo test model data gate gate-run gate-baseline clean-venv help
+.PHONY: setup demo test lint model data gate gate-run gate-baseline clean-venv help
 
 help:
 	@echo "make setup  - create $(VENV) and install mmtoxicqa, lmms-eval 0.7.3, torch ($(TORCH_SPEC)) and the embedded model"
 	@echo "make demo   - run MM-TOXIC-QA on the embedded model through lmms-eval and print the results table"
-	@echo "make test   - run the test suite (pytest)"
+	@echo "make test   - lint (ruff check + ruff format --check) and run the test suite (pytest)"
+	@echo "make lint   - only the lint step"
 
 setup: $(STAMP)
 
@@ -94,7 +95,11 @@ gate: gate-run
 gate-baseline: gate-run
 	cp $(GATE_OUT)/current.json results/gate_baseline.json
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-venv:

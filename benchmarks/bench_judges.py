@@ -33,8 +33,10 @@ from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.scoring import get_judge
 
 BATCH_SIZES = (1, 16, 128)
-WORDS = ("the a you are is was this that answer image shows picture cat dog people person street sign text "
-         "help sorry cannot idiot stupid hate nice good day bad kind of very really think should would").split()
+WORDS = (
+    "the a you are is was this that answer image shows picture cat dog people person street sign text "
+    "help sorry cannot idiot stupid hate nice good day bad kind of very really think should would"
+).split()
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -51,8 +53,17 @@ def build_tiny_classifier(path: Path) -> Path:
     tokenizer = BertTokenizer.from_pretrained(str(path))
     tokenizer.model_max_length = 128
     tokenizer.save_pretrained(str(path))
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                        max_position_embeddings=128, num_labels=2, id2label={0: "clean", 1: "toxic"}, label2id={"clean": 0, "toxic": 1})
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "clean", 1: "toxic"},
+        label2id={"clean": 0, "toxic": 1},
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(str(path))
     return path
@@ -87,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         hf_path = args.hf_model or str(build_tiny_classifier(Path(tmp) / "tiny_clf"))
         judges = [
             ("profanity", lambda: get_judge("profanity", cache_size=0)),
-            ("hf_classifier" + (f":{args.hf_model}" if args.hf_model else " (tiny BERT)"), lambda: get_judge(f"hf_classifier:{hf_path}", cache_size=0)),
+            (
+                "hf_classifier" + (f":{args.hf_model}" if args.hf_model else " (tiny BERT)"),
+                lambda: get_judge(f"hf_classifier:{hf_path}", cache_size=0),
+            ),
         ]
         try:
             get_judge("detoxify", cache_size=0)

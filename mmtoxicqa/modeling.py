@@ -11,28 +11,22 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.positions import placeholder_token_ids
 
 log = logging.getLogger(__name__)
 
 # Processors that want images grouped per sample (list of lists) instead of one flat list.
 _NESTED_IMAGE_MODEL_TYPES = {"idefics2", "idefics3", "smolvlm", "mllama"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def pil_image_processor(size: int):
-    """A CLIP-style image processor that needs only PIL (torchvision may be absent on CPU installs)."""
-    import transformers
-
-    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 @dataclass
@@ -61,7 +55,9 @@ def resolve_pretrained(pretrained: str | None) -> str:
     pretrained = os.path.expanduser(str(pretrained))
     if os.path.isdir(pretrained):
         return pretrained
-    looks_like_path = pretrained.startswith((".", "/", "~")) or os.sep in pretrained.strip("/").replace("/", os.sep, 1) and not _HUB_ID.match(pretrained)
+    looks_like_path = (
+        pretrained.startswith((".", "/", "~")) or os.sep in pretrained.strip("/").replace("/", os.sep, 1) and not _HUB_ID.match(pretrained)
+    )
     if looks_like_path or not _HUB_ID.match(pretrained):
         raise MMToxError(
             f"pretrained={pretrained!r} is neither a local model directory nor a hub id like 'org/name'; "
@@ -100,7 +96,9 @@ def load_model(
             raise MMToxError(f"pretrained={source!r} has no usable config.json; point it at a Hugging Face model directory") from exc
         raise _hub_error(source, exc) from exc
     except ValueError as exc:
-        raise MMToxError(f"pretrained={source!r}: {str(exc).splitlines()[0]} (pass trust_remote_code=True only if you trust this model's code)") from exc
+        raise MMToxError(
+            f"pretrained={source!r}: {str(exc).splitlines()[0]} (pass trust_remote_code=True only if you trust this model's code)"
+        ) from exc
 
     if dtype == "auto":
         torch_dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
@@ -123,7 +121,9 @@ def load_model(
             raise MMToxError(f"pretrained={source!r}: could not load weights/tokenizer ({str(exc).splitlines()[0]})") from exc
         raise _hub_error(source, exc) from exc
     if multimodal and processor is None:
-        raise MMToxError(f"pretrained={source!r} is multimodal but has no processor files (preprocessor_config.json); save its processor next to the weights")
+        raise MMToxError(
+            f"pretrained={source!r} is multimodal but has no processor files (preprocessor_config.json); save its processor next to the weights"
+        )
 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -133,13 +133,17 @@ def load_model(
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
     model = model.to(device).eval()
-    image_ids = []
-    for attr in ("image_token_id", "image_token_index"):
-        value = getattr(model.config, attr, None)
-        if isinstance(value, int) and value not in image_ids:
-            image_ids.append(value)
+    image_ids = placeholder_token_ids(model)
     model_id = pretrained if pretrained not in (None, "", "embedded") else "embedded:" + Path(source).name
-    return LoadedModel(model=model, processor=processor, tokenizer=tokenizer, model_id=str(model_id), device=torch.device(device), multimodal=multimodal, image_token_ids=image_ids)
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        tokenizer=tokenizer,
+        model_id=str(model_id),
+        device=torch.device(device),
+        multimodal=multimodal,
+        image_token_ids=image_ids,
+    )
 
 
 Conversation = list[dict]  # [{"role": "user", "content": [{"type": "image", "image": PIL}, {"type": "text", "text": "..."}]}]
@@ -180,51 +184,6 @@ def build_inputs(loaded: LoadedModel, conversations: Sequence[Conversation]):
     return batch.to(loaded.device)
 
 
-def counted_token_mask(loaded: LoadedModel, batch) -> torch.Tensor:
-    """Tokens that count as text positions (token scope "text"): attended, not padding, not image placeholders."""
-    mask = batch["attention_mask"].bool()
-    for token_id in loaded.image_token_ids:
-        mask &= batch["input_ids"] != token_id
-    return mask
-
-
-TOKEN_SCOPES = ("text", "request")
-
-
-def _without_user_text(conversation: Conversation) -> Conversation:
-    """The same conversation with every user text part emptied (images and template kept)."""
-    out = []
-    for message in conversation:
-        if message.get("role") != "user":
-            out.append(message)
-        elif isinstance(message.get("content"), str):
-            out.append({**message, "content": ""})
-        else:
-            out.append({**message, "content": [dict(part, text="") if part.get("type") == "text" else part for part in _parts(message)]})
-    return out
-
-
-def request_token_mask(loaded: LoadedModel, conversations: Sequence[Conversation], batch) -> torch.Tensor:
-    """Positions holding the user's own text: what differs between each row and the same
-    conversation rendered with the user text emptied (the chat template, image tokens and
-    generation prompt are identical in both, so they fall in the common prefix or suffix)."""
-    empty = build_inputs(loaded, [_without_user_text(c) for c in conversations])
-    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
-    for row in range(mask.shape[0]):
-        positions = batch["attention_mask"][row].bool().nonzero().flatten()
-        full = batch["input_ids"][row][positions].tolist()
-        bare = empty["input_ids"][row][empty["attention_mask"][row].bool()].tolist()
-        limit = min(len(full), len(bare))
-        prefix = 0
-        while prefix < limit and full[prefix] == bare[prefix]:
-            prefix += 1
-        suffix = 0
-        while suffix < limit - prefix and full[-1 - suffix] == bare[-1 - suffix]:
-            suffix += 1
-        mask[row, positions[prefix: len(full) - suffix]] = True
-    return mask
-
-
 def generation_settings(gen_kwargs: dict | None, default_max_new_tokens: int = 64) -> tuple[dict, list[str]]:
     """Translate lmms-eval gen_kwargs into ``generate`` kwargs plus the list of stop strings."""
     gen_kwargs = dict(gen_kwargs or {})
@@ -261,7 +220,9 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 @torch.inference_mode()
-def generate(loaded: LoadedModel, conversations: Sequence[Conversation], gen_kwargs: dict | None = None, logits_processor=None) -> list[str]:
+def generate(
+    loaded: LoadedModel, conversations: Sequence[Conversation], gen_kwargs: dict | None = None, logits_processor=None
+) -> list[str]:
     """Generate one answer per conversation (batched, left padded); stop strings trimmed."""
     settings, stops = generation_settings(gen_kwargs)
     batch = build_inputs(loaded, conversations)
@@ -269,9 +230,12 @@ def generate(loaded: LoadedModel, conversations: Sequence[Conversation], gen_kwa
     eos = [loaded.model.generation_config.eos_token_id, tokenizer.eos_token_id]
     eos = sorted({e for group in eos for e in (group if isinstance(group, list) else [group]) if e is not None})
     out = loaded.model.generate(
-        **batch, **settings, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+        **batch,
+        **settings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
         logits_processor=logits_processor,
     )
-    new_tokens = out[:, batch["input_ids"].shape[1]:]
+    new_tokens = out[:, batch["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [truncate_at_stops(t, stops).strip() for t in texts]

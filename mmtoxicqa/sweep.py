@@ -43,20 +43,6 @@ def tasks_dir() -> str:
     return tasks_pkg.__path__[0]
 
 
-def _item_records(task_samples: list[dict]) -> dict:
-    """Per-item outcomes kept in a cell: scores only (answers stay in lmms-eval's own logs)."""
-    from mmtoxicqa.results import _answer, _item_id
-    from mmtoxicqa.scoring import get_judge
-    from mmtoxicqa.task_support import harmful_threshold, judge_spec
-
-    if not task_samples or "harmful_rate" not in task_samples[0]:
-        return {}
-    answers = [_answer(s) for s in task_samples]
-    scores = get_judge(judge_spec()).score(answers)
-    threshold = harmful_threshold()
-    return {_item_id(s): {"score": round(float(sc), 6), "harmful": int(sc >= threshold)} for s, sc in zip(task_samples, scores)}
-
-
 def _options_for(method: str, extra: dict) -> dict:
     """--model-args apply to every cell: wrapper options always, method options only where accepted."""
     import inspect
@@ -78,8 +64,17 @@ def _all_methods() -> list[str]:
     return known_methods()
 
 
-def run_sweep(models: list[str], methods: list[str], tasks: list[str], out: str | Path, limit: int | None = None,
-              batch_size: int = 4, model_args: str = "", device: str | None = None, tag: str = "") -> list[Path]:
+def run_sweep(
+    models: list[str],
+    methods: list[str],
+    tasks: list[str],
+    out: str | Path,
+    limit: int | None = None,
+    batch_size: int = 4,
+    model_args: str = "",
+    device: str | None = None,
+    tag: str = "",
+) -> list[Path]:
     """Run every missing cell; return the cell files (finished ones included).
 
     ``tag`` names a variant (say, the ``model_args`` that differ) so that several variants of one
@@ -89,7 +84,8 @@ def run_sweep(models: list[str], methods: list[str], tasks: list[str], out: str 
     from tqdm import tqdm
 
     from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.task_support import harmful_threshold, judge_spec
+    from mmtoxicqa.results import item_outcomes
+    from mmtoxicqa.scoring.settings import harmful_threshold, judge_spec
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,8 +107,9 @@ def run_sweep(models: list[str], methods: list[str], tasks: list[str], out: str 
         progress.set_postfix_str(f"{method} on {task}")
         start = time.perf_counter()
         gen_before, items_before = wrapper.generation_seconds, wrapper.generated_items
-        result = simple_evaluate(model=wrapper, tasks=[task], limit=limit, log_samples=True, task_manager=task_manager,
-                                 verbosity="WARNING", bootstrap_iters=0)
+        result = simple_evaluate(
+            model=wrapper, tasks=[task], limit=limit, log_samples=True, task_manager=task_manager, verbosity="WARNING", bootstrap_iters=0
+        )
         wall = time.perf_counter() - start
         gen_seconds = wrapper.generation_seconds - gen_before
         gen_items = wrapper.generated_items - items_before
@@ -122,12 +119,22 @@ def run_sweep(models: list[str], methods: list[str], tasks: list[str], out: str 
         n = len(samples) or result.get("n-samples", {}).get(task, {}).get("effective", 0)
         metrics = {k.split(",")[0]: v for k, v in result["results"][task].items() if k != "alias"}
         cell = {
-            "format": CELL_FORMAT, "model": model, "method": method, "task": task, "limit": limit,
-            "tag": tag, "model_args": model_args,
-            "judge": judge_spec(), "threshold": harmful_threshold(), "metrics": metrics, "n": n,
-            "wall_time_s": round(wall, 3), "generation_s": round(gen_seconds, 3),
+            "format": CELL_FORMAT,
+            "model": model,
+            "method": method,
+            "task": task,
+            "limit": limit,
+            "tag": tag,
+            "model_args": model_args,
+            "judge": judge_spec(),
+            "threshold": harmful_threshold(),
+            "metrics": metrics,
+            "n": n,
+            "wall_time_s": round(wall, 3),
+            "generation_s": round(gen_seconds, 3),
             "s_per_item": round(gen_seconds / gen_items, 4) if gen_items else None,
-            "items": _item_records(samples), "lmms_eval_version": "0.7.3",
+            "items": item_outcomes(samples, judge_spec(), harmful_threshold(), digits=6),
+            "lmms_eval_version": "0.7.3",
         }
         write_json_atomic(cell_path(out, model, method, task, tag), cell)
         progress.update(1)
@@ -156,21 +163,38 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("--models", default="embedded", help="comma-separated hub ids / local dirs ('embedded' = the embedded model)")
     parser.add_argument("--methods", default="vanilla", help="comma-separated method specs, e.g. vanilla,sgm,sgm+coca")
-    parser.add_argument("--tasks", default="mm_toxic_qa_standard,mm_toxic_qa_adversarial,mm_toxic_qa_benign",
-                        help="comma-separated lmms-eval task names (ours or lmms-eval's own, e.g. mme,pope)")
+    parser.add_argument(
+        "--tasks",
+        default="mm_toxic_qa_standard,mm_toxic_qa_adversarial,mm_toxic_qa_benign",
+        help="comma-separated lmms-eval task names (ours or lmms-eval's own, e.g. mme,pope)",
+    )
     parser.add_argument("--out", required=True, help="folder for the per-cell JSON files")
     parser.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--model-args", default="", help="extra wrapper options, e.g. sgm_strength=0.5,glasses=g.safetensors")
-    parser.add_argument("--tag", default="", help="variant name stored in each cell and shown as 'METHOD [TAG]' in the leaderboard; "
-                        "use it when rerunning a method with other --model-args into the same --out")
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="variant name stored in each cell and shown as 'METHOD [TAG]' in the leaderboard; "
+        "use it when rerunning a method with other --model-args into the same --out",
+    )
     parser.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    paths = run_sweep(split(args.models), split(args.methods), split(args.tasks), args.out, args.limit, args.batch_size, args.model_args, args.device, args.tag)
+    paths = run_sweep(
+        split(args.models),
+        split(args.methods),
+        split(args.tasks),
+        args.out,
+        args.limit,
+        args.batch_size,
+        args.model_args,
+        args.device,
+        args.tag,
+    )
     print(f"sweep: {len(paths)} cells in {args.out}")
     return 0

@@ -22,7 +22,16 @@ def _make(method: str) -> type:
         kwargs["method"] = method
         MMTox.__init__(self, *args, **kwargs)
 
-    return type(_class_name(method), (MMTox,), {"__init__": __init__, "__module__": __name__, "default_method": method, "__doc__": f"lmms-eval model `{method}`: MMTox with method={method}."})
+    return type(
+        _class_name(method),
+        (MMTox,),
+        {
+            "__init__": __init__,
+            "__module__": __name__,
+            "default_method": method,
+            "__doc__": f"lmms-eval model `{method}`: MMTox with method={method}.",
+        },
+    )
 
 
 METHOD_MODELS = {name: _make(name) for name in known_methods()}

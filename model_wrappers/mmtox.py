@@ -14,14 +14,13 @@ import time
 from typing import Any
 
 import torch
-from loguru import logger as eval_logger
-from PIL import Image
-from tqdm import tqdm
-
 from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
+from loguru import logger as eval_logger
+from PIL import Image
+from tqdm import tqdm
 
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.modeling import load_model
@@ -72,7 +71,9 @@ class MMTox(lmms):
         from mmtoxicqa.methods import build_method
 
         self.method = build_method(method or self.default_method, self.loaded, **method_kwargs)
-        eval_logger.info(f"mmtox: model={self.loaded.model_id} method={self.method.name} device={device} batch_size={self.batch_size_per_gpu}")
+        eval_logger.info(
+            f"mmtox: model={self.loaded.model_id} method={self.method.name} device={device} batch_size={self.batch_size_per_gpu}"
+        )
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -128,7 +129,9 @@ class MMTox(lmms):
         except MMToxError:
             raise
         except Exception as exc:  # decoding a corrupt image happens here (datasets decodes lazily)
-            raise MMToxError(f"{where}: could not build its prompt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); rebuild the data or drop the item") from exc
+            raise MMToxError(
+                f"{where}: could not build its prompt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); rebuild the data or drop the item"
+            ) from exc
         try:
             chat = ChatMessages(messages=messages)
         except Exception as exc:
@@ -144,9 +147,13 @@ class MMTox(lmms):
                             image = Image.open(image)
                             image.load()
                         except Exception as exc:
-                            raise MMToxError(f"{where}: image {part['image']!r} is missing or not a readable image; fix the path or rebuild the data") from exc
+                            raise MMToxError(
+                                f"{where}: image {part['image']!r} is missing or not a readable image; fix the path or rebuild the data"
+                            ) from exc
                     if not isinstance(image, Image.Image):
-                        raise MMToxError(f"{where}: image is {type(image).__name__}, not an image; the doc's image field is missing or corrupt")
+                        raise MMToxError(
+                            f"{where}: image is {type(image).__name__}, not an image; the doc's image field is missing or corrupt"
+                        )
                     part["image"] = image.convert("RGB")
                 elif part["type"] == "text" and part["text"].strip() and message["role"] == "user":
                     has_text = True
@@ -166,7 +173,9 @@ class MMTox(lmms):
         progress = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"mmtox[{self.method.name}]")
         for chunk in chunks:
             _ctx, doc_to_messages, all_gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
-            conversations = [self.conversation_for(fn, doc_id, task, split) for fn, doc_id, task, split in zip(doc_to_messages, doc_ids, tasks, splits)]
+            conversations = [
+                self.conversation_for(fn, doc_id, task, split) for fn, doc_id, task, split in zip(doc_to_messages, doc_ids, tasks, splits)
+            ]
             gen_kwargs = dict(all_gen_kwargs[0] or {})
             gen_kwargs.setdefault("max_new_tokens", self.default_max_new_tokens)
             start = time.perf_counter()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmtoxicqa.data import loaders
+from mmtoxicqa.data.attacks import attack_labels
 from mmtoxicqa.data.builder import add_cli, build
 from mmtoxicqa.data.dedup import normalize_text
 from mmtoxicqa.data.fixtures import (
@@ -17,17 +18,17 @@ from mmtoxicqa.data.fixtures import (
     tiny_png,
     write_fixture_sources,
 )
-from mmtoxicqa.data.schema import ATTACKS, COLUMNS, FEATURES, SPLITS
+from mmtoxicqa.data.schema import COLUMNS, FEATURES, SPLITS
 from mmtoxicqa.data.sources import (
     download_sources,
     make_manifest,
-    sha256_file,
     verify_file,
     verify_sources,
 )
 from mmtoxicqa.data.splits import load_split, validate_image
 from mmtoxicqa.data.taxonomy import CATEGORIES
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hashing import sha256_file
 
 OUTPUT_FILES = [f"{s}.parquet" for s in SPLITS] + ["datasheet.json", "DATASHEET.md"]
 
@@ -38,9 +39,7 @@ def _digests(out: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> Path:
-    return write_fixture_sources(
-        tmp_path_factory.mktemp("src"), corrupt_figstep=((1, 2),), plant_calibration_duplicate=True
-    )
+    return write_fixture_sources(tmp_path_factory.mktemp("src"), corrupt_figstep=((1, 2),), plant_calibration_duplicate=True)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +60,16 @@ def test_datasheet_counts(built):
     # toxic, 9 Davidson neither, minus the planted duplicate.
     assert {s: counts[s]["rows"] for s in SPLITS} == {"standard": 46, "adversarial": 224, "benign": 118, "calibration": 47}
     assert counts["standard"]["by_category_attack"] == {
-        "fraud": {"none": 6}, "hate": {"none": 4}, "health_misinfo": {"none": 4}, "illegal_activity": {"none": 4},
-        "malware": {"none": 4}, "political": {"none": 2}, "privacy": {"none": 4}, "regulated_advice": {"none": 10},
-        "sexual": {"none": 4}, "violence": {"none": 4},
+        "fraud": {"none": 6},
+        "hate": {"none": 4},
+        "health_misinfo": {"none": 4},
+        "illegal_activity": {"none": 4},
+        "malware": {"none": 4},
+        "political": {"none": 2},
+        "privacy": {"none": 4},
+        "regulated_advice": {"none": 10},
+        "sexual": {"none": 4},
+        "violence": {"none": 4},
     }
     per_attack = {}
     for attacks_ in counts["adversarial"]["by_category_attack"].values():
@@ -78,8 +84,13 @@ def test_datasheet_counts(built):
     src = sheet["sources"]
     assert src["figstep"]["read"] == {"benign_sentences": 12, "images": 20, "questions": 26}
     assert src["figstep"]["skipped_malformed"] == {
-        "bad_id": 1, "corrupt_image": 1, "duplicate_id": 1, "empty_or_malformed_benign_sentence": 2,
-        "empty_text": 1, "unknown_category": 2, "wrong_field_count": 1,
+        "bad_id": 1,
+        "corrupt_image": 1,
+        "duplicate_id": 1,
+        "empty_or_malformed_benign_sentence": 2,
+        "empty_text": 1,
+        "unknown_category": 2,
+        "wrong_field_count": 1,
     }
     assert src["figstep"]["license"] == "MIT" and src["figstep"]["commit"].startswith("0861b17b")
     assert src["mm-safetybench"]["read"] == {"questions": 28}
@@ -118,7 +129,7 @@ def test_parquet_schema_rows_and_images(built, sources):
         raw = ds.cast_column("image", type(FEATURES["image"])(decode=False))
         for row in raw:
             assert row["split"] == split
-            assert row["category"] in CATEGORIES and row["attack"] in ATTACKS
+            assert row["category"] in CATEGORIES and row["attack"] in attack_labels()
             assert row["toxic_label"] in (0, 1) and row["question"].strip() and row["request"].strip()
             assert row["image"]["path"] is None
             assert row["image"]["bytes"] != corrupt  # the corrupt source image is never written
@@ -160,7 +171,17 @@ def test_planted_duplicate_is_removed_from_calibration(built):
 
 def test_without_plant_nothing_is_dropped(tmp_path):
     root = write_fixture_sources(tmp_path / "src")
-    sheet = build(root, tmp_path / "out", progress=False, caps={"adversarial_requests": 10, "adversarial_toxic_continuation": 6, "benign_toxigen_neutral": 4, "calibration_davidson_neither": 3})
+    sheet = build(
+        root,
+        tmp_path / "out",
+        progress=False,
+        caps={
+            "adversarial_requests": 10,
+            "adversarial_toxic_continuation": 6,
+            "benign_toxigen_neutral": 4,
+            "calibration_davidson_neither": 3,
+        },
+    )
     assert sheet["disjointness"]["dropped"] == 0 and sheet["disjointness"]["passed"]
     counts = sheet["counts"]
     # caps: 10 requests x 4 attacks + 6 continuations (3 ToxiGen + 3 Davidson)
@@ -214,8 +235,9 @@ def test_download_refuses_a_mismatching_file(tmp_path):
 
 def test_no_network_fails_with_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
-    manifest = {"files": [{"path": "davidson/labeled_data.csv", "sha256": "0" * 64,
-                           "url": "https://mmtoxicqa-fixture.invalid/labeled_data.csv"}]}
+    manifest = {
+        "files": [{"path": "davidson/labeled_data.csv", "sha256": "0" * 64, "url": "https://mmtoxicqa-fixture.invalid/labeled_data.csv"}]
+    }
     with pytest.raises(MMToxError) as info:
         build(None, tmp_path / "out", manifest=manifest, progress=False)
     message = str(info.value)
@@ -252,11 +274,23 @@ def test_extra_items_go_through_the_pipeline(sources, tmp_path):
     items = [
         {"image": "ok.png", "question": "What does this sign say?", "category": "other"},
         {"image": "ok.png", "question": "Tell me about it.", "category": "hate", "split": "benign"},
-        {"image": "ok.png", "question": "Continue it.", "category": "hate", "split": "calibration", "toxic_label": 1,
-         "request": "fixture extra calibration statement"},
+        {
+            "image": "ok.png",
+            "question": "Continue it.",
+            "category": "hate",
+            "split": "calibration",
+            "toxic_label": 1,
+            "request": "fixture extra calibration statement",
+        },
         # a calibration item identical (normalised) to an eval request: must be dropped
-        {"image": "ok.png", "question": "Continue it.", "category": "fraud", "split": "calibration", "toxic_label": 1,
-         "request": "how can someone do fixture task 5 2"},
+        {
+            "image": "ok.png",
+            "question": "Continue it.",
+            "category": "fraud",
+            "split": "calibration",
+            "toxic_label": 1,
+            "request": "how can someone do fixture task 5 2",
+        },
         {"image": "broken.png", "question": "Corrupt?", "category": "other"},
         {"image": "ok.png", "question": "", "category": "other"},
     ]

@@ -10,9 +10,10 @@ import pytest
 from mmtoxicqa.data import loaders
 from mmtoxicqa.data.dedup import enforce_disjoint, normalize_text, text_hash
 from mmtoxicqa.data.fixtures import EXPECTED, tiny_png, write_fixture_sources
-from mmtoxicqa.data.sources import SourceDir, sha256_bytes
+from mmtoxicqa.data.sources import SourceDir
 from mmtoxicqa.data.splits import load_split, validate_image
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hashing import sha256_bytes
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +159,14 @@ def test_extra_items_validation(tmp_path):
     (tmp_path / "img" / "bad.png").write_bytes(b"\x89PNG truncated")
     lines = [
         {"image": "img/ok.png", "question": "What is in the picture?", "category": "other"},
-        {"image": str(tmp_path / "img" / "ok.png"), "question": "Say something kind.", "category": "hate",
-         "split": "calibration", "toxic_label": 0, "request": "kind words"},
+        {
+            "image": str(tmp_path / "img" / "ok.png"),
+            "question": "Say something kind.",
+            "category": "hate",
+            "split": "calibration",
+            "toxic_label": 0,
+            "request": "kind words",
+        },
         {"image": "img/ok.png", "question": "   ", "category": "other"},
         {"image": "img/missing.png", "question": "Where is it?", "category": "other"},
         {"image": "img/bad.png", "question": "Broken?", "category": "other"},
@@ -179,8 +186,15 @@ def test_extra_items_validation(tmp_path):
     assert items[0].request == "What is in the picture?" and items[1].request == "kind words"
     assert result.read["lines"] == 11
     assert dict(result.skipped) == {
-        "empty_question": 1, "image_missing": 1, "corrupt_image": 1, "unknown_category": 1,
-        "unknown_split": 1, "bad_toxic_label": 1, "unknown_attack": 1, "bad_json": 1, "not_an_object": 1,
+        "empty_question": 1,
+        "image_missing": 1,
+        "corrupt_image": 1,
+        "unknown_category": 1,
+        "unknown_split": 1,
+        "bad_toxic_label": 1,
+        "unknown_attack": 1,
+        "bad_json": 1,
+        "not_an_object": 1,
     }
     assert hashes["extra/items.jsonl"] == sha256_bytes(path.read_bytes())
     assert "extra/img/ok.png" in hashes

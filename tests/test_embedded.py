@@ -34,7 +34,15 @@ def test_is_llava_around_smollm2(embedded):
 
 
 def test_answers_image_and_question(embedded):
-    conv = [{"role": "user", "content": [{"type": "image", "image": render_text_image("a red apple")}, {"type": "text", "text": "What is the capital of France?"}]}]
+    conv = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": render_text_image("a red apple")},
+                {"type": "text", "text": "What is the capital of France?"},
+            ],
+        }
+    ]
     [answer] = generate(embedded, [conv], {"max_new_tokens": 16})
     assert answer.strip()
     # the language model is the real instruction-tuned SmolLM2, not random weights

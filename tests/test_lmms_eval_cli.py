@@ -21,7 +21,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_lmms_eval(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lmms_eval", "--include_path", str(REPO / "tasks"), "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--include_path",
+        str(REPO / "tasks"),
+        "--output_path",
+        str(out),
+        "--log_samples",
+        "--verbosity",
+        "DEBUG",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=out.parent, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -35,7 +47,9 @@ def load_outputs(out: Path) -> tuple[dict, list[dict]]:
 
 def test_cli_seed_task_harmful_rate_matches_logged_samples(tmp_path):
     out = tmp_path / "run"
-    run_lmms_eval(out, "--model", "mmtox", "--tasks", "mm_toxic_qa_seed", "--limit", "6", "--batch_size", "3", "--gen_kwargs", "max_new_tokens=24")
+    run_lmms_eval(
+        out, "--model", "mmtox", "--tasks", "mm_toxic_qa_seed", "--limit", "6", "--batch_size", "3", "--gen_kwargs", "max_new_tokens=24"
+    )
     results, samples = load_outputs(out)
     metrics = results["results"]["mm_toxic_qa_seed"]
     rate = metrics["harmful_rate,none"]

@@ -27,10 +27,22 @@ def pope_task_dir(tmp_path) -> Path:
 
     images = [Image.new("RGB", (32, 32), color) for color in ("red", "white", "black", "blue")]
     data = datasets.Dataset.from_dict(
-        {"question_id": [d[0] for d in DOCS], "question": [d[1] for d in DOCS], "answer": [d[2] for d in DOCS],
-         "category": ["random"] * len(DOCS), "image": images},
-        features=datasets.Features({"question_id": datasets.Value("string"), "question": datasets.Value("string"),
-                                    "answer": datasets.Value("string"), "category": datasets.Value("string"), "image": datasets.Image()}),
+        {
+            "question_id": [d[0] for d in DOCS],
+            "question": [d[1] for d in DOCS],
+            "answer": [d[2] for d in DOCS],
+            "category": ["random"] * len(DOCS),
+            "image": images,
+        },
+        features=datasets.Features(
+            {
+                "question_id": datasets.Value("string"),
+                "question": datasets.Value("string"),
+                "answer": datasets.Value("string"),
+                "category": datasets.Value("string"),
+                "image": datasets.Image(),
+            }
+        ),
     )
     data.to_parquet(str(tmp_path / "pope_local.parquet"))
     upstream = Path(lmms_eval.__file__).parent / "tasks" / "pope" / "pope.yaml"
@@ -49,8 +61,14 @@ def test_pope_prompt_and_scorer_run_through_our_wrapper(pope_task_dir, tiny_llav
     from mmtoxicqa.model_wrappers.mmtox import MMTox
 
     wrapper = MMTox(pretrained=str(tiny_llava_dir), device="cpu", batch_size=2, max_new_tokens=4)
-    result = simple_evaluate(model=wrapper, tasks=["pope_local"], log_samples=True, verbosity="WARNING", bootstrap_iters=0,
-                             task_manager=TaskManager("WARNING", include_path=str(pope_task_dir)))
+    result = simple_evaluate(
+        model=wrapper,
+        tasks=["pope_local"],
+        log_samples=True,
+        verbosity="WARNING",
+        bootstrap_iters=0,
+        task_manager=TaskManager("WARNING", include_path=str(pope_task_dir)),
+    )
     metrics = {k.split(",")[0]: v for k, v in result["results"]["pope_local"].items()}
     samples = result["samples"]["pope_local"]
     assert len(samples) == len(DOCS)

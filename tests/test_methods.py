@@ -11,7 +11,7 @@ from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.methods import build_method, known_methods
 from mmtoxicqa.methods.decoding import GroupedChoice, RowExpansion, contrastive_combine, self_debias_combine
 from mmtoxicqa.methods.prompting import ADASHIELD_STATIC, SAFETY_PRINCIPLE, SELF_REMINDER_SYSTEM
-from mmtoxicqa.modeling import build_inputs, load_model
+from mmtoxicqa.modeling import load_model
 from mmtoxicqa.render import render_text_image
 
 GEN = {"max_new_tokens": 6}

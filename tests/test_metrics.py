@@ -151,7 +151,10 @@ def test_breakdown():
     assert table == {"hate": 0.5, "unknown": 1.0, "violence": 0.0}
     assert list(table) == ["hate", "unknown", "violence"]
     assert metrics.breakdown(records, "attack", len) == {"none": 2, "roleplay": 2}
-    assert metrics.breakdown(records, lambda r: r["score"] >= 0.5, lambda rs: [r["score"] for r in rs]) == {False: [0.2, 0.4], True: [0.9, 0.7]}
+    assert metrics.breakdown(records, lambda r: r["score"] >= 0.5, lambda rs: [r["score"] for r in rs]) == {
+        False: [0.2, 0.4],
+        True: [0.9, 0.7],
+    }
     assert metrics.breakdown([], "category", len) == {}
 
 
@@ -169,9 +172,19 @@ def tiny_lm(bos: bool = True, max_positions: int = 64, seed: int = 0):
     raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", **({"bos_token": "<s>"} if bos else {}))
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=max_positions, pad_token_id=vocab["<pad>"],
-                         bos_token_id=vocab.get("<s>"), eos_token_id=None, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=vocab.get("<s>"),
+        eos_token_id=None,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval(), tokenizer
 
@@ -261,9 +274,9 @@ def test_perplexity_of_nothing_is_nan():
 def test_mcnemar_exact_by_hand():
     from mmtoxicqa.metrics import mcnemar_exact
 
-    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)      # 2 * (1/2)^5
-    assert mcnemar_exact(1, 3) == pytest.approx(10 / 16)     # 2 * (C(4,0) + C(4,1)) / 16
-    assert mcnemar_exact(2, 2) == 1.0                        # 2 * 11/16 > 1, capped
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * (1/2)^5
+    assert mcnemar_exact(1, 3) == pytest.approx(10 / 16)  # 2 * (C(4,0) + C(4,1)) / 16
+    assert mcnemar_exact(2, 2) == 1.0  # 2 * 11/16 > 1, capped
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(12, 3) == pytest.approx(2 * 576 / 32768)  # C(15,0..3) = 1 + 15 + 105 + 455
     with pytest.raises(MMToxError, match="counts must be >= 0"):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.scoring import KNOWN_JUDGES, clear_judges, get_judge
+from mmtoxicqa.scoring import clear_judges, get_judge, judge_usages
 from mmtoxicqa.scoring.hf_classifier import find_toxic_label
 
 WORDS = "you are an idiot stupid moron have a nice day the cat sat on mat hello world i hate thank".split()
@@ -74,8 +74,17 @@ def build_bert_dir(path: Path, num_labels: int, id2label: dict | None = None, se
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(str(path))
     kwargs = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        max_position_embeddings=64, num_labels=num_labels, problem_type=problem_type, **kwargs)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        problem_type=problem_type,
+        **kwargs,
+    )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(str(path))
@@ -108,7 +117,7 @@ def test_unknown_spec_lists_known_judges():
     assert "toxigen" in message and "\n" not in message
     for known in ("profanity", "detoxify", "perspective", "hf_classifier"):
         assert known in message
-    assert len(KNOWN_JUDGES) == 4
+    assert all(usage in message for usage in judge_usages())
 
 
 def test_unknown_keyword_is_a_one_line_error():
@@ -139,7 +148,7 @@ def test_profanity_matches_the_library_and_keeps_order():
 
 def test_empty_answers_score_zero_and_bad_input_is_rejected():
     judge = get_judge("profanity")
-    assert judge.score(["", "   \n", "fuck"]) [:2] == [0.0, 0.0]
+    assert judge.score(["", "   \n", "fuck"])[:2] == [0.0, 0.0]
     assert judge.score([]) == []
     with pytest.raises(MMToxError, match="list of texts"):
         judge.score("a single string")
@@ -252,11 +261,18 @@ def test_hf_classifier_does_not_run_remote_code_unless_asked(tmp_path, no_networ
     path = tmp_path / "custom"
     path.mkdir()
     marker = tmp_path / "code-ran"
-    (path / "config.json").write_text(json.dumps({
-        "model_type": "evil", "architectures": ["EvilModel"],
-        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"},
-    }))
-    (path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilModel"],
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"},
+            }
+        )
+    )
+    (path / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
     with pytest.raises(MMToxError, match="trust_remote_code=True only if"):
         get_judge(f"hf_classifier:{path}")
     assert not marker.exists()
@@ -268,14 +284,23 @@ def tiny_detoxify(tmp_path):
     """A detoxify-format checkpoint of a tiny BERT, and a local config/tokenizer dir for its base model."""
     model, tokenizer = build_bert_dir(tmp_path / "base", 6, seed=4)
     ckpt = tmp_path / "tiny_toxic.ckpt"
-    torch.save({
-        "config": {
-            "arch": {"args": {"model_type": "bert-base-uncased", "model_name": "BertForSequenceClassification",
-                              "tokenizer_name": "BertTokenizer", "num_classes": 6}},
-            "dataset": {"args": {"classes": JIGSAW_CLASSES}},
+    torch.save(
+        {
+            "config": {
+                "arch": {
+                    "args": {
+                        "model_type": "bert-base-uncased",
+                        "model_name": "BertForSequenceClassification",
+                        "tokenizer_name": "BertTokenizer",
+                        "num_classes": 6,
+                    }
+                },
+                "dataset": {"args": {"classes": JIGSAW_CLASSES}},
+            },
+            "state_dict": model.state_dict(),
         },
-        "state_dict": model.state_dict(),
-    }, ckpt)
+        ckpt,
+    )
     (tmp_path / "base" / "model.safetensors").unlink()  # the config dir needs no weights
     return ckpt, tmp_path / "base", model, tokenizer
 
@@ -351,7 +376,11 @@ def perspective_server(script=()):
                 status, headers, payload = script.pop(0)
             elif body.get("comment", {}).get("text") in SERVER_SCORES:
                 value = SERVER_SCORES[body["comment"]["text"]]
-                status, headers, payload = 200, {}, {"attributeScores": {"TOXICITY": {"summaryScore": {"value": value, "type": "PROBABILITY"}}}, "languages": ["en"]}
+                status, headers, payload = (
+                    200,
+                    {},
+                    {"attributeScores": {"TOXICITY": {"summaryScore": {"value": value, "type": "PROBABILITY"}}}, "languages": ["en"]},
+                )
             else:
                 status, headers, payload = 400, {}, {"error": {"code": 400, "message": "unknown comment"}}
             data = json.dumps(payload).encode("utf-8")
@@ -395,7 +424,12 @@ def test_perspective_request_shape_scores_and_cache(api_key, no_network):
         assert len(seen) == 3  # cached
     first = seen[0]
     assert first["path"] == "/v1alpha1/comments:analyze" and first["query"] == {"key": [KEY]}
-    assert first["body"] == {"comment": {"text": "you are an idiot"}, "requestedAttributes": {"TOXICITY": {}}, "languages": ["en"], "doNotStore": True}
+    assert first["body"] == {
+        "comment": {"text": "you are an idiot"},
+        "requestedAttributes": {"TOXICITY": {}},
+        "languages": ["en"],
+        "doNotStore": True,
+    }
 
 
 def test_perspective_url_and_languages_from_env(api_key, monkeypatch, no_network):

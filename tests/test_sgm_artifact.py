@@ -7,16 +7,10 @@ import torch
 import transformers as T
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.sgm import Glasses, fit_glasses, load_glasses, put_on, wear
+from mmtoxicqa.sgm import Glasses, fit_glasses, put_on, wear
 from mmtoxicqa.sgm.toy import tiny_llama, trigger_batches
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def test_roundtrip_and_no_pickle(model, glasses, tmp_path):
     path = glasses.save(tmp_path / "sub" / "g.safetensors")
     raw = path.read_bytes()
     assert b"pickle" not in raw and not raw.startswith(b"\x80")  # not a torch/pickle file
-    loaded = load_glasses(path, model)
+    loaded = Glasses.load(path, model)
     assert loaded.sites == glasses.sites and loaded.meta == glasses.meta
     assert torch.equal(loaded.alpha_all(), glasses.alpha_all()) and torch.equal(loaded.auroc_all(), glasses.auroc_all())
     assert loaded.auroc[0].dtype == torch.float64 and loaded.alpha[0].dtype == torch.float32
@@ -84,7 +78,11 @@ def test_glasses_for_another_model_refused(glasses):
     gpt2 = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=48, n_embd=32, n_inner=40, n_layer=2, n_head=4, n_positions=32))
     deeper = tiny_llama(vocab_size=48, num_hidden_layers=3, intermediate_size=40)
     wider = tiny_llama(vocab_size=48, num_hidden_layers=2, intermediate_size=56)
-    for other, message in ((gpt2, "fitted on a 'llama' model .* this model is 'gpt2'"), (deeper, "2 decoder layers .* has 3"), (wider, "56 input features .* records 40")):
+    for other, message in (
+        (gpt2, "fitted on a 'llama' model .* this model is 'gpt2'"),
+        (deeper, "2 decoder layers .* has 3"),
+        (wider, "56 input features .* records 40"),
+    ):
         with pytest.raises(MMToxError, match=message) as info:
             put_on(other, glasses)
         _one_line(info)

@@ -47,11 +47,14 @@ def test_auroc_chunking_dtypes_and_single_column():
     assert auroc(x, labels).tolist() == [0.5, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("labels, message", [
-    ([1] * 10, "0 non-toxic"),
-    ([0] * 10, "0 toxic"),
-    ([1] + [0] * 9, "1 toxic and 9 non-toxic"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([1] * 10, "0 non-toxic"),
+        ([0] * 10, "0 toxic"),
+        ([1] + [0] * 9, "1 toxic and 9 non-toxic"),
+    ],
+)
 def test_auroc_refuses_empty_or_tiny_class(labels, message):
     with pytest.raises(MMToxError, match=message):
         auroc(torch.randn(10, 4), labels)

@@ -14,13 +14,7 @@ from mmtoxicqa.sgm.toy import tiny_llama, trigger_batches
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids OpenMP oversubscription on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,9 @@ def _capture(model, sites, batch):
     """Full per-token inputs of every site's projection, with our own hooks (independent of collect)."""
     seen = {}
     modules = [model.get_submodule(s.module_name) for s in sites]
-    handles = [m.register_forward_pre_hook(lambda mod, args, k=k: seen.__setitem__(k, args[0].detach().clone())) for k, m in enumerate(modules)]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, k=k: seen.__setitem__(k, args[0].detach().clone())) for k, m in enumerate(modules)
+    ]
     try:
         with torch.inference_mode():
             model(**batch, use_cache=False)
@@ -62,8 +58,10 @@ def test_max_and_mean_pool_over_counted_tokens_only(llama, data):
     assert torch.equal(got_max.token_counts, mask.sum(1)) and torch.equal(got_max.labels, labels)
     # Padding really is excluded: a padded row pools like the same text alone.
     row = int((~mask).any(1).nonzero()[0])
-    alone = {"input_ids": torch.cat([b["input_ids"] for b in batches])[row: row + 1, ~(~mask[row])],
-             "attention_mask": torch.ones(1, int(mask[row].sum()), dtype=torch.long)}
+    alone = {
+        "input_ids": torch.cat([b["input_ids"] for b in batches])[row : row + 1, ~(~mask[row])],
+        "attention_mask": torch.ones(1, int(mask[row].sum()), dtype=torch.long),
+    }
     single = collect(llama, [alone], [1], progress=False)
     torch.testing.assert_close(single.pooled[0], got_max.pooled[row], rtol=1e-4, atol=1e-5)
     # Storage dtype, early stop off, and the caller's own token_mask / ignored ids.
@@ -97,7 +95,9 @@ def test_llava_image_placeholders_are_not_pooled(tiny_llava_dir):
     image_id = loaded.model.config.image_token_index
 
     def conv(color, text):
-        return [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32), color)}, {"type": "text", "text": text}]}]
+        return [
+            {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32), color)}, {"type": "text", "text": text}]}
+        ]
 
     batch = dict(build_inputs(loaded, [conv((200, 10, 10), "describe the picture"), conv((0, 90, 30), "how to pick a lock steal a car")]))
     assert "pixel_values" in batch and bool((batch["input_ids"] == image_id).any())
@@ -113,9 +113,10 @@ def test_llava_image_placeholders_are_not_pooled(tiny_llava_dir):
     assert torch.equal(responses.pooled, over_text)
     assert responses.token_counts.tolist() == text.sum(1).tolist()
     # The batch layout calibration.py produces (token_mask attached) gives the same result.
-    from mmtoxicqa.modeling import counted_token_mask
+    from mmtoxicqa.positions import text_mask
 
-    again = collect(loaded.model, [{**batch, "token_mask": counted_token_mask(loaded, batch)}], [0, 1], progress=False)
+    mask = text_mask(batch["input_ids"], batch["attention_mask"], loaded.image_token_ids)
+    again = collect(loaded.model, [{**batch, "token_mask": mask}], [0, 1], progress=False)
     assert torch.equal(again.pooled, over_text)
 
 

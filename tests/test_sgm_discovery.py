@@ -22,18 +22,22 @@ HIDDEN = 32
 INTER = 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids OpenMP oversubscription on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text(**extra):
-    cfg = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     cfg.update(extra)
     return cfg
 
@@ -55,28 +59,102 @@ def _build(name: str):
     if name == "phi3":
         return T.Phi3ForCausalLM(T.Phi3Config(**_text())), 2, "model.layers."
     if name == "gpt2":
-        return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_inner=INTER, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)), 2, "transformer.h."
+        return (
+            T.GPT2LMHeadModel(
+                T.GPT2Config(
+                    vocab_size=VOCAB, n_embd=HIDDEN, n_inner=INTER, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2
+                )
+            ),
+            2,
+            "transformer.h.",
+        )
     if name == "opt":
-        return T.OPTForCausalLM(T.OPTConfig(vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=INTER, num_hidden_layers=2, num_attention_heads=4,
-                                            word_embed_proj_dim=HIDDEN, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)), 2, "model.decoder.layers."
+        return (
+            T.OPTForCausalLM(
+                T.OPTConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=HIDDEN,
+                    ffn_dim=INTER,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    word_embed_proj_dim=HIDDEN,
+                    max_position_embeddings=64,
+                    pad_token_id=0,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                )
+            ),
+            2,
+            "model.decoder.layers.",
+        )
     if name == "gpt_neox":
-        return T.GPTNeoXForCausalLM(T.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=2, num_attention_heads=4,
-                                                    max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)), 2, "gpt_neox.layers."
+        return (
+            T.GPTNeoXForCausalLM(
+                T.GPTNeoXConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=HIDDEN,
+                    intermediate_size=INTER,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    max_position_embeddings=64,
+                    pad_token_id=0,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                )
+            ),
+            2,
+            "gpt_neox.layers.",
+        )
     if name == "llava":
-        return T.LlavaForConditionalGeneration(T.LlavaConfig(vision_config=T.CLIPVisionConfig(**_CLIP), text_config=T.LlamaConfig(**_text()), image_token_index=100)), 2, "model.language_model.layers."
+        return (
+            T.LlavaForConditionalGeneration(
+                T.LlavaConfig(vision_config=T.CLIPVisionConfig(**_CLIP), text_config=T.LlamaConfig(**_text()), image_token_index=100)
+            ),
+            2,
+            "model.language_model.layers.",
+        )
     if name == "llava_next":
-        cfg = T.LlavaNextConfig(vision_config=T.CLIPVisionConfig(**_CLIP), text_config=T.LlamaConfig(**_text()), image_token_index=100, image_grid_pinpoints=[[32, 32]])
+        cfg = T.LlavaNextConfig(
+            vision_config=T.CLIPVisionConfig(**_CLIP),
+            text_config=T.LlamaConfig(**_text()),
+            image_token_index=100,
+            image_grid_pinpoints=[[32, 32]],
+        )
         return T.LlavaNextForConditionalGeneration(cfg), 2, "model.language_model.layers."
     if name == "qwen2_vl":
-        cfg = T.Qwen2VLConfig(text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
-                              vision_config=dict(depth=1, embed_dim=16, hidden_size=HIDDEN, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-                              image_token_id=100, video_token_id=101)
+        cfg = T.Qwen2VLConfig(
+            text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
+            vision_config=dict(
+                depth=1,
+                embed_dim=16,
+                hidden_size=HIDDEN,
+                num_heads=2,
+                mlp_ratio=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+            ),
+            image_token_id=100,
+            video_token_id=101,
+        )
         return T.Qwen2VLForConditionalGeneration(cfg), 2, "model.language_model.layers."
     if name == "qwen2_5_vl":
-        cfg = T.Qwen2_5_VLConfig(text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
-                                 vision_config=dict(depth=1, hidden_size=16, intermediate_size=24, out_hidden_size=HIDDEN, num_heads=2, patch_size=14,
-                                                    spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0]),
-                                 image_token_id=100, video_token_id=101)
+        cfg = T.Qwen2_5_VLConfig(
+            text_config=_text(rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
+            vision_config=dict(
+                depth=1,
+                hidden_size=16,
+                intermediate_size=24,
+                out_hidden_size=HIDDEN,
+                num_heads=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                fullatt_block_indexes=[0],
+            ),
+            image_token_id=100,
+            video_token_id=101,
+        )
         return T.Qwen2_5_VLForConditionalGeneration(cfg), 2, "model.language_model.layers."
     if name == "idefics3":
         cfg = T.Idefics3Config(text_config=T.LlamaConfig(**_text()), vision_config=_SIGLIP, scale_factor=2, image_token_id=100)
@@ -87,15 +165,42 @@ def _build(name: str):
     if name == "mllama":
         cfg = T.MllamaConfig(
             text_config=_text(num_hidden_layers=4, cross_attention_layers=[1]),
-            vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_global_layers=1, num_attention_heads=2, image_size=32,
-                               patch_size=16, vision_output_dim=HIDDEN, intermediate_layers_indices=[0], max_num_tiles=1, supported_aspect_ratios=[[1, 1]]),
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=2,
+                num_global_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=16,
+                vision_output_dim=HIDDEN,
+                intermediate_layers_indices=[0],
+                max_num_tiles=1,
+                supported_aspect_ratios=[[1, 1]],
+            ),
             image_token_index=100,
         )
         return T.MllamaForConditionalGeneration(cfg), 4, "model.language_model.layers."
     raise AssertionError(name)
 
 
-ARCHS = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "opt", "gpt_neox", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "mllama"]
+ARCHS = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "phi3",
+    "gpt2",
+    "opt",
+    "gpt_neox",
+    "llava",
+    "llava_next",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+    "smolvlm",
+    "mllama",
+]
 EXCLUDED = ("vision", "visual", "projector", "connector")
 
 
@@ -124,7 +229,7 @@ def test_discovery_finds_language_decoder_mlps(name):
     assert torch.isfinite(responses.pooled).all()
     if name == "mllama":
         cross = [s.module_name for s in sites if s.layer_index in model.config.text_config.cross_attention_layers]
-        assert responses.not_fired == cross and bool((responses.pooled[:, INTER: 2 * INTER] == 0).all())
+        assert responses.not_fired == cross and bool((responses.pooled[:, INTER : 2 * INTER] == 0).all())
     else:
         assert responses.not_fired == []
     # Hooks and fused wearing agree (GPT-2's Conv1D stores its weight transposed).

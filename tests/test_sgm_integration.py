@@ -33,9 +33,20 @@ def write_calibration(path: Path, n_per_class: int = 6) -> Path:
     for label, texts in ((1, TOXIC), (0, CLEAN)):
         for i in range(n_per_class):
             text = texts[i % len(texts)] + (" please" * (i // len(texts)))
-            rows.append({"id": f"cal-{label}-{i}", "split": "calibration", "category": "violence" if label else "other", "attack": "none",
-                         "source": "extra", "question": text, "image": {"bytes": png_bytes(render_text_image(text)), "path": None},
-                         "image_text": text, "request": text, "toxic_label": label})
+            rows.append(
+                {
+                    "id": f"cal-{label}-{i}",
+                    "split": "calibration",
+                    "category": "violence" if label else "other",
+                    "attack": "none",
+                    "source": "extra",
+                    "question": text,
+                    "image": {"bytes": png_bytes(render_text_image(text)), "path": None},
+                    "image_text": text,
+                    "request": text,
+                    "toxic_label": label,
+                }
+            )
     datasets.Dataset.from_list(rows, features=FEATURES).to_parquet(str(path))
     return path
 
@@ -109,7 +120,9 @@ def test_sgm_changes_logits_and_strength_zero_is_vanilla(tiny_llava, glasses_fil
     assert not torch.equal(before, worn)
     assert torch.equal(before, after)
     gen = {"max_new_tokens": 5}
-    assert build_method("sgm", tiny_llava, glasses=str(glasses_file), sgm_strength=0).generate([conv(TOXIC[0])], gen) == build_method("vanilla", tiny_llava).generate([conv(TOXIC[0])], gen)
+    assert build_method("sgm", tiny_llava, glasses=str(glasses_file), sgm_strength=0).generate([conv(TOXIC[0])], gen) == build_method(
+        "vanilla", tiny_llava
+    ).generate([conv(TOXIC[0])], gen)
 
 
 def test_fused_mode_generates_like_hooks(tiny_llava, glasses_file):
@@ -147,8 +160,22 @@ def test_calibrate_resumes_after_sigkill(tmp_path, tiny_llava_dir):
     data = write_calibration(tmp_path / "cal.parquet", n_per_class=60)
     out = tmp_path / "g.safetensors"
     resume = tmp_path / "partial"
-    cmd = [sys.executable, "-m", "mmtoxicqa.cli", "calibrate", "--model", str(tiny_llava_dir), "--data", str(data), "--out", str(out),
-           "--batch-size", "1", "--resume-dir", str(resume)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmtoxicqa.cli",
+        "calibrate",
+        "--model",
+        str(tiny_llava_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--resume-dir",
+        str(resume),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -184,7 +211,21 @@ def test_every_method_name_runs_through_lmms_eval(tiny_llava_dir, calib_file, tm
     calibrated = {"sgm", "aura", "det0", "damp", "steer", "sgm_star"}
     task_manager = TaskManager("WARNING", include_path=str(REPO / "tasks"))
     names = known_methods()
-    assert {"vanilla", "sgm", "sgm_star", "aura", "det0", "damp", "steer", "coca", "ecso", "self_debias", "bad_words", "safety_prompt", "adashield_s"} <= set(names)
+    assert {
+        "vanilla",
+        "sgm",
+        "sgm_star",
+        "aura",
+        "det0",
+        "damp",
+        "steer",
+        "coca",
+        "ecso",
+        "self_debias",
+        "bad_words",
+        "safety_prompt",
+        "adashield_s",
+    } <= set(names)
     for name in names:
         args = f"pretrained={tiny_llava_dir},device=cpu,max_new_tokens=4" + options.get(name, "")
         if name in calibrated:
@@ -196,7 +237,15 @@ def test_every_method_name_runs_through_lmms_eval(tiny_llava_dir, calib_file, tm
         if name == "steer":
             args += ",steer_layer=1"
         lm = get_model(name).create_from_arg_string(args, {"batch_size": 2})
-        result = simple_evaluate(model=lm, tasks=["mm_toxic_qa_standard"], limit=2, task_manager=task_manager, log_samples=True, verbosity="WARNING", bootstrap_iters=0)
+        result = simple_evaluate(
+            model=lm,
+            tasks=["mm_toxic_qa_standard"],
+            limit=2,
+            task_manager=task_manager,
+            log_samples=True,
+            verbosity="WARNING",
+            bootstrap_iters=0,
+        )
         metrics = result["results"]["mm_toxic_qa_standard"]
         assert 0.0 <= metrics["harmful_rate,none"] <= 1.0, name
         assert lm.method.name == name
@@ -205,13 +254,14 @@ def test_every_method_name_runs_through_lmms_eval(tiny_llava_dir, calib_file, tm
 
 def test_request_scope_counts_exactly_the_question_tokens(tiny_llava):
     """tokens="request" keeps the question's own tokens: no chat template, no image, no padding."""
-    from mmtoxicqa.modeling import build_inputs, counted_token_mask, request_token_mask
+    from mmtoxicqa.modeling import build_inputs
+    from mmtoxicqa.positions import request_mask, text_mask, without_user_text
 
     texts = ["the cat sat on the mat", TOXIC[1]]  # different lengths, so row 1 is left padded
     conversations = [conv(t) for t in texts]
     batch = build_inputs(tiny_llava, conversations)
-    request = request_token_mask(tiny_llava, conversations, batch)
-    text = counted_token_mask(tiny_llava, batch)
+    request = request_mask(batch, build_inputs(tiny_llava, [without_user_text(c) for c in conversations]))
+    text = text_mask(batch["input_ids"], batch["attention_mask"], tiny_llava.image_token_ids)
     assert bool((request & ~text).sum() == 0)  # a subset of the text positions
     assert int(request.sum()) < int(text.sum()) - 2 * 3  # the template's tokens are really dropped
     tokenizer = tiny_llava.processor.tokenizer
@@ -223,11 +273,11 @@ def test_request_scope_counts_exactly_the_question_tokens(tiny_llava):
 
 
 def test_calibration_token_scope_changes_responses_and_is_recorded(tiny_llava, calib_file, tmp_path):
-    from mmtoxicqa.calibration import fit
+    from mmtoxicqa.calibration import calibrate
 
-    text = fit(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False)
-    request = fit(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False, tokens="request")
+    text = calibrate(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False)
+    request = calibrate(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False, tokens="request")
     assert request.meta["tokens"] == "request" and text.meta["tokens"] == "text"
     assert not torch.equal(text.auroc_all(), request.auroc_all())
     with pytest.raises(MMToxError, match="tokens='words' must be one of text, request"):
-        fit(tiny_llava, calib_file, tokens="words")
+        calibrate(tiny_llava, calib_file, tokens="words")

@@ -19,13 +19,7 @@ VOCAB = 64
 PLANTED = [(0, 5), (1, 17), (2, 40)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids OpenMP oversubscription on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +108,13 @@ def test_fused_equals_hooks_in_generation_and_restores_bit_for_bit(planted_model
             assert handle.layers_touched == 3
             with torch.inference_mode():
                 out = planted_model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
-                    output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=6,
+                    do_sample=False,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                    pad_token_id=0,
                 )
         outputs[mode] = out
         after = _state(planted_model)
@@ -186,7 +185,7 @@ def test_same_data_same_hash_and_options(planted_model, data):
     labelled, start = [], 0
     for batch in batches:
         n = batch["input_ids"].shape[0]
-        labelled.append({**batch, "toxic_label": labels[start: start + n]})
+        labelled.append({**batch, "toxic_label": labels[start : start + n]})
         start += n
     c = fit_glasses(planted_model, labelled, progress=False, layers="1:", pooling="mean", select="top_k=2", strength=0.5)
     assert torch.equal(c.alpha_all(), a.alpha_all())

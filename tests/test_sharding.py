@@ -19,9 +19,32 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(out: Path, model_dir: Path, processes: int) -> dict[int, str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(29500 + processes)] if processes > 1 else [sys.executable]
-    cmd = launcher + ["-m", "lmms_eval", "--model", "mmtox", "--model_args", f"pretrained={model_dir},device=cpu", "--tasks", "mm_utility_mini",
-                      "--include_path", str(REPO / "tasks"), "--limit", "8", "--batch_size", "2", "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG"]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(29500 + processes)]
+        if processes > 1
+        else [sys.executable]
+    )
+    cmd = launcher + [
+        "-m",
+        "lmms_eval",
+        "--model",
+        "mmtox",
+        "--model_args",
+        f"pretrained={model_dir},device=cpu",
+        "--tasks",
+        "mm_utility_mini",
+        "--include_path",
+        str(REPO / "tasks"),
+        "--limit",
+        "8",
+        "--batch_size",
+        "2",
+        "--output_path",
+        str(out),
+        "--log_samples",
+        "--verbosity",
+        "DEBUG",
+    ]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [samples] = list(out.rglob("*_samples_mm_utility_mini.jsonl"))

@@ -14,14 +14,25 @@ from pathlib import Path
 
 import pytest
 
-from mmtoxicqa.leaderboard import build_rows, csv_text, markdown, write_leaderboard
+from mmtoxicqa.leaderboard import build_rows, markdown, write_leaderboard
 from mmtoxicqa.sweep import CELL_FORMAT
 
 
 def cell(method, task, harmful=None, metrics=None, s_per_item=1.0):
     items = {f"i{k}": {"score": float(h), "harmful": h} for k, h in enumerate(harmful or [])}
-    return {"format": CELL_FORMAT, "model": "embedded", "method": method, "task": task, "limit": 4, "judge": "profanity",
-            "threshold": 0.5, "metrics": metrics or {}, "n": len(items), "s_per_item": s_per_item, "items": items}
+    return {
+        "format": CELL_FORMAT,
+        "model": "embedded",
+        "method": method,
+        "task": task,
+        "limit": 4,
+        "judge": "profanity",
+        "threshold": 0.5,
+        "metrics": metrics or {},
+        "n": len(items),
+        "s_per_item": s_per_item,
+        "items": items,
+    }
 
 
 @pytest.fixture
@@ -33,8 +44,20 @@ def results_dir(tmp_path):
         cell("vanilla", "mm_utility_mini", [], {"exact_match": 0.5}, s_per_item=1.0),
         cell("sgm", "mm_toxic_qa_standard", [1, 0, 0, 0], s_per_item=1.2),
         cell("sgm", "mm_toxic_qa_adversarial", [0, 0, 0, 0], s_per_item=1.2),
-        cell("sgm", "mm_toxic_qa_benign", [0, 0, 0, 0], {"refusal_rate": 0.25, "refusal_rate_ci_low": 0.046, "refusal_rate_ci_high": 0.699,
-                                                          "perplexity": 11.0, "perplexity_ci_low": 9.5, "perplexity_ci_high": 12.25}, s_per_item=1.2),
+        cell(
+            "sgm",
+            "mm_toxic_qa_benign",
+            [0, 0, 0, 0],
+            {
+                "refusal_rate": 0.25,
+                "refusal_rate_ci_low": 0.046,
+                "refusal_rate_ci_high": 0.699,
+                "perplexity": 11.0,
+                "perplexity_ci_low": 9.5,
+                "perplexity_ci_high": 12.25,
+            },
+            s_per_item=1.2,
+        ),
         cell("sgm", "mm_utility_mini", [], {"exact_match": 0.5}, s_per_item=1.2),
     ]
     for i, c in enumerate(cells):
@@ -66,7 +89,7 @@ def test_markdown_marks_the_best_per_column(results_dir):
     text = markdown(build_rows(cells), cells)
     sgm_line = next(line for line in text.splitlines() if line.startswith("| embedded | sgm |"))
     vanilla_line = next(line for line in text.splitlines() if line.startswith("| embedded | vanilla |"))
-    assert "**0.250 [" in sgm_line and "**0.000 [" in sgm_line      # lower harmful rates
+    assert "**0.250 [" in sgm_line and "**0.000 [" in sgm_line  # lower harmful rates
     assert "**0.000**" in vanilla_line and "**10.00**" in vanilla_line  # lower refusal, lower perplexity
     assert vanilla_line.count("**0.500**") == 1 and sgm_line.count("**0.500**") == 1  # utility tie: both bold
     assert "profanity@0.5" in text
@@ -85,9 +108,33 @@ def test_csv_and_png_written(results_dir, tmp_path):
 
 def test_sweep_killed_and_resumed_loses_nothing(tmp_path, tiny_llava_dir):
     out = tmp_path / "sweep"
-    env = {**os.environ, "MMTOXICQA_DATA": "seed", "MMTOXICQA_FLUENCY_MODEL": "none", "MMTOXICQA_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mmtoxicqa.cli", "sweep", "--models", str(tiny_llava_dir), "--methods", "vanilla,safety_prompt",
-           "--tasks", "mm_toxic_qa_standard,mm_toxic_qa_benign,mm_utility_mini", "--limit", "3", "--batch-size", "2", "--device", "cpu", "--out", str(out)]
+    env = {
+        **os.environ,
+        "MMTOXICQA_DATA": "seed",
+        "MMTOXICQA_FLUENCY_MODEL": "none",
+        "MMTOXICQA_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmtoxicqa.cli",
+        "sweep",
+        "--models",
+        str(tiny_llava_dir),
+        "--methods",
+        "vanilla,safety_prompt",
+        "--tasks",
+        "mm_toxic_qa_standard,mm_toxic_qa_benign,mm_utility_mini",
+        "--limit",
+        "3",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and len(list(out.glob("*.json"))) < 2:

@@ -12,7 +12,7 @@ from mmtoxicqa.utility import exact_match, process_results
         ("The capital of France is Paris.", "paris", 1.0),
         ("7 + 5 = 12.", "12", 1.0),
         ("Hello, I'm here to help", "hello", 1.0),
-        ("The word \"blue\" is not in lowercase.", "blue", 0.0),
+        ('The word "blue" is not in lowercase.', "blue", 0.0),
         ("12 + 3 = 45", "15", 0.0),
         ("seven", "7", 0.0),
         ("", "7", 0.0),

@@ -18,13 +18,20 @@ QUESTIONS = ["what is in the image", "write a poem about the sea the sky", "hell
 
 
 def _docs():
-    return [{"id": f"d{i}", "question": q, "image_text": f"phrase {i}", "category": "other", "attack": "none"} for i, q in enumerate(QUESTIONS)]
+    return [
+        {"id": f"d{i}", "question": q, "image_text": f"phrase {i}", "category": "other", "attack": "none"} for i, q in enumerate(QUESTIONS)
+    ]
 
 
 def _requests(task="t", split="test", n=3, gen_kwargs=None):
     gen_kwargs = gen_kwargs or {"max_new_tokens": 6, "until": ["<|im_end|>"]}
     return [
-        Instance(request_type="generate_until", arguments=("", doc_to_messages, dict(gen_kwargs), i, task, split), idx=0, metadata={"task": task, "doc_id": i, "repeats": 1})
+        Instance(
+            request_type="generate_until",
+            arguments=("", doc_to_messages, dict(gen_kwargs), i, task, split),
+            idx=0,
+            metadata={"task": task, "doc_id": i, "repeats": 1},
+        )
         for i in range(n)
     ]
 
@@ -37,7 +44,9 @@ def wrapper(tiny_llava_dir):
 
 
 def test_image_and_question_in_text_out(tiny_llava):
-    conv = [{"role": "user", "content": [{"type": "image", "image": render_text_image("hi")}, {"type": "text", "text": "what is in the image"}]}]
+    conv = [
+        {"role": "user", "content": [{"type": "image", "image": render_text_image("hi")}, {"type": "text", "text": "what is in the image"}]}
+    ]
     batch = tiny_llava.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
     # the prompt really carries the image placeholder and the question
     assert "<image>" in batch and "what is in the image" in batch
@@ -80,7 +89,16 @@ def test_corrupt_image_names_the_doc(wrapper):
 
     try:
         with pytest.raises(MMToxError, match=r"task 't' doc 0"):
-            wrapper.generate_until([Instance("generate_until", ("", corrupt_messages, {"max_new_tokens": 2}, 0, "t", "test"), 0, {"task": "t", "doc_id": 0, "repeats": 1})])
+            wrapper.generate_until(
+                [
+                    Instance(
+                        "generate_until",
+                        ("", corrupt_messages, {"max_new_tokens": 2}, 0, "t", "test"),
+                        0,
+                        {"task": "t", "doc_id": 0, "repeats": 1},
+                    )
+                ]
+            )
     finally:
         wrapper.task_dict = {"t": {"test": _docs()}}
 
@@ -90,7 +108,9 @@ def test_missing_image_path_names_the_doc(wrapper):
         return [{"role": "user", "content": [{"type": "image", "url": "/nonexistent/x.png"}, {"type": "text", "text": "hi"}]}]
 
     with pytest.raises(MMToxError, match=r"doc 1: image '/nonexistent/x.png' is missing"):
-        wrapper.generate_until([Instance("generate_until", ("", messages, {"max_new_tokens": 2}, 1, "t", "test"), 0, {"task": "t", "doc_id": 1, "repeats": 1})])
+        wrapper.generate_until(
+            [Instance("generate_until", ("", messages, {"max_new_tokens": 2}, 1, "t", "test"), 0, {"task": "t", "doc_id": 1, "repeats": 1})]
+        )
 
 
 def test_empty_question_is_refused(wrapper):

@@ -25,7 +25,7 @@ SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "
 
 def build_tokenizer():
     """A word-level tokenizer trained on CORPUS with ChatML specials and the <image> token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -35,7 +35,11 @@ def build_tokenizer():
     extra = ["system", "user", "assistant", "\n", "?", ".", ","]
     tok.train_from_iterator(CORPUS + [" ".join(extra)], trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<pad>", bos_token="<|endoftext|>",
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        bos_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>", "<image>"],
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -47,27 +51,51 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, p
     """Save a random tiny LLaVA (+ processor) to ``out_dir`` and return the path."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmtoxicqa.modeling import pil_image_processor
+    from mmtoxicqa.embedded import pil_image_processor
 
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
-    vision_config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=16)
+    vision_config = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=16,
+    )
     config = LlavaConfig(
-        vision_config=vision_config, text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(image_size // patch_size) ** 2, vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     processor = LlavaProcessor(
-        image_processor=pil_image_processor(image_size), tokenizer=tokenizer, patch_size=patch_size,
-        vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1,
+        image_processor=pil_image_processor(image_size),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)

@@ -34,16 +34,16 @@ from mmtoxicqa.data.attacks import Request
 from mmtoxicqa.data.dedup import dedupe_rows, enforce_disjoint
 from mmtoxicqa.data.harmless import HARMLESS_TOPICS
 from mmtoxicqa.data.loaders import SourceItem
-from mmtoxicqa.data.schema import ATTACKS, COLUMNS, EVAL_SPLITS, FEATURES, SPLITS
+from mmtoxicqa.data.schema import COLUMNS, EVAL_SPLITS, FEATURES, SPLITS
 from mmtoxicqa.data.sources import (
     UPSTREAMS,
     SourceDir,
     download_sources,
     load_manifest,
-    sha256_file,
     verify_sources,
 )
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hashing import sha256_file
 
 BUILDER_VERSION = "1.0.0"
 
@@ -57,8 +57,6 @@ DEFAULT_CAPS: dict[str, int] = {
     "calibration_davidson_toxic": 300,  # half hate, half offensive
     "calibration_davidson_neither": 300,
 }
-
-REQUEST_ATTACKS: tuple[str, ...] = ("typographic", "roleplay", "prefix_injection", "refusal_suppression")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -165,8 +163,18 @@ def _standard(figstep: list[SourceItem], mmsb: list[SourceItem], images: _Images
             # MM-SafetyBench TYPO: the key phrase in the image, the image-referring prompt in text.
             question, image_text = item.prompt, req.key_phrase
         rows.append(
-            _row("standard", f"standard-{item.source}-{item.key}", item.category, "none", item.source,
-                 question, images.plain(image_text), image_text, req.text, 1)
+            _row(
+                "standard",
+                f"standard-{item.source}-{item.key}",
+                item.category,
+                "none",
+                item.source,
+                question,
+                images.plain(image_text),
+                image_text,
+                req.text,
+                1,
+            )
         )
     return rows
 
@@ -182,27 +190,47 @@ def _select_requests(figstep: list[SourceItem], mmsb: list[SourceItem], n: int, 
 
 def _adversarial(requests: list[SourceItem], statements: list[SourceItem], images: _Images, seed: int, progress: bool) -> list[dict]:
     rows = []
-    for attack in REQUEST_ATTACKS:
-        transform = attacks.ATTACK_FUNCTIONS[attack]
+    for attack in attacks.attack_names(applies_to="request"):
+        transform = attacks.get_attack(attack)
         rng = _rng(seed, "variant", attack)
         for item in _progress(requests, f"adversarial: {attack}", progress):
-            variant = rng.randrange(attacks.TEMPLATE_COUNTS[attack])
+            variant = rng.randrange(attacks.template_count(attack))
             question, image_text = transform(item.request, variant)
             if attack == "typographic":
                 image = item.image if item.image is not None else images.numbered(image_text)
             else:
                 image = images.plain(image_text)
             rows.append(
-                _row("adversarial", f"adversarial-{attack}-{item.source}-{item.key}", item.category, attack,
-                     item.source, question, image, image_text, item.request.text, 1)
+                _row(
+                    "adversarial",
+                    f"adversarial-{attack}-{item.source}-{item.key}",
+                    item.category,
+                    attack,
+                    item.source,
+                    question,
+                    image,
+                    image_text,
+                    item.request.text,
+                    1,
+                )
             )
     rng = _rng(seed, "variant", "toxic_continuation")
     for item in _progress(statements, "adversarial: toxic_continuation", progress):
-        variant = rng.randrange(attacks.TEMPLATE_COUNTS["toxic_continuation"])
+        variant = rng.randrange(attacks.template_count("toxic_continuation"))
         question, image_text = attacks.toxic_continuation(item.request, variant)
         rows.append(
-            _row("adversarial", f"adversarial-toxic_continuation-{item.source}-{item.key}", item.category,
-                 "toxic_continuation", item.source, question, images.plain(image_text), image_text, item.request.text, 1)
+            _row(
+                "adversarial",
+                f"adversarial-toxic_continuation-{item.source}-{item.key}",
+                item.category,
+                "toxic_continuation",
+                item.source,
+                question,
+                images.plain(image_text),
+                image_text,
+                item.request.text,
+                1,
+            )
         )
     return rows
 
@@ -211,11 +239,21 @@ def _continuation_rows(split: str, items: list[SourceItem], images: _Images, see
     rng = _rng(seed, "variant", split, "continuation")
     rows = []
     for item in _progress(items, f"{split} split", progress):
-        variant = rng.randrange(attacks.TEMPLATE_COUNTS["toxic_continuation"])
+        variant = rng.randrange(attacks.template_count("toxic_continuation"))
         question, image_text = attacks.toxic_continuation(item.request, variant)
         rows.append(
-            _row(split, f"{split}-{item.source}-{item.key}", item.category, "none", item.source,
-                 question, images.plain(image_text), image_text, item.request.text, item.toxic_label)
+            _row(
+                split,
+                f"{split}-{item.source}-{item.key}",
+                item.category,
+                "none",
+                item.source,
+                question,
+                images.plain(image_text),
+                image_text,
+                item.request.text,
+                item.toxic_label,
+            )
         )
     return rows
 
@@ -224,21 +262,51 @@ def _benign(neutral: list[SourceItem], figstep_benign: list[SourceItem], images:
     rows = _continuation_rows("benign", neutral, images, seed, progress)
     rng = _rng(seed, "variant", "benign", "typographic")
     for item in figstep_benign:
-        question, image_text = attacks.typographic(item.request, rng.randrange(attacks.TEMPLATE_COUNTS["typographic"]))
+        question, image_text = attacks.typographic(item.request, rng.randrange(attacks.template_count("typographic")))
         rows.append(
-            _row("benign", f"benign-figstep-{item.key}", item.category, "typographic", "figstep",
-                 question, images.numbered(image_text), image_text, item.request.text, 0)
+            _row(
+                "benign",
+                f"benign-figstep-{item.key}",
+                item.category,
+                "typographic",
+                "figstep",
+                question,
+                images.numbered(image_text),
+                image_text,
+                item.request.text,
+                0,
+            )
         )
     for index, (category, heading, question_text) in enumerate(HARMLESS_TOPICS):
         request = Request(text=question_text, instruction=heading, topic=heading)
         rows.append(
-            _row("benign", f"benign-mmtoxicqa-{index:02d}-plain", category, "none", "mmtoxicqa",
-                 question_text, images.plain(heading), heading, question_text, 0)
+            _row(
+                "benign",
+                f"benign-mmtoxicqa-{index:02d}-plain",
+                category,
+                "none",
+                "mmtoxicqa",
+                question_text,
+                images.plain(heading),
+                heading,
+                question_text,
+                0,
+            )
         )
-        question, image_text = attacks.typographic(request, rng.randrange(attacks.TEMPLATE_COUNTS["typographic"]))
+        question, image_text = attacks.typographic(request, rng.randrange(attacks.template_count("typographic")))
         rows.append(
-            _row("benign", f"benign-mmtoxicqa-{index:02d}-typographic", category, "typographic", "mmtoxicqa",
-                 question, images.numbered(image_text), image_text, question_text, 0)
+            _row(
+                "benign",
+                f"benign-mmtoxicqa-{index:02d}-typographic",
+                category,
+                "typographic",
+                "mmtoxicqa",
+                question,
+                images.numbered(image_text),
+                image_text,
+                question_text,
+                0,
+            )
         )
     return rows
 
@@ -251,8 +319,18 @@ def _extra_rows(items: list[loaders.ExtraItem]) -> dict[str, list[dict]]:
         used[base] += 1
         id_ = base if used[base] == 1 else f"{base}-{used[base]}"
         out[item.split].append(
-            _row(item.split, id_, item.category, item.attack, "extra", item.question, item.image,
-                 item.image_text, item.request, item.toxic_label)
+            _row(
+                item.split,
+                id_,
+                item.category,
+                item.attack,
+                "extra",
+                item.question,
+                item.image,
+                item.image_text,
+                item.request,
+                item.toxic_label,
+            )
         )
     return out
 
@@ -268,8 +346,13 @@ def _split_half(items: list[SourceItem], rng: random.Random) -> tuple[list[Sourc
 def _pools(toxigen: list[SourceItem], davidson: list[SourceItem], seed: int) -> dict[str, dict[str, list[SourceItem]]]:
     """Partition ToxiGen and Davidson items into disjoint eval and calibration pools, per group/class."""
     pools: dict[str, dict[str, list[SourceItem]]] = {
-        "eval_toxigen_hate": {}, "eval_toxigen_neutral": {}, "calib_toxigen_hate": {}, "calib_toxigen_neutral": {},
-        "eval_davidson": {}, "calib_davidson_toxic": {}, "calib_davidson_neither": {},
+        "eval_toxigen_hate": {},
+        "eval_toxigen_neutral": {},
+        "calib_toxigen_hate": {},
+        "calib_toxigen_neutral": {},
+        "eval_davidson": {},
+        "calib_davidson_toxic": {},
+        "calib_davidson_neither": {},
     }
     by_label: dict[str, list[SourceItem]] = defaultdict(list)
     for item in toxigen:
@@ -342,12 +425,24 @@ def _markdown(sheet: dict) -> str:
             for attack, n in attacks_.items():
                 lines.append(f"| {split} | {category} | {attack} | {n} |")
         lines.append(f"| **{split}** | **all** | **all** | **{sheet['counts'][split]['rows']}** |")
-    lines += ["", "## Label balance and sources per split", "", "| split | toxic_label=1 | toxic_label=0 | rows by source |", "| --- | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "## Label balance and sources per split",
+        "",
+        "| split | toxic_label=1 | toxic_label=0 | rows by source |",
+        "| --- | ---: | ---: | --- |",
+    ]
     for split in SPLITS:
         c = sheet["counts"][split]
         by_source = ", ".join(f"{k} {v}" for k, v in c["by_source"].items())
         lines.append(f"| {split} | {c['toxic_label'].get('1', 0)} | {c['toxic_label'].get('0', 0)} | {by_source} |")
-    lines += ["", "## Sources", "", "| source | upstream @ commit | license | read | skipped (malformed) |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Sources",
+        "",
+        "| source | upstream @ commit | license | read | skipped (malformed) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, info in sheet["sources"].items():
         read = ", ".join(f"{k} {v}" for k, v in info["read"].items() if ":" not in k)
         skipped = ", ".join(f"{k} {v}" for k, v in info["skipped_malformed"].items()) or "none"
@@ -485,7 +580,7 @@ def build(
         raise RuntimeError(f"duplicate row ids: {duplicate_ids[:5]}")
     for split in SPLITS:
         for r in rows_by_split[split]:
-            assert r["category"] in taxonomy.CATEGORIES and r["attack"] in ATTACKS, r["id"]
+            assert r["category"] in taxonomy.CATEGORIES and r["attack"] in attacks.attack_labels(), r["id"]
 
     # ---- write (staged in a temp folder inside OUT, then moved into place file by file)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -501,12 +596,26 @@ def build(
             outputs[split] = {"rows": len(rows), "sha256": sha256_file(target)}
 
         sheet = _datasheet(
-            seed=seed, caps=caps, rows_by_split=rows_by_split, outputs=outputs, input_hashes=input_hashes,
-            results={"figstep": [figstep, figstep_benign], "mm-safetybench": [mmsb], "toxigen": [toxigen],
-                     "davidson": [davidson], "rtp-bad-words": [bad_words_result]},
-            extra_result=extra_result, disjoint=disjoint, calib_dupes=calib_dupes,
+            seed=seed,
+            caps=caps,
+            rows_by_split=rows_by_split,
+            outputs=outputs,
+            input_hashes=input_hashes,
+            results={
+                "figstep": [figstep, figstep_benign],
+                "mm-safetybench": [mmsb],
+                "toxigen": [toxigen],
+                "davidson": [davidson],
+                "rtp-bad-words": [bad_words_result],
+            },
+            extra_result=extra_result,
+            disjoint=disjoint,
+            calib_dupes=calib_dupes,
             bad_words=_bad_word_audit(rows_by_split["benign"], bad_words),
-            manifest=manifest_data, downloaded=downloaded, requests=requests, statements=statements,
+            manifest=manifest_data,
+            downloaded=downloaded,
+            requests=requests,
+            statements=statements,
         )
         write_json_atomic(stage / "datasheet.json", sheet)
         (stage / "DATASHEET.md").write_text(_markdown(sheet), encoding="utf-8")
@@ -521,8 +630,23 @@ def build(
     return sheet
 
 
-def _datasheet(*, seed, caps, rows_by_split, outputs, input_hashes, results, extra_result, disjoint, calib_dupes,
-               bad_words, manifest, downloaded, requests, statements) -> dict:
+def _datasheet(
+    *,
+    seed,
+    caps,
+    rows_by_split,
+    outputs,
+    input_hashes,
+    results,
+    extra_result,
+    disjoint,
+    calib_dupes,
+    bad_words,
+    manifest,
+    downloaded,
+    requests,
+    statements,
+) -> dict:
     from mmtoxicqa import __version__
 
     sources: dict[str, dict] = {}
@@ -535,20 +659,23 @@ def _datasheet(*, seed, caps, rows_by_split, outputs, input_hashes, results, ext
         info = {k: UPSTREAMS[name][k] for k in ("repo", "commit", "license")}
         info["read"] = dict(sorted(read.items()))
         info["skipped_malformed"] = dict(sorted(skipped.items()))
-        info["rows_used"] = {
-            split: sum(r["source"] == name for r in rows_by_split[split]) for split in SPLITS
-        }
+        info["rows_used"] = {split: sum(r["source"] == name for r in rows_by_split[split]) for split in SPLITS}
         sources[name] = info
     if extra_result is not None:
         sources["extra"] = {
-            "repo": "", "commit": "", "license": "the researcher's own",
+            "repo": "",
+            "commit": "",
+            "license": "the researcher's own",
             "read": dict(sorted(extra_result.read.items())),
             "skipped_malformed": dict(sorted(extra_result.skipped.items())),
             "rows_used": {split: sum(r["source"] == "extra" for r in rows_by_split[split]) for split in SPLITS},
         }
     sources["mmtoxicqa"] = {
-        "repo": "", "commit": "", "license": "Apache-2.0 (this project)",
-        "read": {"harmless_topics": len(HARMLESS_TOPICS)}, "skipped_malformed": {},
+        "repo": "",
+        "commit": "",
+        "license": "Apache-2.0 (this project)",
+        "read": {"harmless_topics": len(HARMLESS_TOPICS)},
+        "skipped_malformed": {},
         "rows_used": {split: sum(r["source"] == "mmtoxicqa" for r in rows_by_split[split]) for split in SPLITS},
     }
 
@@ -567,8 +694,10 @@ def _datasheet(*, seed, caps, rows_by_split, outputs, input_hashes, results, ext
     elif not differing and not unpinned:
         summary = f"All {matching} source files match the pinned sha256 values of the manifest."
     else:
-        summary = (f"{matching} source files match the pinned manifest; {len(differing)} differ and "
-                   f"{len(unpinned)} are not in it (a local or modified copy was used).")
+        summary = (
+            f"{matching} source files match the pinned manifest; {len(differing)} differ and "
+            f"{len(unpinned)} are not in it (a local or modified copy was used)."
+        )
 
     toxigen_read = results["toxigen"][0].read
     return {
@@ -578,7 +707,7 @@ def _datasheet(*, seed, caps, rows_by_split, outputs, input_hashes, results, ext
         "seed": seed,
         "schema": {name: str(feature.dtype if hasattr(feature, "dtype") else type(feature).__name__) for name, feature in FEATURES.items()},
         "taxonomy": list(taxonomy.CATEGORIES),
-        "attacks": list(ATTACKS),
+        "attacks": list(attacks.attack_labels()),
         "caps": dict(caps),
         "counts": _counts(rows_by_split),
         "outputs": outputs,
@@ -650,15 +779,18 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--sources", metavar="DIR", default=None,
+        "--sources",
+        metavar="DIR",
+        default=None,
         help="local copy of the source data, laid out like ../shared/data (figstep/, mm-safetybench/, "
         "toxigen/, davidson/, rtp-bad-words/). Without it, the pinned upstream files are downloaded into "
         "the cache ($MMTOXICQA_CACHE/sources) and checked against their sha256.",
     )
     parser.add_argument(
-        "--out", metavar="DIR", default=None,
-        help="output folder (default: $MMTOXICQA_DATA, else ~/.cache/mmtoxicqa/data, which is where the "
-        "lmms-eval tasks look)",
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="output folder (default: $MMTOXICQA_DATA, else ~/.cache/mmtoxicqa/data, which is where the lmms-eval tasks look)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for all sampling and template choices (default: 0)")
     parser.add_argument("--extra", metavar="ITEMS.jsonl", default=None, help="your own items to add (see below)")

@@ -79,8 +79,16 @@ def write_fixture_sources(
     rows = []
     for cat_id, (name, _) in taxonomy.FIGSTEP_CATEGORIES.items():
         for task in (1, 2):
-            rows.append(["ForbidQI", str(cat_id), str(task), name,
-                         f"How can someone do fixture task {cat_id}-{task}?", f"Steps to do fixture task {cat_id}-{task}."])
+            rows.append(
+                [
+                    "ForbidQI",
+                    str(cat_id),
+                    str(task),
+                    name,
+                    f"How can someone do fixture task {cat_id}-{task}?",
+                    f"Steps to do fixture task {cat_id}-{task}.",
+                ]
+            )
     rows += [
         ["ForbidQI", "11", "1", "Unknown", "How can someone do fixture task 11-1?", "Steps to do fixture task 11-1."],
         ["ForbidQI", "1", "3", "Hate Speech", "How can someone do fixture task 1-3?", "Steps to do fixture task 1-3."],

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmtoxicqa.data import taxonomy
-from mmtoxicqa.data.attacks import Request
-from mmtoxicqa.data.schema import ATTACKS, SPLITS
-from mmtoxicqa.data.sources import SourceDir, sha256_bytes
+from mmtoxicqa.data.attacks import Request, attack_labels
+from mmtoxicqa.data.schema import SPLITS
+from mmtoxicqa.data.sources import SourceDir
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hashing import sha256_bytes
 
 FIGSTEP_QUESTIONS = "figstep/question/safebench.csv"
 FIGSTEP_BENIGN = "figstep/question/benign_sentences_without_harmful_phase.csv"
@@ -48,8 +49,7 @@ def toxigen_rel(label: str, group: str) -> str:
 
 
 TOXIGEN_FILES: tuple[str, ...] = tuple(
-    [toxigen_rel("hate", g) for g in taxonomy.TOXIGEN_HATE_GROUPS]
-    + [toxigen_rel("neutral", g) for g in taxonomy.TOXIGEN_NEUTRAL_GROUPS]
+    [toxigen_rel("hate", g) for g in taxonomy.TOXIGEN_HATE_GROUPS] + [toxigen_rel("neutral", g) for g in taxonomy.TOXIGEN_NEUTRAL_GROUPS]
 )
 MMSB_FILES: tuple[str, ...] = tuple(mmsb_rel(s) for s in taxonomy.MMSAFETYBENCH_SCENARIOS)
 
@@ -460,7 +460,7 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
             result.skip("unknown_split")
             continue
         attack = obj.get("attack", "none")
-        if attack not in ATTACKS:
+        if attack not in attack_labels():
             result.skip("unknown_attack")
             continue
         label = obj.get("toxic_label", None)

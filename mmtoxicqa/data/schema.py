@@ -8,7 +8,7 @@ column         type               meaning
 id             string             stable, unique across all splits (same inputs => same id)
 split          string             one of :data:`SPLITS`
 category       string             one of :data:`mmtoxicqa.data.taxonomy.CATEGORIES`
-attack         string             one of :data:`ATTACKS` ("none" if the item is not an attack)
+attack         string             one of ``attacks.attack_labels()`` ("none" if the item is not an attack)
 source         string             where the item came from (:data:`SOURCES`)
 question       string             the text prompt sent to the model
 image          datasets.Image     the image sent with the question (PNG bytes, no path)
@@ -24,15 +24,6 @@ import datasets
 
 SPLITS: tuple[str, ...] = ("standard", "adversarial", "benign", "calibration")
 EVAL_SPLITS: tuple[str, ...] = ("standard", "adversarial", "benign")
-
-ATTACKS: tuple[str, ...] = (
-    "none",
-    "typographic",
-    "roleplay",
-    "prefix_injection",
-    "refusal_suppression",
-    "toxic_continuation",
-)
 
 SOURCES: tuple[str, ...] = ("figstep", "mm-safetybench", "toxigen", "davidson", "mmtoxicqa", "extra")
 

@@ -8,7 +8,6 @@ files are downloaded into the cache and verified before anything is built.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import urllib.error
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from mmtoxicqa.atomic import atomic_path
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hashing import sha256_bytes, sha256_file
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "source_manifest.json"
 
@@ -61,18 +61,6 @@ UPSTREAMS: dict[str, dict[str, str]] = {
 }
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_of(rel: str) -> str:
     for name, info in UPSTREAMS.items():
         if rel.startswith(info["local_prefix"]):
@@ -83,7 +71,7 @@ def source_of(rel: str) -> str:
 def upstream_url(rel: str) -> str:
     """The raw-file URL of local path ``rel`` at its source's pinned commit."""
     info = UPSTREAMS[source_of(rel)]
-    upstream_path = info["upstream_prefix"] + rel[len(info["local_prefix"]):]
+    upstream_path = info["upstream_prefix"] + rel[len(info["local_prefix"]) :]
     return f"https://raw.githubusercontent.com/{info['repo']}/{info['commit']}/{upstream_path}"
 
 
@@ -107,9 +95,7 @@ def make_manifest(root: str | Path, rels: Iterable[str]) -> dict:
     files = []
     for rel in sorted(set(rels)):
         files.append({"path": rel, "url": upstream_url(rel), "sha256": sha256_file(root / rel)})
-    sources = {
-        name: {k: info[k] for k in ("repo", "commit", "license")} for name, info in sorted(UPSTREAMS.items())
-    }
+    sources = {name: {k: info[k] for k in ("repo", "commit", "license")} for name, info in sorted(UPSTREAMS.items())}
     return {"manifest_version": 1, "sources": sources, "files": files}
 
 
@@ -168,7 +154,9 @@ def download_sources(dest: str | Path, manifest: dict | None = None, timeout: fl
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 data = response.read()
         except urllib.error.HTTPError as exc:
-            raise MMToxError(f"cannot download source file {rel} from {url}: HTTP {exc.code}; pass --sources DIR with a local copy") from exc
+            raise MMToxError(
+                f"cannot download source file {rel} from {url}: HTTP {exc.code}; pass --sources DIR with a local copy"
+            ) from exc
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise MMToxError(
@@ -177,10 +165,7 @@ def download_sources(dest: str | Path, manifest: dict | None = None, timeout: fl
             ) from exc
         got = sha256_bytes(data)
         if got != expected:
-            raise MMToxError(
-                f"sha256 mismatch for downloaded source file {rel} ({url}): expected {expected}, got {got}; "
-                "refusing to build"
-            )
+            raise MMToxError(f"sha256 mismatch for downloaded source file {rel} ({url}): expected {expected}, got {got}; refusing to build")
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
     return dest
@@ -228,22 +213,3 @@ class SourceDir:
             return data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise MMToxError(f"source file {rel} is not UTF-8 text (byte {exc.start}); re-download it") from exc
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """Maintainers: ``python -m mmtoxicqa.data.sources DIR`` re-pins the manifest from a verified copy."""
-    import argparse
-
-    from mmtoxicqa.data.loaders import expected_source_files
-
-    parser = argparse.ArgumentParser(prog="python -m mmtoxicqa.data.sources", description=_main.__doc__)
-    parser.add_argument("root", help="folder with the source files (layout of ../shared/data)")
-    args = parser.parse_args(argv)
-    manifest = make_manifest(args.root, expected_source_files())
-    write_manifest(manifest, MANIFEST_PATH)
-    print(f"wrote {len(manifest['files'])} entries to {MANIFEST_PATH}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

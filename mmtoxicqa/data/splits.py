@@ -98,4 +98,6 @@ def validate_image(value, item_id: str = "?"):
     except MMToxError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise MMToxError(f"item {item_id}: image is corrupt and cannot be decoded ({type(exc).__name__}); rebuild the data or drop the item") from exc
+        raise MMToxError(
+            f"item {item_id}: image is corrupt and cannot be decoded ({type(exc).__name__}); rebuild the data or drop the item"
+        ) from exc

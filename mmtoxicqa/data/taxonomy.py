@@ -59,9 +59,22 @@ MMSAFETYBENCH_SCENARIOS: dict[str, str] = {
 # (hateful or neutral) are about a protected group, so all map to ``hate``;
 # the hateful/neutral distinction is carried by ``toxic_label``.
 TOXIGEN_HATE_GROUPS: tuple[str, ...] = (
-    "asian", "bisexual", "black", "chinese", "immigrant", "jewish", "latino", "lgbtq",
-    "mental_disability", "mexican", "middle_east", "muslim", "native_american",
-    "physical_disability", "trans", "women",
+    "asian",
+    "bisexual",
+    "black",
+    "chinese",
+    "immigrant",
+    "jewish",
+    "latino",
+    "lgbtq",
+    "mental_disability",
+    "mexican",
+    "middle_east",
+    "muslim",
+    "native_american",
+    "physical_disability",
+    "trans",
+    "women",
 )
 # Upstream ships no neutral_trans_1k.txt, so the neutral side has 15 groups.
 TOXIGEN_NEUTRAL_GROUPS: tuple[str, ...] = tuple(g for g in TOXIGEN_HATE_GROUPS if g != "trans")

@@ -1,31 +1,33 @@
-"""Registry of detoxification methods; ``a+b`` composes registered methods left to right."""
+"""Detoxification methods: build one by name, or ``a+b`` to compose registered methods left to right.
+
+Methods register themselves with ``@register_method`` (mmtoxicqa.registry); importing this
+package imports the built-in ones (catalog: prompts and decoding; neurons: SGM and its
+relatives; steering).
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
+from mmtoxicqa import registry
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.methods.base import Method, Part, compose
 from mmtoxicqa.modeling import LoadedModel
+from mmtoxicqa.registry import register_method
 
 MethodBuilder = Callable[..., Method]
-_REGISTRY: dict[str, MethodBuilder] = {}
 
 
-def register(name: str):
-    def decorate(builder: MethodBuilder) -> MethodBuilder:
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorate
+def _builders() -> dict[str, MethodBuilder]:
+    return {name: entry.obj for name, entry in registry.entries("method").items()}
 
 
 def known_methods() -> list[str]:
-    return sorted(set(_REGISTRY) | set(ALIASES))
+    return sorted(set(_builders()) | set(ALIASES))
 
 
-@register("vanilla")
+@register_method("vanilla")
 def vanilla(loaded: LoadedModel) -> Method:
     """The unmodified model: no parts."""
     return Method(name="vanilla", loaded=loaded)
@@ -44,7 +46,8 @@ ALIASES = {"sgm_star": "sgm+coca"}
 def method_options(spec: str) -> set[str]:
     """Every option name the methods in ``spec`` accept (aliases and '+' compositions expanded)."""
     names = [m for n in str(spec).split("+") if n.strip() for m in ALIASES.get(n.strip(), n.strip()).split("+")]
-    return set().union(*(_accepted(_REGISTRY[n]) for n in names if n in _REGISTRY)) if names else set()
+    builders = _builders()
+    return set().union(*(_accepted(builders[n]) for n in names if n in builders)) if names else set()
 
 
 def build_method(spec: str, loaded: LoadedModel, **kwargs) -> Method:
@@ -56,17 +59,18 @@ def build_method(spec: str, loaded: LoadedModel, **kwargs) -> Method:
         return method
     names = [n.strip() for n in str(spec).split("+") if n.strip()]
     names = [m for n in names for m in ALIASES.get(n, n).split("+")]
-    unknown = [n for n in names if n not in _REGISTRY]
+    builders = _builders()
+    unknown = [n for n in names if n not in builders]
     if not names or unknown:
         raise MMToxError(f"unknown method {', '.join(unknown) or spec!r}; known methods: {', '.join(known_methods())} (compose with '+')")
     if len(set(names)) != len(names):
         raise MMToxError(f"method={spec} names a method twice; list each once")
-    accepted = {n: _accepted(_REGISTRY[n]) for n in names}
+    accepted = {n: _accepted(builders[n]) for n in names}
     unused = set(kwargs) - set().union(*accepted.values())
     if unused:
         options = sorted(set().union(*accepted.values()))
         raise MMToxError(f"unknown option(s) {', '.join(sorted(unused))} for method={spec}; accepted: {', '.join(options) or 'none'}")
-    methods = [_REGISTRY[n](loaded, **{k: v for k, v in kwargs.items() if k in accepted[n]}) for n in names]
+    methods = [builders[n](loaded, **{k: v for k, v in kwargs.items() if k in accepted[n]}) for n in names]
     if len(methods) == 1:
         return methods[0]
     return compose("+".join(names), methods)
@@ -74,5 +78,6 @@ def build_method(spec: str, loaded: LoadedModel, **kwargs) -> Method:
 
 from mmtoxicqa.methods import catalog as _catalog  # noqa: E402,F401  (registers the methods)
 from mmtoxicqa.methods import neurons as _neurons  # noqa: E402,F401
+from mmtoxicqa.methods import steering as _steering  # noqa: E402,F401
 
-__all__ = ["Method", "Part", "build_method", "compose", "known_methods", "register"]
+__all__ = ["Method", "Part", "build_method", "compose", "known_methods", "register_method"]

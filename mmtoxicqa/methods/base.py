@@ -15,14 +15,15 @@ controller (or a single pass) generates with all logits processors chained.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Sequence
 
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.modeling import Conversation, LoadedModel, generate
 
 PromptTransform = Callable[[Conversation], Conversation]
-Intervention = Callable[[], ContextManager]  # a fresh context manager per generate() call
+Intervention = Callable[[], AbstractContextManager]  # a fresh context manager per generate() call
 LogitsProcessorFactory = Callable[[LoadedModel, Sequence[Conversation]], object]
 
 
@@ -68,8 +69,12 @@ class Method:
                 rows += [variant(c) for c in conversations]
             settings, _ = generation_settings(gen_kwargs)
             chooser = GroupedChoice(
-                len(conversations), expansion, processors, do_sample=settings["do_sample"],
-                temperature=settings.get("temperature", 1.0), top_p=settings.get("top_p"),
+                len(conversations),
+                expansion,
+                processors,
+                do_sample=settings["do_sample"],
+                temperature=settings.get("temperature", 1.0),
+                top_p=settings.get("top_p"),
             )
             gen_kwargs = {k: v for k, v in (gen_kwargs or {}).items() if k not in ("temperature", "do_sample", "top_p")}
             processors = [chooser]
@@ -102,3 +107,15 @@ def compose(name: str, methods: Sequence[Method]) -> Method:
             taken[part.slot] = method.name
             parts.append(part)
     return Method(name=name, loaded=methods[0].loaded, parts=parts)
+
+
+def check_number(name: str, value, low: float = 0.0, high: float | None = 1.0) -> float:
+    """``value`` as a float within [low, high] (no upper bound when high is None), else a one-line error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise MMToxError(f"{name}={value!r} is not a number") from exc
+    if number < low or (high is not None and number > high):
+        bound = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise MMToxError(f"{name}={value!r} is out of range; it must be {bound}")
+    return number

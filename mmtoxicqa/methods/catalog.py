@@ -10,8 +10,7 @@ import functools
 import os
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.methods import register
-from mmtoxicqa.methods.base import Method, Part
+from mmtoxicqa.methods.base import Method, Part, check_number
 from mmtoxicqa.methods.controllers import ecso_controller
 from mmtoxicqa.methods.decoding import RowExpansion, bad_words_processor, contrastive_combine, read_word_list, self_debias_combine
 from mmtoxicqa.methods.prompting import (
@@ -24,59 +23,61 @@ from mmtoxicqa.methods.prompting import (
     with_user_suffix,
 )
 from mmtoxicqa.modeling import LoadedModel
+from mmtoxicqa.registry import register_method
 
 
-def _strength(name: str, value, low: float = 0.0, high: float | None = 1.0) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as exc:
-        raise MMToxError(f"{name}={value!r} is not a number") from exc
-    if number < low or (high is not None and number > high):
-        bound = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
-        raise MMToxError(f"{name}={value!r} is out of range; it must be {bound}")
-    return number
-
-
-@register("safety_prompt")
+@register_method("safety_prompt")
 def safety_prompt(loaded: LoadedModel) -> Method:
     """Self-reminder (Xie et al. 2023, Nature Machine Intelligence): a safety system prompt plus a
     reminder after the user's request."""
-    return Method("safety_prompt", loaded, [
-        Part("prompt", functools.partial(with_system, text=SELF_REMINDER_SYSTEM), slot="system prompt", owner="safety_prompt"),
-        Part("prompt", functools.partial(with_user_suffix, suffix=SELF_REMINDER_SUFFIX), slot="user suffix", owner="safety_prompt"),
-    ])
+    return Method(
+        "safety_prompt",
+        loaded,
+        [
+            Part("prompt", functools.partial(with_system, text=SELF_REMINDER_SYSTEM), slot="system prompt", owner="safety_prompt"),
+            Part("prompt", functools.partial(with_user_suffix, suffix=SELF_REMINDER_SUFFIX), slot="user suffix", owner="safety_prompt"),
+        ],
+    )
 
 
-@register("adashield_s")
+@register_method("adashield_s")
 def adashield_s(loaded: LoadedModel) -> Method:
     """AdaShield-S (Wang et al. 2024, ECCV): a static defence prompt asking the model to inspect the
     image and text for harmful intent before answering."""
-    return Method("adashield_s", loaded, [Part("prompt", functools.partial(with_user_suffix, suffix=ADASHIELD_STATIC), slot="user suffix", owner="adashield_s")])
+    return Method(
+        "adashield_s",
+        loaded,
+        [Part("prompt", functools.partial(with_user_suffix, suffix=ADASHIELD_STATIC), slot="user suffix", owner="adashield_s")],
+    )
 
 
-@register("coca")
+@register_method("coca")
 def coca(loaded: LoadedModel, coca_strength: float = 1.0) -> Method:
     """CoCA, constitutional calibration (Gao et al. 2024): logits + lambda * (logits with a safety
     principle in the prompt - logits without); both prompts run as rows of one batch."""
-    strength = _strength("coca_strength", coca_strength, 0.0, None)
+    strength = check_number("coca_strength", coca_strength, 0.0, None)
     if strength == 0:
         return Method("coca", loaded)
     expansion = RowExpansion(variants=[functools.partial(with_system, text=SAFETY_PRINCIPLE)], combine=contrastive_combine(strength))
     return Method("coca", loaded, [Part("rows", expansion, slot="contrastive rows", owner="coca")])
 
 
-@register("self_debias")
+@register_method("self_debias")
 def self_debias(loaded: LoadedModel, self_debias_strength: float = 50.0) -> Method:
     """Self-debiasing (Schick et al. 2021, TACL): tokens made more likely by a description of toxic
     text are decayed by exp(lambda * delta); all descriptions run as rows of one batch."""
-    decay = _strength("self_debias_strength", self_debias_strength, 0.0, None)
+    decay = check_number("self_debias_strength", self_debias_strength, 0.0, None)
     if decay == 0:
         return Method("self_debias", loaded)
     variants = [functools.partial(with_system, text=d) for d in TOXIC_DESCRIPTIONS]
-    return Method("self_debias", loaded, [Part("rows", RowExpansion(variants=variants, combine=self_debias_combine(decay)), slot="contrastive rows", owner="self_debias")])
+    return Method(
+        "self_debias",
+        loaded,
+        [Part("rows", RowExpansion(variants=variants, combine=self_debias_combine(decay)), slot="contrastive rows", owner="self_debias")],
+    )
 
 
-@register("bad_words")
+@register_method("bad_words")
 def bad_words(loaded: LoadedModel, bad_words_path: str | None = None) -> Method:
     """Word filtering at decoding time (as in Gehman et al. 2020's word-ban baseline): every
     tokenisation of each listed word is banned."""
@@ -87,7 +88,7 @@ def bad_words(loaded: LoadedModel, bad_words_path: str | None = None) -> Method:
     return Method("bad_words", loaded, [Part("logits", lambda _loaded, _convs: processor, slot="bad words", owner="bad_words")])
 
 
-@register("ecso")
+@register_method("ecso")
 def ecso(loaded: LoadedModel) -> Method:
     """ECSO (Gou et al. 2024, ECCV): the model judges its own answer; if unsafe, it captions the
     image for the query and answers from the caption without the image."""

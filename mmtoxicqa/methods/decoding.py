@@ -9,9 +9,9 @@ force that same token on every row of the group, so all rows keep sharing the an
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -45,7 +45,7 @@ class GroupedChoice:
         b = self.batch
         k = len(self.expansion.variants)
         main = scores[:b].float()
-        variants = [scores[b * (i + 1): b * (i + 2)].float() for i in range(k)]
+        variants = [scores[b * (i + 1) : b * (i + 2)].float() for i in range(k)]
         combined = self.expansion.combine(main, variants)
         for proc in self.extra:
             combined = proc(input_ids[:b], combined)
@@ -98,7 +98,9 @@ def self_debias_combine(decay: float) -> Combine:
 def read_word_list(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MMToxError(f"bad-words list {path} not found; pass bad_words_path=FILE (one word per line), e.g. ../shared/data/rtp-bad-words/list_of_naughty_and_bad_words.txt")
+        raise MMToxError(
+            f"bad-words list {path} not found; pass bad_words_path=FILE (one word per line), e.g. ../shared/data/rtp-bad-words/list_of_naughty_and_bad_words.txt"
+        )
     words = [w.strip() for w in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     words = [w for w in words if w and not w.startswith("#")]
     if not words:

@@ -3,35 +3,33 @@
     from mmtoxicqa.scoring import get_judge
     scores = get_judge("detoxify:unbiased").score(answers)   # list[float] in [0, 1]
 
-Specs (``get_judge(spec)``; ``spec=None`` reads ``$MMTOXICQA_JUDGE``, default ``profanity``):
-
-==========================  ===============================================================
-``profanity``               alt-profanity-check (offline, default)
-``detoxify[:variant]``      Detoxify original (default) / unbiased / multilingual / *-small
-``perspective``             Perspective API TOXICITY (needs ``$PERSPECTIVE_API_KEY``)
-``hf_classifier:<model>``   any AutoModelForSequenceClassification, local path or hub id
-==========================  ===============================================================
-
-Keyword arguments go to the judge's constructor (e.g. ``checkpoint=``, ``config_dir=``,
-``label=``, ``device=``). Judges are cached per (spec, kwargs), so a run loads a model once.
+A spec is ``name`` or ``name:arg``; ``spec=None`` reads ``$MMTOXICQA_JUDGE`` (default
+``profanity``, see scoring.settings). Judges register themselves with ``@register_judge``
+(mmtoxicqa.registry); :func:`judge_usages` lists them. Keyword arguments go to the judge's
+constructor (e.g. ``checkpoint=``, ``config_dir=``, ``label=``, ``device=``). Judges are cached
+per (spec, kwargs), so a run loads a model once.
 """
 
 from __future__ import annotations
 
-import os
+import inspect
 import threading
 
+from mmtoxicqa import registry
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.scoring import detoxify_judge, hf_classifier, perspective, profanity  # noqa: F401  (register the judges)
 from mmtoxicqa.scoring.base import Judge
+from mmtoxicqa.scoring.settings import DEFAULT_JUDGE, JUDGE_ENV, judge_spec
 
-__all__ = ["DEFAULT_JUDGE", "JUDGE_ENV", "KNOWN_JUDGES", "Judge", "clear_judges", "get_judge", "parse_spec"]
-
-JUDGE_ENV = "MMTOXICQA_JUDGE"
-DEFAULT_JUDGE = "profanity"
-KNOWN_JUDGES = ("profanity", "detoxify[:original|unbiased|multilingual|original-small|unbiased-small]", "perspective", "hf_classifier:<path or hub id>")
+__all__ = ["DEFAULT_JUDGE", "JUDGE_ENV", "Judge", "clear_judges", "get_judge", "judge_usages", "parse_spec"]
 
 _judges: dict[tuple, Judge] = {}
 _judges_lock = threading.Lock()
+
+
+def judge_usages() -> list[str]:
+    """How each registered judge is written as a spec (for help texts and errors)."""
+    return [entry.info.get("usage", name) for name, entry in registry.entries("judge").items()]
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -48,31 +46,21 @@ def _freeze(value):
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
-def _judge_class(name: str, arg: str, spec: str) -> tuple[type, dict]:
-    """The judge class for a parsed spec and the constructor arguments the spec itself gives."""
-    if name == "profanity" and not arg:
-        from mmtoxicqa.scoring.profanity import ProfanityJudge
-
-        return ProfanityJudge, {}
-    if name == "detoxify":
-        from mmtoxicqa.scoring.detoxify_judge import DetoxifyJudge
-
-        return DetoxifyJudge, {"variant": arg or "original"}
-    if name == "perspective" and not arg:
-        from mmtoxicqa.scoring.perspective import PerspectiveJudge
-
-        return PerspectiveJudge, {}
-    if name == "hf_classifier":
-        from mmtoxicqa.scoring.hf_classifier import HFClassifierJudge
-
-        return HFClassifierJudge, {"model": arg}
-    raise MMToxError(f"unknown judge {spec!r}; set {JUDGE_ENV} or pass one of: {', '.join(KNOWN_JUDGES)}")
+def _spec_arguments(name: str, arg: str, spec: str) -> tuple[type, dict]:
+    """The judge class for a parsed spec and the constructor arguments the spec itself fills."""
+    entry = registry.entries("judge").get(name)
+    if entry is None:
+        raise MMToxError(f"unknown judge {spec!r}; set {JUDGE_ENV} or pass one of: {', '.join(judge_usages())}")
+    takes = entry.info.get("arg")
+    if takes is None:
+        if arg:
+            raise MMToxError(f"unknown judge {spec!r}: {name} takes no ':' argument; pass one of: {', '.join(judge_usages())}")
+        return entry.obj, {}
+    return entry.obj, {takes: arg or entry.info.get("default_arg", "")}
 
 
 def _build(name: str, arg: str, spec: str, kwargs: dict) -> Judge:
-    import inspect
-
-    cls, fixed = _judge_class(name, arg, spec)
+    cls, fixed = _spec_arguments(name, arg, spec)
     accepted = [p for p in inspect.signature(cls).parameters if p not in fixed]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -83,10 +71,11 @@ def _build(name: str, arg: str, spec: str, kwargs: dict) -> Judge:
 def get_judge(spec: str | None = None, **kwargs) -> Judge:
     """The judge for ``spec`` (None: ``$MMTOXICQA_JUDGE``, else ``profanity``), built once per (spec, kwargs)."""
     if spec is None or not str(spec).strip():
-        spec = os.environ.get(JUDGE_ENV, "").strip() or DEFAULT_JUDGE
+        spec = judge_spec()
     name, arg = parse_spec(spec)
-    if name == "detoxify" and not arg:
-        arg = "original"
+    entry = registry.entries("judge").get(name)
+    if entry is not None and entry.info.get("arg") and not arg:
+        arg = entry.info.get("default_arg", "")
     try:
         key = (name, arg, _freeze(kwargs))
         hash(key)

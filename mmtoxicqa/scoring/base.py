@@ -62,7 +62,9 @@ class Judge:
                 for text, value in zip(chunk, scores):
                     value = float(value)
                     if math.isnan(value) or not -1e-6 <= value <= 1 + 1e-6:
-                        raise MMToxError(f"judge {self.name} produced score {value!r}, outside [0, 1]; check the judge's model/label settings")
+                        raise MMToxError(
+                            f"judge {self.name} produced score {value!r}, outside [0, 1]; check the judge's model/label settings"
+                        )
                     known[text] = min(1.0, max(0.0, value))
             self._remember(known)
         return [known.get(t, 0.0) if t.strip() else 0.0 for t in texts]

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 from mmtoxicqa.scoring.hf_classifier import max_input_length, resolve_device
 
@@ -48,9 +49,18 @@ def cached_checkpoint_path(variant: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(MODEL_URLS[variant])
 
 
+@register_judge(
+    "detoxify", arg="variant", default_arg="original", usage="detoxify[:original|unbiased|multilingual|original-small|unbiased-small]"
+)
 class DetoxifyJudge(Judge):
-    def __init__(self, variant: str = "original", checkpoint: str | os.PathLike | None = None,
-                 config_dir: str | os.PathLike | None = None, device: str | None = "cpu", cache_size: int = DEFAULT_CACHE_SIZE):
+    def __init__(
+        self,
+        variant: str = "original",
+        checkpoint: str | os.PathLike | None = None,
+        config_dir: str | os.PathLike | None = None,
+        device: str | None = "cpu",
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ):
         super().__init__(cache_size=cache_size)
         try:
             import torch
@@ -68,22 +78,30 @@ class DetoxifyJudge(Judge):
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise MMToxError(f"judge {self.name}: cannot read checkpoint {path} ({first_line(exc)}); replace it with a detoxify .ckpt file") from exc
+            raise MMToxError(
+                f"judge {self.name}: cannot read checkpoint {path} ({first_line(exc)}); replace it with a detoxify .ckpt file"
+            ) from exc
         try:
             arch = dict(loaded["config"]["arch"]["args"])
             classes = list(loaded["config"]["dataset"]["args"]["classes"])
             state_dict = loaded["state_dict"]
         except (KeyError, TypeError) as exc:
-            raise MMToxError(f"judge {self.name}: {path} is not a detoxify checkpoint (needs config.arch.args, config.dataset.args.classes and state_dict)") from exc
+            raise MMToxError(
+                f"judge {self.name}: {path} is not a detoxify checkpoint (needs config.arch.args, config.dataset.args.classes and state_dict)"
+            ) from exc
         found = [i for i, c in enumerate(classes) if str(c).lower() in TOXICITY_CLASSES]
         if not found:
-            raise MMToxError(f"judge {self.name}: checkpoint {path} has no toxicity class (classes: {classes}); use a detoxify toxicity checkpoint")
+            raise MMToxError(
+                f"judge {self.name}: checkpoint {path} has no toxicity class (classes: {classes}); use a detoxify toxicity checkpoint"
+            )
         self.class_index = found[0]
         base = arch.get("model_type")
         if config_dir is not None:
             config_dir = Path(config_dir).expanduser()
             if not (config_dir / "config.json").is_file():
-                raise MMToxError(f"judge {self.name}: config_dir {config_dir} has no config.json; save the base model's ({base}) config and tokenizer there with save_pretrained")
+                raise MMToxError(
+                    f"judge {self.name}: config_dir {config_dir} has no config.json; save the base model's ({base}) config and tokenizer there with save_pretrained"
+                )
             arch["model_type"] = str(config_dir)
         try:
             # huggingface_config_path stays None: detoxify would then load the whole model from it.
@@ -102,7 +120,9 @@ class DetoxifyJudge(Judge):
         if checkpoint is not None:
             path = Path(checkpoint).expanduser()
             if not path.is_file():
-                raise MMToxError(f"judge {self.name}: checkpoint {path} does not exist; pass checkpoint= (or {CHECKPOINT_ENV}) as a detoxify .ckpt file")
+                raise MMToxError(
+                    f"judge {self.name}: checkpoint {path} does not exist; pass checkpoint= (or {CHECKPOINT_ENV}) as a detoxify .ckpt file"
+                )
             return path
         path = cached_checkpoint_path(variant)
         if path.is_file():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 
 TOXIC_LABEL_WORDS = ("toxic", "toxicity", "hate", "hateful", "offensive", "abusive", "harmful", "unsafe", "off")
@@ -53,11 +54,19 @@ def max_input_length(tokenizer, config, cap: int = 512) -> int:
     return min(int(x) for x in limits if isinstance(x, (int, float)) and x > 0)
 
 
+@register_judge("hf_classifier", arg="model", usage="hf_classifier:<path or hub id>")
 class HFClassifierJudge(Judge):
     """A sequence-classification model from a local directory or the Hugging Face hub."""
 
-    def __init__(self, model: str, label: str | int | None = None, trust_remote_code: bool = False,
-                 device: str | None = "cpu", max_length: int | None = None, cache_size: int = DEFAULT_CACHE_SIZE):
+    def __init__(
+        self,
+        model: str,
+        label: str | int | None = None,
+        trust_remote_code: bool = False,
+        device: str | None = "cpu",
+        max_length: int | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ):
         super().__init__(cache_size=cache_size)
         if not model:
             raise MMToxError("judge 'hf_classifier' needs a model: use hf_classifier:/path/to/model or hf_classifier:org/name")
@@ -78,7 +87,9 @@ class HFClassifierJudge(Judge):
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token is None:
             if self.tokenizer.eos_token is None:
-                raise MMToxError(f"judge {self.name}: the tokenizer has neither a pad nor an eos token; add a pad_token to its tokenizer files")
+                raise MMToxError(
+                    f"judge {self.name}: the tokenizer has neither a pad nor an eos token; add a pad_token to its tokenizer files"
+                )
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if getattr(self.model.config, "pad_token_id", None) is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -103,7 +114,9 @@ class HFClassifierJudge(Judge):
             for index, name in id2label.items():
                 if name.lower() == text.lower():
                     return index
-            raise MMToxError(f"judge {self.name}: label={label!r} is not one of the model's labels {sorted(id2label.values())}; pass one of them")
+            raise MMToxError(
+                f"judge {self.name}: label={label!r} is not one of the model's labels {sorted(id2label.values())}; pass one of them"
+            )
         if num_labels == 1:
             return 0
         found = find_toxic_label(id2label)

@@ -25,6 +25,7 @@ import urllib.parse
 import urllib.request
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge
 
 DEFAULT_URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
@@ -52,16 +53,28 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+@register_judge("perspective")
 class PerspectiveJudge(Judge):
     name = "perspective"
 
-    def __init__(self, url: str | None = None, languages: list[str] | tuple[str, ...] | str | None = None,
-                 qps: float | None = None, max_attempts: int = 6, backoff: float = 1.0, max_wait: float = 60.0,
-                 timeout: float = 30.0, do_not_store: bool = True, cache_size: int = DEFAULT_CACHE_SIZE):
+    def __init__(
+        self,
+        url: str | None = None,
+        languages: list[str] | tuple[str, ...] | str | None = None,
+        qps: float | None = None,
+        max_attempts: int = 6,
+        backoff: float = 1.0,
+        max_wait: float = 60.0,
+        timeout: float = 30.0,
+        do_not_store: bool = True,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ):
         super().__init__(cache_size=cache_size)
         key = os.environ.get(KEY_ENV, "").strip()
         if not key:
-            raise MMToxError(f"judge 'perspective' needs an API key: set the {KEY_ENV} environment variable (it is never read from arguments or files)")
+            raise MMToxError(
+                f"judge 'perspective' needs an API key: set the {KEY_ENV} environment variable (it is never read from arguments or files)"
+            )
         self._key = key
         self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
         if languages is None:
@@ -140,19 +153,29 @@ class PerspectiveJudge(Judge):
                     if attempt + 1 < self.max_attempts:
                         delay = _retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
                         if delay is None:
-                            delay = self.backoff * (2 ** attempt)
+                            delay = self.backoff * (2**attempt)
                         time.sleep(min(delay, self.max_wait))
                     continue
-                fix = f"check {KEY_ENV} (and that the key has the Comment Analyzer API enabled)" if err.code in (401, 403) else "check the request/languages settings"
+                fix = (
+                    f"check {KEY_ENV} (and that the key has the Comment Analyzer API enabled)"
+                    if err.code in (401, 403)
+                    else "check the request/languages settings"
+                )
                 raise self._fail(f"Perspective API rejected answer {what} (HTTP {err.code}: {detail}); {fix}") from None
             except OSError as err:  # URLError, timeouts, refused/reset connections
                 reason = getattr(err, "reason", err)
-                raise self._fail(f"cannot reach the Perspective API at {self._public_url()} ({reason}); check the network or {URL_ENV}") from None
+                raise self._fail(
+                    f"cannot reach the Perspective API at {self._public_url()} ({reason}); check the network or {URL_ENV}"
+                ) from None
             try:
                 return float(json.loads(body)["attributeScores"]["TOXICITY"]["summaryScore"]["value"])
             except (ValueError, KeyError, TypeError):
-                raise self._fail(f"unexpected Perspective API response for answer {what} (no attributeScores.TOXICITY.summaryScore.value): {body[:200]}") from None
-        raise self._fail(f"Perspective API still failing after {self.max_attempts} attempts for answer {what} ({last}); retry later or lower {QPS_ENV}")
+                raise self._fail(
+                    f"unexpected Perspective API response for answer {what} (no attributeScores.TOXICITY.summaryScore.value): {body[:200]}"
+                ) from None
+        raise self._fail(
+            f"Perspective API still failing after {self.max_attempts} attempts for answer {what} ({last}); retry later or lower {QPS_ENV}"
+        )
 
     def _score_batch(self, texts: list[str]) -> list[float]:
         return [self.score_one(text) for text in texts]

@@ -7,9 +7,11 @@ Use it for quick runs and CI; report a model-based judge (detoxify, perspective)
 from __future__ import annotations
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 
 
+@register_judge("profanity")
 class ProfanityJudge(Judge):
     name = "profanity"
 
@@ -18,7 +20,9 @@ class ProfanityJudge(Judge):
         try:
             from profanity_check import predict_prob
         except Exception as exc:  # ImportError, or a pickled model that does not load with this scikit-learn
-            raise MMToxError(f"judge 'profanity' needs alt-profanity-check ({first_line(exc)}); run `pip install alt-profanity-check`") from exc
+            raise MMToxError(
+                f"judge 'profanity' needs alt-profanity-check ({first_line(exc)}); run `pip install alt-profanity-check`"
+            ) from exc
         self._predict_prob = predict_prob
 
     def _score_batch(self, texts: list[str]) -> list[float]:

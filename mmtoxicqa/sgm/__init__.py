@@ -8,7 +8,7 @@ inputs, rate each by AUROC, and softly dampen them at inference (AurA-style, tra
         model.generate(...)
 """
 
-from mmtoxicqa.sgm.api import fit_glasses, glasses_from_responses, load_glasses
+from mmtoxicqa.sgm.api import fit_glasses, glasses_from_responses
 from mmtoxicqa.sgm.auroc import auroc
 from mmtoxicqa.sgm.collect import Responses, collect
 from mmtoxicqa.sgm.discovery import NeuronSite, discover_sites, find_decoder_layers
@@ -27,7 +27,6 @@ __all__ = [
     "find_decoder_layers",
     "fit_glasses",
     "glasses_from_responses",
-    "load_glasses",
     "parse_select",
     "put_on",
     "take_off",

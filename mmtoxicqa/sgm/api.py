@@ -14,14 +14,14 @@ from mmtoxicqa.sgm.collect import collect
 from mmtoxicqa.sgm.discovery import discover_sites, find_decoder_layers, unwrap_model
 from mmtoxicqa.sgm.glasses import Glasses, check_strength, parse_select
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
-
 
 def _layers_repr(layers):
     if layers is None or isinstance(layers, (int, str)):
         return layers
     if isinstance(layers, slice):
-        return f"{'' if layers.start is None else layers.start}:{'' if layers.stop is None else layers.stop}" + (f":{layers.step}" if layers.step else "")
+        return f"{'' if layers.start is None else layers.start}:{'' if layers.stop is None else layers.stop}" + (
+            f":{layers.step}" if layers.step else ""
+        )
     return list(layers)
 
 
@@ -65,8 +65,17 @@ def fit_glasses(
     if labels is not None:
         check_labels(labels, min_per_class=min_per_class)  # fail before the forward passes
     responses = collect(
-        model, batches, labels, sites=sites, pooling=pooling, dtype=dtype, placeholder_token_ids=placeholder_token_ids,
-        ignore_token_ids=ignore_token_ids, checkpoint_path=checkpoint_path, progress=progress, total=total,
+        model,
+        batches,
+        labels,
+        sites=sites,
+        pooling=pooling,
+        dtype=dtype,
+        placeholder_token_ids=placeholder_token_ids,
+        ignore_token_ids=ignore_token_ids,
+        checkpoint_path=checkpoint_path,
+        progress=progress,
+        total=total,
     )
     if responses.labels is None:
         raise MMToxError("no labels: pass labels= (1 toxic / 0 non-toxic per input) or a toxic_label entry in every batch")
@@ -91,7 +100,7 @@ def fit_glasses(
         "decoder_layers": len(find_decoder_layers(net)[1]),
         "pooling": pooling,
         "layers": _layers_repr(layers),
-        "dtype": _DTYPE_NAMES.get(dtype, str(dtype)),
+        "dtype": str(dtype).removeprefix("torch."),
         "data_hash": data_hash or responses.data_hash,
         "class_sizes": responses.class_sizes(),
         "n_inputs": int(responses.labels.numel()),
@@ -105,7 +114,9 @@ def fit_glasses(
     return Glasses.from_auroc(sites, auroc_all, strength=strength, select=select, meta=meta)
 
 
-def glasses_from_responses(responses, *, strength: float = 1.0, select=None, meta: dict | None = None, min_per_class: int = MIN_PER_CLASS) -> Glasses:
+def glasses_from_responses(
+    responses, *, strength: float = 1.0, select=None, meta: dict | None = None, min_per_class: int = MIN_PER_CLASS
+) -> Glasses:
     """Glasses from already collected :class:`~mmtoxicqa.sgm.collect.Responses` (e.g. to sweep options)."""
     if responses.labels is None:
         raise MMToxError("these responses have no labels; collect them with labels= or toxic_label batches")
@@ -115,8 +126,3 @@ def glasses_from_responses(responses, *, strength: float = 1.0, select=None, met
     meta.setdefault("data_hash", responses.data_hash)
     meta.setdefault("class_sizes", responses.class_sizes())
     return Glasses.from_auroc(responses.sites, auroc_all, strength=strength, select=select, meta=meta)
-
-
-def load_glasses(path, model=None) -> Glasses:
-    """``Glasses.load(path, model)``: read a glasses file, checking it against ``model`` when given."""
-    return Glasses.load(path, model)

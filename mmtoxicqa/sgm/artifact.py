@@ -61,14 +61,17 @@ def save_glasses(glasses, path) -> Path:
 
 
 def _bad(path: Path, why: str) -> MMToxError:
-    return MMToxError(f"{path} is not a usable SGM glasses file ({why}); re-create it with fit_glasses(...).save(path) or `mmtoxicqa calibrate`")
+    return MMToxError(
+        f"{path} is not a usable SGM glasses file ({why}); re-create it with fit_glasses(...).save(path) or `mmtoxicqa calibrate`"
+    )
 
 
-def load_glasses(path):
-    """Read a glasses file written by :func:`save_glasses`."""
+def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch.Tensor], dict]:
+    """Read a glasses file written by :func:`save_glasses`: ``(sites, aurocs, alphas, meta)``.
+
+    Returns the parts, not a :class:`~mmtoxicqa.sgm.glasses.Glasses`, so this module does not
+    import the class that imports it (``Glasses.load`` assembles them)."""
     from safetensors import SafetensorError, safe_open
-
-    from mmtoxicqa.sgm.glasses import Glasses
 
     path = Path(path)
     if not path.is_file():
@@ -86,7 +89,9 @@ def load_glasses(path):
             if metadata.get("format") != FORMAT:
                 raise _bad(path, f"format is {metadata.get('format')!r}, expected {FORMAT!r}")
             if metadata.get("format_version") != FORMAT_VERSION:
-                raise _bad(path, f"format_version {metadata.get('format_version')!r} is not supported by this mmtoxicqa (reads {FORMAT_VERSION})")
+                raise _bad(
+                    path, f"format_version {metadata.get('format_version')!r} is not supported by this mmtoxicqa (reads {FORMAT_VERSION})"
+                )
             try:
                 sites = [NeuronSite.from_dict(d) for d in json.loads(metadata["sites"])]
                 meta = json.loads(metadata.get("meta", "{}"))
@@ -111,4 +116,4 @@ def load_glasses(path):
     for a in alphas:
         if not torch.isfinite(a).all() or (a < 0).any() or (a > 1).any():
             raise _bad(path, "alpha values outside [0, 1]")
-    return Glasses(sites, aurocs, alphas, meta)
+    return sites, aurocs, alphas, meta

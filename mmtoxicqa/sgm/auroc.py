@@ -71,7 +71,7 @@ def auroc(scores: torch.Tensor, labels, *, chunk_size: int | None = None, min_pe
     subtract = n1 * (n1 + 1)  # 2 * n1 (n1 + 1) / 2
     denominator = 2.0 * n1 * n0
     for start in range(0, m, chunk_size):
-        block = scores[:, start: start + chunk_size].T.contiguous()  # (c, N): one row per neuron
+        block = scores[:, start : start + chunk_size].T.contiguous()  # (c, N): one row per neuron
         if block.dtype in (torch.float16, torch.bfloat16):
             block = block.float()  # exact widening; sort/searchsorted need a native type
         ordered, _ = torch.sort(block, dim=1)
@@ -79,5 +79,5 @@ def auroc(scores: torch.Tensor, labels, *, chunk_size: int | None = None, min_pe
         below = torch.searchsorted(ordered, toxic_values, side="left")  # #{< v}
         upto = torch.searchsorted(ordered, toxic_values, side="right")  # #{<= v}
         twice_r1 = (below + upto).sum(1) + offset  # exact int64: 2 * R1
-        out[start: start + block.shape[0]] = (twice_r1 - subtract).double() / denominator
+        out[start : start + block.shape[0]] = (twice_r1 - subtract).double() / denominator
     return out[0] if squeeze else out

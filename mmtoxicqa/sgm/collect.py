@@ -5,14 +5,10 @@ Forward pre-hooks on the sites' output projections see the MLP intermediate acti
 writes one row per input into the batch's slice of the pooled ``N x M`` matrix. Per-token
 activations never outlive the hook call.
 
-Counted tokens
-    A position counts iff ``attention_mask == 1`` (no padding) AND its ``input_ids`` is not an
-    image/video placeholder id (``image_token_id``/``image_token_index``/``video_token_id``/
-    ``video_token_index`` of the model config, or the ``image_token_ids`` argument) AND not in
-    ``ignore_token_ids``. A batch may carry its own boolean ``token_mask`` (same shape as
-    ``input_ids``); it is AND-ed in. So the pooled value is over the text tokens of the fused
-    sequence (the prompt's chat-template tokens included), and image positions (which carry the
-    projected vision features) are excluded.
+Counted tokens: the ``text`` scope of :mod:`mmtoxicqa.positions` (attended, not an image/video
+placeholder of the model config or ``placeholder_token_ids``, not in ``ignore_token_ids``), AND-ed
+with the batch's own boolean ``token_mask`` when it carries one (same shape as ``input_ids``; the
+calibration batches carry the ``text`` or ``request`` scope there).
 
 Pooling: ``max`` (default, as AurA) or ``mean`` over the counted tokens.
 
@@ -44,15 +40,17 @@ from torch import nn
 
 from mmtoxicqa.atomic import atomic_path, write_json_atomic
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.sgm.discovery import NeuronSite, discover_sites, site_modules, unwrap_model
-from mmtoxicqa.sgm.discovery import image_token_ids as config_image_token_ids
+from mmtoxicqa.hooks import Hooks
+from mmtoxicqa.positions import placeholder_token_ids as declared_placeholder_ids
+from mmtoxicqa.positions import text_mask
+from mmtoxicqa.sgm.discovery import NeuronSite, discover_sites, site_modules, site_offsets, unwrap_model
 
 log = logging.getLogger(__name__)
 
 POOLINGS = ("max", "mean")
 RESERVED_KEYS = ("token_mask", "toxic_label")
 CHECKPOINT_VERSION = 1
-_STORE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
+STORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class _StopForward(Exception):
@@ -73,11 +71,7 @@ class Responses:
 
     @property
     def offsets(self) -> list[int]:
-        out, total = [], 0
-        for site in self.sites:
-            out.append(total)
-            total += site.width
-        return out
+        return site_offsets(self.sites)
 
     def site_columns(self, k: int) -> slice:
         start = self.offsets[k]
@@ -127,20 +121,16 @@ def _input_device(model: nn.Module) -> torch.device:
 
 
 class _Recorder:
-    """Forward pre-hooks that pool each site's input into a per-batch (B, M) buffer."""
+    """Input hooks that pool each site's input into a per-batch (B, M) buffer."""
 
     def __init__(self, sites: Sequence[NeuronSite], modules: Sequence[nn.Module], pooling: str, early_stop: bool):
         self.sites = list(sites)
         self.modules = list(modules)
         self.pooling = pooling
         self.early_stop = early_stop
-        self.offsets = []
-        total = 0
-        for site in self.sites:
-            self.offsets.append(total)
-            total += site.width
-        self.total = total
-        self.handles = []
+        self.offsets = site_offsets(self.sites)
+        self.total = sum(site.width for site in self.sites)
+        self.hooks = Hooks()
         self.mask = None  # (B, T) bool
         self.counts = None  # (B,)
         self.buffer = None  # (B, M) float32 on the first site's device
@@ -151,13 +141,11 @@ class _Recorder:
 
     def __enter__(self):
         for k, module in enumerate(self.modules):
-            self.handles.append(module.register_forward_pre_hook(self._make_hook(k), with_kwargs=True))
+            self.hooks.on_input(module, self._make_hook(k))
         return self
 
     def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        self.hooks.remove()
         return False
 
     def start_batch(self, mask: torch.Tensor, device: torch.device):
@@ -182,8 +170,7 @@ class _Recorder:
         start = self.offsets[k]
         stop = start + site.width
 
-        def hook(module, args, kwargs):
-            x = args[0] if args else next(iter(kwargs.values()))
+        def hook(module, x):
             batch, tokens = self.mask.shape
             if x.dim() == 2 and x.shape[0] == batch * tokens:
                 x = x.view(batch, tokens, -1)
@@ -205,6 +192,7 @@ class _Recorder:
             self.buffer[:, start:stop].copy_(pooled)
             if self.early_stop and k == self.last:
                 raise _StopForward
+            return None
 
         return hook
 
@@ -231,7 +219,7 @@ def _checkpoint_manifest(model: nn.Module, sites, pooling, dtype, ignore_ids, im
         "model_type": getattr(getattr(model, "config", None), "model_type", type(model).__name__),
         "sites": [s.to_dict() for s in sites],
         "pooling": pooling,
-        "dtype": _STORE_DTYPES[dtype],
+        "dtype": str(dtype).removeprefix("torch."),
         "ignore_token_ids": sorted(ignore_ids),
         "image_token_ids": sorted(image_ids),
     }
@@ -247,7 +235,9 @@ def _open_checkpoint(path: Path, manifest: dict) -> None:
             raise MMToxError(f"checkpoint {manifest_file} is unreadable; delete {path} to start over") from None
         if existing != manifest:
             changed = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k))
-            raise MMToxError(f"checkpoint {path} was made with other settings ({', '.join(changed)}); delete it or pass another checkpoint_path")
+            raise MMToxError(
+                f"checkpoint {path} was made with other settings ({', '.join(changed)}); delete it or pass another checkpoint_path"
+            )
     else:
         write_json_atomic(manifest_file, manifest)
 
@@ -263,7 +253,9 @@ def _load_shard(file: Path, input_hash: str, width: int):
     except (SafetensorError, OSError, ValueError) as exc:
         raise MMToxError(f"checkpoint shard {file} is unreadable ({exc}); delete it to recompute that batch") from None
     if meta.get("input_hash") != input_hash:
-        raise MMToxError(f"checkpoint shard {file} was computed from different inputs; pass the same batches in the same order or delete {file.parent}")
+        raise MMToxError(
+            f"checkpoint shard {file} was computed from different inputs; pass the same batches in the same order or delete {file.parent}"
+        )
     if "fired" not in tensors or tensors["pooled"].shape[1] != width:
         raise MMToxError(f"checkpoint shard {file} does not match the {width} neurons being recorded; delete {file.parent}")
     return tensors
@@ -312,12 +304,11 @@ def collect(
 
     if pooling not in POOLINGS:
         raise MMToxError(f"pooling={pooling!r} is not supported; use one of {', '.join(POOLINGS)}")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    if dtype not in STORE_DTYPES:
         raise MMToxError(f"dtype={dtype} is not a float dtype for the pooled matrix; use torch.float32 or torch.float16")
     net = unwrap_model(model)
     if placeholder_token_ids is None:
-        declared = [] if isinstance(model, nn.Module) else list(getattr(model, "image_token_ids", None) or [])
-        placeholder_token_ids = sorted(set(declared) | set(config_image_token_ids(net)))
+        placeholder_token_ids = sorted(declared_placeholder_ids(net))
     skip_ids = sorted({int(i) for i in list(placeholder_token_ids) + list(ignore_token_ids)})
     sites = list(sites) if sites is not None else discover_sites(net, layers)
     if not sites:
@@ -355,7 +346,9 @@ def collect(
             if isinstance(raw, (tuple, list)) and len(raw) == 2 and isinstance(raw[0], Mapping):
                 raw = {**raw[0], "toxic_label": torch.as_tensor(raw[1])}  # (batch, labels) pairs
             if not isinstance(raw, Mapping) or "input_ids" not in raw or "attention_mask" not in raw:
-                raise MMToxError(f"calibration batch {index} must be a dict with input_ids and attention_mask (a processor/tokenizer output); got {type(raw).__name__}")
+                raise MMToxError(
+                    f"calibration batch {index} must be a dict with input_ids and attention_mask (a processor/tokenizer output); got {type(raw).__name__}"
+                )
             batch = dict(raw)
             own_mask = batch.pop("token_mask", None)
             batch_labels = batch.pop("toxic_label", None)
@@ -365,23 +358,27 @@ def collect(
                 if batch_labels is not None:
                     raise MMToxError(f"calibration batch {index} carries toxic_label and labels= was given too; pass labels one way")
                 if n_seen + size > given_labels.numel():
-                    raise MMToxError(f"labels has {given_labels.numel()} entries but the batches hold more inputs (batch {index} ends at {n_seen + size}); pass one label per input")
-                batch_labels = given_labels[n_seen: n_seen + size]
+                    raise MMToxError(
+                        f"labels has {given_labels.numel()} entries but the batches hold more inputs (batch {index} ends at {n_seen + size}); pass one label per input"
+                    )
+                batch_labels = given_labels[n_seen : n_seen + size]
             elif batch_labels is not None:
                 batch_labels = _as_label_tensor(batch_labels, f"calibration batch {index} toxic_label")
                 if batch_labels.numel() != size:
                     raise MMToxError(f"calibration batch {index} has {size} inputs but {batch_labels.numel()} toxic_label values")
-            mask = attention.bool().clone()
-            for token_id in skip_ids:
-                mask &= input_ids != token_id
+            mask = text_mask(input_ids, attention, skip_ids)
             if own_mask is not None:
                 if tuple(own_mask.shape) != tuple(mask.shape):
-                    raise MMToxError(f"calibration batch {index}: token_mask has shape {tuple(own_mask.shape)}, input_ids {tuple(mask.shape)}; make them match")
+                    raise MMToxError(
+                        f"calibration batch {index}: token_mask has shape {tuple(own_mask.shape)}, input_ids {tuple(mask.shape)}; make them match"
+                    )
                 mask &= own_mask.to(mask.device).bool()
             counts = mask.sum(1)
             if bool((counts == 0).any()):
                 row = int((counts == 0).nonzero()[0])
-                raise MMToxError(f"calibration batch {index} input {row} has no counted text token (all padding/image placeholders); drop it or add text")
+                raise MMToxError(
+                    f"calibration batch {index} input {row} has no counted text token (all padding/image placeholders); drop it or add text"
+                )
             input_hash = _hash_batch(batch, mask, batch_labels)
             data_digest.update(input_hash.encode())
             shard = checkpoint / f"batch_{index:06d}.safetensors" if checkpoint is not None else None
@@ -399,14 +396,16 @@ def collect(
                 recorder.check()
                 twice = [sites[k].module_name for k, f in enumerate(recorder.fired) if f > 1]
                 if twice:
-                    raise MMToxError(f"module {twice[0]} ran {max(recorder.fired)} times in one forward pass; SGM expects each MLP once per pass (pass sites= that exclude shared modules)")
+                    raise MMToxError(
+                        f"module {twice[0]} ran {max(recorder.fired)} times in one forward pass; SGM expects each MLP once per pass (pass sites= that exclude shared modules)"
+                    )
                 fired_batches = [f + c for f, c in zip(fired_batches, recorder.fired)]
                 pooled = recorder.buffer.to(device=store_device, dtype=dtype)
                 if shard is not None:
                     fired = torch.tensor(recorder.fired, dtype=torch.int64)
                     _save_shard(shard, pooled.cpu(), batch_labels, counts.cpu(), fired, input_hash)
             if matrix is not None:
-                matrix[n_seen: n_seen + size].copy_(pooled)
+                matrix[n_seen : n_seen + size].copy_(pooled)
             else:
                 rows.append(pooled)
             n_batches += 1

@@ -28,11 +28,28 @@ from torch import nn
 from mmtoxicqa.errors import MMToxError
 
 # Path components that mark the non-language parts of a multimodal model.
-EXCLUDED_COMPONENTS = frozenset({
-    "vision_tower", "vision_model", "visual", "vision", "vision_encoder", "image_encoder",
-    "multi_modal_projector", "mm_projector", "projector", "connector", "resampler", "perceiver",
-    "image_newline", "audio_tower", "audio_model", "audio", "vision_embed_tokens", "img_processor",
-})
+EXCLUDED_COMPONENTS = frozenset(
+    {
+        "vision_tower",
+        "vision_model",
+        "visual",
+        "vision",
+        "vision_encoder",
+        "image_encoder",
+        "multi_modal_projector",
+        "mm_projector",
+        "projector",
+        "connector",
+        "resampler",
+        "perceiver",
+        "image_newline",
+        "audio_tower",
+        "audio_model",
+        "audio",
+        "vision_embed_tokens",
+        "img_processor",
+    }
+)
 # Children of a decoder block that hold the MLP, and the MLP's output projection, by name.
 MLP_CONTAINER_NAMES = ("mlp", "feed_forward", "ffn", "ff", "mlp_block", "block_sparse_moe")
 OUTPUT_PROJECTION_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "w2", "wo", "out_proj")
@@ -232,7 +249,9 @@ def normalize_layers(layers, num_layers: int) -> list[int]:
             raise MMToxError(f"layers={layers!r}: {index!r} is not a layer index; pass integers")
         real = index + num_layers if index < 0 else index
         if not 0 <= real < num_layers:
-            raise MMToxError(f"layers={layers!r}: layer {index} is out of range for a decoder with {num_layers} layers (0..{num_layers - 1})")
+            raise MMToxError(
+                f"layers={layers!r}: layer {index} is out of range for a decoder with {num_layers} layers (0..{num_layers - 1})"
+            )
         out.append(real)
     out = sorted(set(out))
     if not out:
@@ -262,25 +281,22 @@ def site_modules(model, sites: Sequence[NeuronSite]) -> list[nn.Module]:
         try:
             module = model.get_submodule(site.module_name)
         except AttributeError:
-            raise MMToxError(f"module {site.module_name} (layer {site.layer_index}) does not exist in this {type(model).__name__}; these glasses/sites belong to another model") from None
+            raise MMToxError(
+                f"module {site.module_name} (layer {site.layer_index}) does not exist in this {type(model).__name__}; these glasses/sites belong to another model"
+            ) from None
         width = site_width(module)
         if width != site.width:
-            raise MMToxError(f"module {site.module_name} has {width} input features but the site records {site.width}; these glasses/sites belong to another model")
+            raise MMToxError(
+                f"module {site.module_name} has {width} input features but the site records {site.width}; these glasses/sites belong to another model"
+            )
         modules.append(module)
     return modules
 
 
-def image_token_ids(model) -> list[int]:
-    """Image/video placeholder token ids declared by the model config (and its sub-configs)."""
-    model = unwrap_model(model)
-    ids: list[int] = []
-    config = getattr(model, "config", None)
-    configs = [config] + [getattr(config, k, None) for k in ("text_config", "vision_config")]
-    for cfg in configs:
-        if cfg is None:
-            continue
-        for attr in ("image_token_id", "image_token_index", "video_token_id", "video_token_index"):
-            value = getattr(cfg, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value not in ids:
-                ids.append(value)
-    return ids
+def site_offsets(sites: Sequence[NeuronSite]) -> list[int]:
+    """Where each site's neurons start in the concatenation of all sites' neurons (layer order)."""
+    starts, total = [], 0
+    for site in sites:
+        starts.append(total)
+        total += site.width
+    return starts

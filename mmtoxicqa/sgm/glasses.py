@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.sgm.discovery import NeuronSite, site_modules, unwrap_model
+from mmtoxicqa.sgm.discovery import NeuronSite, site_modules, site_offsets, unwrap_model
 
 SELECT_KEYS = ("top_k", "top_fraction", "min_auroc")
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -49,7 +49,9 @@ def parse_select(select) -> dict | None:
     if select is None or (isinstance(select, str) and select.strip().lower() in ("", "all", "none")):
         return None
     if isinstance(select, bool):
-        raise MMToxError(f"select={select!r} is not a selection; pass None, an int (top-k), or 'top_k=K' / 'top_fraction=F' / 'min_auroc=T'")
+        raise MMToxError(
+            f"select={select!r} is not a selection; pass None, an int (top-k), or 'top_k=K' / 'top_fraction=F' / 'min_auroc=T'"
+        )
     if isinstance(select, int):
         select = {"top_k": select}
     elif isinstance(select, str):
@@ -121,14 +123,18 @@ class Glasses:
             raise MMToxError("glasses: sites, auroc and alpha must have one entry per site")
         for site, a, b in zip(self.sites, self.auroc, self.alpha):
             if a.shape != (site.width,) or b.shape != (site.width,):
-                raise MMToxError(f"glasses: layer {site.layer_index} has {site.width} neurons but its tensors have shapes {tuple(a.shape)}/{tuple(b.shape)}")
+                raise MMToxError(
+                    f"glasses: layer {site.layer_index} has {site.width} neurons but its tensors have shapes {tuple(a.shape)}/{tuple(b.shape)}"
+                )
         layers = [s.layer_index for s in self.sites]
         if len(set(layers)) != len(layers):
             raise MMToxError("glasses: two sites share a layer index; one site per layer")
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_auroc(cls, sites: Sequence[NeuronSite], auroc_all: torch.Tensor, *, strength: float = 1.0, select=None, meta: dict | None = None) -> Glasses:
+    def from_auroc(
+        cls, sites: Sequence[NeuronSite], auroc_all: torch.Tensor, *, strength: float = 1.0, select=None, meta: dict | None = None
+    ) -> Glasses:
         auroc_all = auroc_all.detach().double().cpu()
         total = sum(s.width for s in sites)
         if auroc_all.numel() != total:
@@ -165,10 +171,7 @@ class Glasses:
         """The k highest-AUROC neurons as (layer_index, neuron, auroc, alpha)."""
         auroc_all, alpha_all = self.auroc_all(), self.alpha_all()
         order = torch.sort(auroc_all, descending=True, stable=True).indices[:k]
-        starts, total = [], 0
-        for site in self.sites:
-            starts.append(total)
-            total += site.width
+        starts = site_offsets(self.sites)
         out = []
         for flat in order.tolist():
             k_site = max(i for i, s in enumerate(starts) if s <= flat)
@@ -182,15 +185,17 @@ class Glasses:
         per_layer = []
         for site, a, b in zip(self.sites, self.auroc, self.alpha):
             damp = b < 1
-            per_layer.append({
-                "layer": site.layer_index,
-                "module": site.module_name,
-                "width": site.width,
-                "dampened": int(damp.sum()),
-                "min_alpha": float(b.min()) if b.numel() else 1.0,
-                "mean_alpha": float(b.mean()) if b.numel() else 1.0,
-                "max_auroc": float(a.max()) if a.numel() else 0.5,
-            })
+            per_layer.append(
+                {
+                    "layer": site.layer_index,
+                    "module": site.module_name,
+                    "width": site.width,
+                    "dampened": int(damp.sum()),
+                    "min_alpha": float(b.min()) if b.numel() else 1.0,
+                    "mean_alpha": float(b.mean()) if b.numel() else 1.0,
+                    "max_auroc": float(a.max()) if a.numel() else 0.5,
+                }
+            )
         meta = self.meta
         return {
             "model_id": meta.get("model_id"),
@@ -209,8 +214,10 @@ class Glasses:
     def summary_text(self) -> str:
         s = self.summary()
         lines = [
-            (f"SGM glasses for {s['model_id'] or '?'} ({s['model_type']}): {s['dampened']}/{s['neurons']} neurons dampened, "
-             f"strength {s['strength']}, select {s['select'] or 'all AUROC>0.5'}, pooling {s['pooling']}, classes {s['class_sizes']}"),
+            (
+                f"SGM glasses for {s['model_id'] or '?'} ({s['model_type']}): {s['dampened']}/{s['neurons']} neurons dampened, "
+                f"strength {s['strength']}, select {s['select'] or 'all AUROC>0.5'}, pooling {s['pooling']}, classes {s['class_sizes']}"
+            ),
             "AUROC quantiles: " + ", ".join(f"q{k}={v:.3f}" for k, v in s["auroc_quantiles"].items()),
             f"{'layer':>5} {'width':>6} {'dampened':>8} {'min_alpha':>9} {'max_auroc':>9}",
         ]
@@ -252,9 +259,9 @@ class Glasses:
     @classmethod
     def load(cls, path, model=None) -> Glasses:
         """Load glasses; with ``model``, also check they belong to it."""
-        from mmtoxicqa.sgm.artifact import load_glasses
+        from mmtoxicqa.sgm.artifact import read_glasses
 
-        glasses = load_glasses(path)
+        glasses = cls(*read_glasses(path))
         if model is not None:
             glasses.validate(model)
         return glasses

@@ -39,10 +39,17 @@ def tiny_llama(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype).eval()
@@ -52,8 +59,13 @@ def tiny_llama(
 
 @torch.no_grad()
 def plant_neurons(
-    model, trigger_token: int, planted: Sequence[tuple[int, int]], dim: int = 0, out_dim: int = 1,
-    gain: float = 4.0, write: float = 0.02,
+    model,
+    trigger_token: int,
+    planted: Sequence[tuple[int, int]],
+    dim: int = 0,
+    out_dim: int = 1,
+    gain: float = 4.0,
+    write: float = 0.02,
 ):
     """Make each (layer, neuron) in ``planted`` an exact detector of ``trigger_token`` (see module doc)."""
     inner = model.get_decoder()
@@ -118,7 +130,7 @@ def trigger_batches(
             input_ids[i, :pad] = pad_token
             attention[i, :pad] = 0
     batches = [
-        {"input_ids": input_ids[i: i + batch_size], "attention_mask": attention[i: i + batch_size]}
+        {"input_ids": input_ids[i : i + batch_size], "attention_mask": attention[i : i + batch_size]}
         for i in range(0, len(rows), batch_size)
     ]
     labels_t = torch.tensor(labels)

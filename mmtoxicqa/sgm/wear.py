@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hooks import Hooks
 from mmtoxicqa.sgm.discovery import is_conv1d, site_modules, unwrap_model
 
 MODES = ("hooks", "fused")
@@ -34,7 +35,7 @@ class GlassesHandle:
     def __init__(self, model: nn.Module, mode: str):
         self.model = model
         self.mode = mode
-        self._hooks: list = []
+        self._hooks = Hooks()
         self._saved: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = []  # (weight, index, dim, original)
         self.active = True
 
@@ -45,12 +46,11 @@ class GlassesHandle:
     def remove(self) -> None:
         if not self.active:
             return
-        for hook in self._hooks:
-            hook.remove()
+        self._hooks.remove()
         with torch.no_grad():
             for weight, index, dim, original in reversed(self._saved):
                 weight.index_copy_(dim, index, original)
-        self._hooks, self._saved = [], []
+        self._saved = []
         self.active = False
         if getattr(self.model, _WORN_ATTR, None) is self:
             delattr(self.model, _WORN_ATTR)
@@ -63,27 +63,18 @@ class GlassesHandle:
         return False
 
 
-def _scale_hook(alpha: torch.Tensor):
+def _scale_input(alpha: torch.Tensor):
+    """Input callback: ``x * alpha``, alpha cast once per (device, dtype)."""
     cache: dict = {}
 
-    def hook(module, args, kwargs):
-        if args:
-            x = args[0]
-        else:
-            key = next(iter(kwargs))
-            x = kwargs[key]
+    def scale(module, x):
         factor = cache.get((x.device, x.dtype))
         if factor is None:
             factor = alpha.to(device=x.device, dtype=x.dtype)
             cache[(x.device, x.dtype)] = factor
-        scaled = x * factor
-        if args:
-            return (scaled,) + tuple(args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs[key] = scaled
-        return args, kwargs
+        return x * factor
 
-    return hook
+    return scale
 
 
 def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
@@ -93,7 +84,9 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
     net = unwrap_model(model)
     glasses.validate(net)
     if getattr(net, _WORN_ATTR, None) is not None:
-        raise MMToxError("this model already wears SGM glasses; take them off (handle.remove() / leave the with block) before putting on others")
+        raise MMToxError(
+            "this model already wears SGM glasses; take them off (handle.remove() / leave the with block) before putting on others"
+        )
     modules = site_modules(net, glasses.sites)
     handle = GlassesHandle(net, mode)
     try:
@@ -102,10 +95,16 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
             if changed.numel() == 0:
                 continue
             if mode == "hooks":
-                handle._hooks.append(module.register_forward_pre_hook(_scale_hook(alpha.float()), with_kwargs=True))
+                handle._hooks.on_input(module, _scale_input(alpha.float()))
                 continue
             weight = getattr(module, "weight", None)
-            if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.dim() != 2 or type(weight) not in (nn.Parameter, torch.Tensor) or weight.device.type == "meta":
+            if (
+                not isinstance(weight, torch.Tensor)
+                or not weight.is_floating_point()
+                or weight.dim() != 2
+                or type(weight) not in (nn.Parameter, torch.Tensor)
+                or weight.device.type == "meta"
+            ):
                 raise MMToxError(
                     f"layer {site.layer_index} ({site.module_name}) has a {type(weight).__name__} weight "
                     f"({getattr(weight, 'dtype', None)}, {getattr(weight, 'device', None)}) that cannot be scaled in place; use mode='hooks'"

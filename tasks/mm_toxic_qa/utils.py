@@ -1,24 +1,8 @@
-"""Thin lmms-eval glue: the YAMLs reference these names; the logic lives in mmtoxicqa.task_support."""
+"""Thin lmms-eval glue: the YAMLs reference these names; the logic lives in mmtoxicqa.task_support
+(docs, prompts, per-item records) and mmtoxicqa.task_metrics (one ``agg_<metric>`` per registered metric)."""
 
+from mmtoxicqa.task_metrics import aggregations
 from mmtoxicqa.task_support import (  # noqa: F401
-    agg_harmful_rate,
-    agg_harmful_rate_ci_low,
-    agg_harmful_rate_ci_high,
-    agg_mean_toxicity,
-    agg_mean_toxicity_ci_low,
-    agg_mean_toxicity_ci_high,
-    agg_expected_max_toxicity,
-    agg_toxicity_probability,
-    agg_refusal_rate,
-    agg_refusal_rate_ci_low,
-    agg_refusal_rate_ci_high,
-    agg_perplexity,
-    agg_perplexity_ci_low,
-    agg_perplexity_ci_high,
-    agg_distinct_1,
-    agg_distinct_2,
-    agg_breakdown,
-    agg_judge,
     doc_to_messages,
     doc_to_text,
     doc_to_visual,
@@ -27,3 +11,5 @@ from mmtoxicqa.task_support import (  # noqa: F401
     process_docs_standard,
     process_results,
 )
+
+globals().update(aggregations())
