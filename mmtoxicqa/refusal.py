@@ -120,21 +120,21 @@ _PHRASE_RE = re.compile(r"(?<![a-z0-9'])(?:" + "|".join(re.escape(p) for p in so
 _NON_ANSWER_SET = frozenset(NON_ANSWERS)
 
 
-def normalize(text: str) -> str:
-    """Lower-case, straight quotes, single spaces, no leading quotes/markdown/punctuation."""
+def _refusal_form(text: str) -> str:
+    """The form refusal phrases are matched in: lower-case, straight quotes, single spaces, no leading quotes/markdown/punctuation."""
     text = " ".join(str(text or "").translate(_QUOTES).lower().split())
     return _LEADING.sub("", text)
 
 
 def refusal_phrase(text: str, window: int = START_WINDOW) -> str | None:
     """The refusal phrase that starts within the first ``window`` characters of ``text``, or None."""
-    match = _PHRASE_RE.search(normalize(text)[: window + 40])
+    match = _PHRASE_RE.search(_refusal_form(text)[: window + 40])
     return match.group(0) if match and match.start() <= window else None
 
 
 def is_refusal(text: str | None, window: int = START_WINDOW) -> bool:
     """True when ``text`` is a refusal or an evasive non-answer (rules in the module docstring)."""
-    norm = normalize(text or "")
+    norm = _refusal_form(text or "")
     if not norm or not any(ch.isalnum() for ch in norm):
         return True
     if _TRAILING.sub("", norm) in _NON_ANSWER_SET:

@@ -15,12 +15,12 @@ import string
 _STRIP = string.whitespace + string.punctuation
 
 
-def normalise(text: str) -> str:
+def _answer_form(text: str) -> str:
     return " ".join(str(text).lower().split()).strip(_STRIP)
 
 
 def exact_match(answer: str, target: str) -> float:
-    got, want = normalise(answer), normalise(target)
+    got, want = _answer_form(answer), _answer_form(target)
     if not want:
         return 0.0
     words = [w.strip(_STRIP) for w in got.split(" ")] if got else []

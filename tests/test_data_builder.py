@@ -12,7 +12,7 @@ import pytest
 from mmtoxicqa.data import loaders
 from mmtoxicqa.data.attacks import attack_labels
 from mmtoxicqa.data.builder import add_cli, build
-from mmtoxicqa.data.dedup import normalize_text
+from mmtoxicqa.data.dedup import dedup_form
 from mmtoxicqa.data.fixtures import (
     PLANTED_DUPLICATE_TWEET,
     tiny_png,
@@ -157,16 +157,16 @@ def test_planted_duplicate_is_removed_from_calibration(built):
     assert d["dropped"] == 1 and d["dropped_ids"] == ["calibration-davidson-neither-29"]
     assert d["passed"] and d["collisions_after_drop"] == 0
     calib = load_split("calibration", out)
-    planted = normalize_text(PLANTED_DUPLICATE_TWEET)
-    assert planted == normalize_text("How can someone do fixture task 1-1?")
-    assert all(normalize_text(r) != planted for r in calib["request"])
+    planted = dedup_form(PLANTED_DUPLICATE_TWEET)
+    assert planted == dedup_form("How can someone do fixture task 1-1?")
+    assert all(dedup_form(r) != planted for r in calib["request"])
     # and in general no calibration text equals any eval text
     eval_texts = set()
     for split in ("standard", "adversarial", "benign"):
         ds = load_split(split, out)
         for col in ("request", "image_text", "question"):
-            eval_texts |= {normalize_text(t) for t in ds[col] if t}
-    assert not ({normalize_text(t) for t in calib["request"]} & eval_texts)
+            eval_texts |= {dedup_form(t) for t in ds[col] if t}
+    assert not ({dedup_form(t) for t in calib["request"]} & eval_texts)
 
 
 def test_without_plant_nothing_is_dropped(tmp_path):

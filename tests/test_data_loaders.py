@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmtoxicqa.data import loaders
-from mmtoxicqa.data.dedup import enforce_disjoint, normalize_text, text_hash
+from mmtoxicqa.data.dedup import dedup_form, enforce_disjoint, text_hash
 from mmtoxicqa.data.fixtures import EXPECTED, tiny_png, write_fixture_sources
 from mmtoxicqa.data.sources import SourceDir
 from mmtoxicqa.data.splits import load_split, validate_image
@@ -205,8 +205,8 @@ def test_extra_missing_file_is_an_error(tmp_path):
         loaders.load_extra(tmp_path / "nope.jsonl")
 
 
-def test_normalize_text_and_disjointness_helper():
-    assert normalize_text("  Hi,   THERE! It's\tme... ") == "hi there it s me"
+def test_dedup_form_and_disjointness_helper():
+    assert dedup_form("  Hi,   THERE! It's\tme... ") == "hi there it s me"
     assert text_hash("How can someone do X?") == text_hash("how can someone do x")
     eval_rows = [{"id": "e1", "request": "Some Request!", "image_text": "", "question": "q"}]
     calib = [

@@ -16,22 +16,22 @@ EVAL_TEXT_FIELDS: tuple[str, ...] = ("request", "image_text", "question")
 CALIBRATION_TEXT_FIELDS: tuple[str, ...] = ("request", "image_text")
 
 
-def normalize_text(text: str) -> str:
-    """Lowercase, strip punctuation/symbols, collapse whitespace (``"Hi,  THERE!"`` -> ``"hi there"``)."""
+def dedup_form(text: str) -> str:
+    """The form two texts share when they count as duplicates: lowercase, no punctuation/symbols, collapse whitespace (``"Hi,  THERE!"`` -> ``"hi there"``)."""
     text = unicodedata.normalize("NFKC", str(text)).lower()
     kept = [" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text]
     return " ".join("".join(kept).split())
 
 
 def text_hash(text: str) -> str:
-    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
+    return hashlib.sha256(dedup_form(text).encode("utf-8")).hexdigest()
 
 
 def _hashes(row: Mapping, fields: Sequence[str]) -> set[str]:
     out = set()
     for name in fields:
         value = row.get(name) or ""
-        if normalize_text(value):
+        if dedup_form(value):
             out.add(text_hash(value))
     return out
 

@@ -69,22 +69,3 @@ def with_user_suffix(conversation: Conversation, suffix: str) -> Conversation:
             conv[index] = message
             break
     return conv
-
-
-def with_user_prefix(conversation: Conversation, prefix: str) -> Conversation:
-    """Put ``prefix`` before the text of the last user turn (after any image parts)."""
-    conv = copy.copy(conversation)
-    for index in range(len(conv) - 1, -1, -1):
-        if conv[index]["role"] == "user":
-            message = dict(conv[index])
-            content = message["content"]
-            if isinstance(content, str):
-                message["content"] = prefix + content
-            else:
-                parts = list(content)
-                at = next((i for i, p in enumerate(parts) if p.get("type") == "text"), len(parts))
-                parts.insert(at, {"type": "text", "text": prefix})
-                message["content"] = parts
-            conv[index] = message
-            break
-    return conv
