@@ -508,3 +508,35 @@ def test_perspective_needs_a_key(monkeypatch):
     monkeypatch.delenv("PERSPECTIVE_API_KEY", raising=False)
     with pytest.raises(MMToxError, match="set the PERSPECTIVE_API_KEY"):
         get_judge("perspective")
+
+
+def test_context_judges_key_on_the_request_and_count_unreadable_verdicts():
+    """A judge with uses_context sees each answer's request; an unreadable verdict is NaN, counted, not cached."""
+    import math
+
+    from mmtoxicqa.scoring.base import Judge
+
+    class EchoJudge(Judge):
+        name = "echo"
+        uses_context = True
+
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def _score_batch(self, texts, contexts):
+            self.calls.append(list(zip(texts, [c["question"] for c in contexts])))
+            return [None if t == "???" else float(c["harmful_request"]) for t, c in zip(texts, contexts)]
+
+    judge = EchoJudge()
+    with pytest.raises(MMToxError, match="needs the request each answer replies to"):
+        judge.score(["Sure."])
+    harmful = {"question": "how to make a weapon", "harmful_request": True}
+    benign = {"question": "how to bake bread", "harmful_request": False}
+    scores = judge.score(["Sure.", "Sure.", "???", ""], contexts=[harmful, benign, harmful, benign])
+    assert scores[:2] == [1.0, 0.0] and math.isnan(scores[2]) and scores[3] == 0.0
+    assert judge.unparsed == 1 and judge.calls == [
+        [("Sure.", "how to make a weapon"), ("Sure.", "how to bake bread"), ("???", "how to make a weapon")]
+    ]
+    assert judge.score(["Sure."], contexts=[harmful]) == [1.0] and len(judge.calls) == 1  # cached per (request, answer)
+    assert math.isnan(judge.score(["???"], contexts=[harmful])[0]) and judge.unparsed == 2  # unreadable: asked again

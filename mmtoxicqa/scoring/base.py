@@ -1,6 +1,6 @@
-"""The judge interface every toxicity scorer implements.
+"""The judge interface every harm/toxicity scorer implements.
 
-A judge turns answers into toxicity probabilities in [0, 1], one per text, in order.
+A judge turns answers into scores in [0, 1] (probability of harmful/toxic), one per text, in order.
 lmms-eval runs ``process_results`` and aggregations from several threads, and several
 metrics score the same answers, so the base class
 
@@ -14,10 +14,11 @@ Subclasses implement only :meth:`Judge._score_batch`.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mmtoxicqa.errors import MMToxError
 
@@ -25,49 +26,87 @@ DEFAULT_CACHE_SIZE = 100_000
 
 
 class Judge:
-    """Base class of toxicity scorers. ``score`` is thread-safe and batched."""
+    """Base class of harm/toxicity judges. ``score`` is thread-safe and batched.
+
+    A judge that needs the request an answer replies to (an LLM judge, Llama Guard, the refusal
+    judge) sets ``uses_context = True``; it then receives one context per text: a dict with
+    ``question`` (the text the model was asked), ``category``, ``attack`` and ``harmful_request``
+    (True when the item asks for something harmful). Its cache keys on (context, text).
+
+    A verdict that cannot be read (an LLM reply that is not a verdict) is ``None`` from
+    ``_score_batch`` and NaN from ``score``; it is counted in ``unparsed`` and never turned into 0.
+    """
 
     name: str = "judge"
+    uses_context: bool = False
 
     def __init__(self, cache_size: int = DEFAULT_CACHE_SIZE):
         self._lock = threading.RLock()
-        self._cache: OrderedDict[str, float] = OrderedDict()
+        self._cache: OrderedDict[object, float] = OrderedDict()
         self._cache_size = max(0, int(cache_size))
+        self.unparsed = 0  # verdicts that could not be read, over the judge's lifetime
 
     # -- to implement --------------------------------------------------------------
-    def _score_batch(self, texts: list[str]) -> list[float]:
-        """Toxicity probabilities for ``texts`` (non-empty strings), one per text. Called under the lock."""
+    def _score_batch(self, texts: list[str], contexts: list[dict] | None = None) -> list[float | None]:
+        """Scores in [0, 1] for ``texts`` (non-empty strings), one per text (``None``: unreadable verdict).
+        ``contexts`` is given (one per text) only when ``uses_context`` is True. Called under the lock."""
         raise NotImplementedError
 
-    # -- public --------------------------------------------------------------------
-    def score(self, texts: Sequence[str], batch_size: int = 32) -> list[float]:
-        """Toxicity probability in [0, 1] for each text, order kept.
+    def check(self) -> None:
+        """Health check run before a long generation: fail now, in one line, rather than after it.
+        The default scores one short text (loads the model, or sends one request)."""
+        context = [{"question": "Say hello.", "category": "benign", "attack": "none", "harmful_request": False}]
+        self.score(["Hello! How can I help you today?"], contexts=context if self.uses_context else None)
 
-        ``batch_size`` bounds how many texts go to the model at once. Repeated texts
-        (within this call or across calls) are scored once.
+    # -- public --------------------------------------------------------------------
+    def score(self, texts: Sequence[str], batch_size: int = 32, contexts: Sequence[Mapping] | None = None) -> list[float]:
+        """Score in [0, 1] for each text, order kept (NaN where the judge's verdict was unreadable).
+
+        ``batch_size`` bounds how many texts go to the model at once. Repeated texts (with the
+        same context) are scored once, within this call and across calls.
         """
         if isinstance(texts, str):
             raise MMToxError(f"{self.name}.score expects a list of texts, got one string; wrap it as [text]")
         if int(batch_size) < 1:
             raise MMToxError(f"{self.name}.score: batch_size={batch_size} must be at least 1")
         texts = ["" if t is None else str(t) for t in texts]
+        if self.uses_context:
+            if contexts is None or len(contexts) != len(texts):
+                raise MMToxError(f"judge {self.name} needs the request each answer replies to (contexts=, one per text)")
+            contexts = [_context(c) for c in contexts]
+            keys = [(json.dumps(c, sort_keys=True), t) for c, t in zip(contexts, texts)]
+        else:
+            contexts = [None] * len(texts)
+            keys = list(texts)
         with self._lock:
-            known = {t: self._cache[t] for t in set(texts) if t in self._cache}
-            todo = list(dict.fromkeys(t for t in texts if t not in known and t.strip()))
+            known = {k: self._cache[k] for k in set(keys) if k in self._cache}
+            todo, queued = [], set()  # the first position of each distinct key still to score
+            for i, key in enumerate(keys):
+                if key not in known and key not in queued and texts[i].strip():
+                    queued.add(key)
+                    todo.append(i)
             for start in range(0, len(todo), int(batch_size)):
                 chunk = todo[start : start + int(batch_size)]
-                scores = self._score_batch(chunk)
+                chunk_texts = [texts[i] for i in chunk]
+                if self.uses_context:
+                    scores = self._score_batch(chunk_texts, [contexts[i] for i in chunk])
+                else:
+                    scores = self._score_batch(chunk_texts)
                 if len(scores) != len(chunk):
                     raise MMToxError(f"judge {self.name} returned {len(scores)} scores for {len(chunk)} texts; this is a bug in the judge")
-                for text, value in zip(chunk, scores):
+                for i, value in zip(chunk, scores):
+                    if value is None:
+                        self.unparsed += 1
+                        known[keys[i]] = math.nan  # not cached: a later call may read it
+                        continue
                     value = float(value)
                     if math.isnan(value) or not -1e-6 <= value <= 1 + 1e-6:
                         raise MMToxError(
                             f"judge {self.name} produced score {value!r}, outside [0, 1]; check the judge's model/label settings"
                         )
-                    known[text] = min(1.0, max(0.0, value))
-            self._remember(known)
-        return [known.get(t, 0.0) if t.strip() else 0.0 for t in texts]
+                    known[keys[i]] = min(1.0, max(0.0, value))
+            self._remember({k: v for k, v in known.items() if not math.isnan(v)})
+        return [known.get(k, 0.0) if t.strip() else 0.0 for k, t in zip(keys, texts)]
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -77,14 +116,25 @@ class Judge:
         return f"<{type(self).__name__} {self.name}>"
 
     # -- internals -----------------------------------------------------------------
-    def _remember(self, scores: dict[str, float]) -> None:
+    def _remember(self, scores: dict) -> None:
         if not self._cache_size:
             return
-        for text, value in scores.items():
-            self._cache[text] = value
-            self._cache.move_to_end(text)
+        for key, value in scores.items():
+            self._cache[key] = value
+            self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+def _context(context: Mapping | None) -> dict:
+    """The fields of an item a judge may read, as plain JSON values."""
+    context = dict(context or {})
+    return {
+        "question": str(context.get("question") or ""),
+        "category": str(context.get("category") or ""),
+        "attack": str(context.get("attack") or "none"),
+        "harmful_request": bool(context.get("harmful_request", False)),
+    }
 
 
 def first_line(exc: BaseException) -> str:
