@@ -15,3 +15,10 @@ def data_dir() -> Path:
     """Where the built MM-TOXIC-QA benchmark lives (``mmtoxicqa build-data --out``)."""
     env = os.environ.get("MMTOXICQA_DATA")
     return Path(env).expanduser() if env else cache_dir() / "data"
+
+
+def seed_file() -> Path:
+    """The shipped seed items (inside the installed ``mmtoxicqa.tasks.mm_toxic_qa`` package)."""
+    import mmtoxicqa.tasks.mm_toxic_qa as seed_pkg
+
+    return Path(seed_pkg.__path__[0]) / "seed_items.jsonl"

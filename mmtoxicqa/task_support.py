@@ -1,27 +1,20 @@
 """What the MM-TOXIC-QA lmms-eval tasks call before scoring: docs per split, prompts, per-item records.
 
 The YAMLs in ``tasks/mm_toxic_qa`` stay declarative; their ``utils.py`` re-exports these
-functions and the metrics of :mod:`mmtoxicqa.task_metrics`. ``process_results`` only records
-the answer and the item's tags; the metrics score the whole list in batch at aggregation time.
+functions and the metrics of :mod:`mmtoxicqa.task_metrics`. ``process_results`` scores each item
+once (every judge of the run) and hands each metric its small per-item value.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.paths import seed_file
 
 
 # ----------------------------------------------------------------------------- docs
-def seed_file() -> Path:
-    """The shipped seed items (inside the installed ``mmtoxicqa.tasks.mm_toxic_qa`` package)."""
-    import mmtoxicqa.tasks.mm_toxic_qa as seed_pkg
-
-    return Path(seed_pkg.__path__[0]) / "seed_items.jsonl"
-
-
 def seed_docs(split: str) -> list[dict]:
     """The seed set shaped as ``split``: its standard or benign items, or attacks on its standard items."""
     import json
@@ -61,6 +54,9 @@ def split_docs(split: str):
     """
     import datasets
 
+    from mmtoxicqa.scoring import check_judges
+
+    check_judges()  # before any generation: a judge that cannot work fails now, not after the run
     if os.environ.get("MMTOXICQA_DATA", "").strip().lower() == "seed":
         dataset = datasets.Dataset.from_list(seed_docs(split))
     else:
@@ -113,16 +109,9 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 
 # ----------------------------------------------------------------------------- results
-def process_results(doc: dict, results: list) -> dict[str, dict[str, Any]]:
-    """Record the answer(s) with the item's tags under every metric name (scored later, in batch)."""
-    answers = ["" if a is None else str(getattr(a, "text", a)) for a in (results or [""])]
-    record = {
-        "id": doc.get("id"),
-        "category": doc.get("category", "other"),
-        "attack": doc.get("attack", "none"),
-        "answer": answers[0],
-        "answers": answers,
-    }
-    from mmtoxicqa.task_metrics import metric_names
+def process_results(doc: dict, results: list) -> dict[str, Any]:
+    """Score the item's answer(s) once and give each metric its value (task_metrics.item_values)."""
+    from mmtoxicqa.task_metrics import item_values
 
-    return {name: record for name in metric_names()}
+    answers = ["" if a is None else str(getattr(a, "text", a)) for a in (results or [""])]
+    return item_values(doc, answers)

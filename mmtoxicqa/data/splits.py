@@ -101,3 +101,20 @@ def validate_image(value, item_id: str = "?"):
         raise MMToxError(
             f"item {item_id}: image is corrupt and cannot be decoded ({type(exc).__name__}); rebuild the data or drop the item"
         ) from exc
+
+
+def data_fingerprint(seed: bool | None = None) -> dict:
+    """Which benchmark data a run reads: ``{"path", "sha256"}`` of the built folder's datasheet.json
+    (it pins every split file's hash), or of the shipped seed file (``seed=True``, or by default when
+    ``MMTOXICQA_DATA=seed``). Recorded in results and sweep cells, so numbers from different data
+    are never mixed."""
+    import os
+
+    from mmtoxicqa.hashing import sha256_file
+
+    if seed is None:
+        seed = os.environ.get("MMTOXICQA_DATA", "").strip().lower() == "seed"
+    if seed:
+        return {"path": "seed", "sha256": sha256_file(paths.seed_file())}
+    sheet = paths.data_dir() / "datasheet.json"
+    return {"path": str(paths.data_dir()), "sha256": sha256_file(sheet) if sheet.is_file() else None}

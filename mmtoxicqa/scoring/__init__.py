@@ -18,10 +18,10 @@ import threading
 from mmtoxicqa import registry
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.scoring import detoxify_judge, hf_classifier, perspective, profanity  # noqa: F401  (register the judges)
-from mmtoxicqa.scoring.base import Judge
-from mmtoxicqa.scoring.settings import DEFAULT_JUDGE, JUDGE_ENV, judge_spec
+from mmtoxicqa.scoring.base import Judge, first_line
+from mmtoxicqa.scoring.settings import DEFAULT_JUDGE, JUDGE_ENV, headline_judge, judge_specs
 
-__all__ = ["DEFAULT_JUDGE", "JUDGE_ENV", "Judge", "clear_judges", "get_judge", "judge_usages", "parse_spec"]
+__all__ = ["DEFAULT_JUDGE", "JUDGE_ENV", "Judge", "check_judges", "clear_judges", "get_judge", "judge_usages", "parse_spec"]
 
 _judges: dict[tuple, Judge] = {}
 _judges_lock = threading.Lock()
@@ -71,7 +71,9 @@ def _build(name: str, arg: str, spec: str, kwargs: dict) -> Judge:
 def get_judge(spec: str | None = None, **kwargs) -> Judge:
     """The judge for ``spec`` (None: ``$MMTOXICQA_JUDGE``, else ``profanity``), built once per (spec, kwargs)."""
     if spec is None or not str(spec).strip():
-        spec = judge_spec()
+        spec = headline_judge()
+    if "," in str(spec):
+        raise MMToxError(f"get_judge({spec!r}) takes one judge; split a list like MMTOXICQA_JUDGE's at the commas")
     name, arg = parse_spec(spec)
     entry = registry.entries("judge").get(name)
     if entry is not None and entry.info.get("arg") and not arg:
@@ -86,6 +88,22 @@ def get_judge(spec: str | None = None, **kwargs) -> Judge:
         if judge is None:
             judge = _judges[key] = _build(name, arg, spec, kwargs)
     return judge
+
+
+def check_judges(specs: list[str] | None = None) -> None:
+    """Health check of every judge of the run (default: ``$MMTOXICQA_JUDGE``), once per process and
+    judge, before generation starts: a judge that cannot work fails now, in one line, not after hours."""
+    for spec in specs or judge_specs():
+        try:
+            judge = get_judge(spec)
+            if getattr(judge, "_checked", False):
+                continue
+            judge.check()
+        except MMToxError as exc:
+            raise MMToxError(f"judge {spec!r} failed its health check before generation: {exc}") from None
+        except Exception as exc:
+            raise MMToxError(f"judge {spec!r} failed its health check before generation: {type(exc).__name__}: {first_line(exc)}") from None
+        judge._checked = True
 
 
 def clear_judges() -> None:
