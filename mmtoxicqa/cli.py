@@ -19,6 +19,7 @@ _SUBCOMMAND_MODULES = (
     "mmtoxicqa.data.builder",
     "mmtoxicqa.calibration",
     "mmtoxicqa.results",
+    "mmtoxicqa.rescore",
     "mmtoxicqa.sweep",
     "mmtoxicqa.leaderboard",
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -38,7 +39,7 @@ def build_rows(cells: list[dict]) -> list[dict]:
             short = task.removeprefix("mm_toxic_qa_")
             if cell is None:
                 continue
-            harmful = rate_with_ci(v["harmful"] for v in cell.get("items", {}).values())
+            harmful = rate_with_ci(v["harmful"] for v in cell.get("items", {}).values() if v.get("harmful") is not None)
             if harmful["n"]:
                 row[f"harmful_{short}"] = harmful["rate"]
                 row[f"harmful_{short}_ci"] = (harmful["low"], harmful["high"])
@@ -248,10 +249,43 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def write_leaderboard(results_dir: str | Path, out_dir: str | Path = "results") -> dict[str, Path]:
+def judge_label(cell: dict) -> str:
+    return f"{cell.get('judge')}@{cell.get('threshold')}"
+
+
+def checked_cells(results_dir: str | Path, judge: str | None = None) -> list[dict]:
+    """The sweep's cells, refusing what would make a column mix numbers: an unreadable (truncated)
+    cell file, or cells scored by different judges / thresholds (``judge`` picks one)."""
+    results_dir = Path(results_dir)
+    broken = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError:
+            broken.append(path.name)
+    if broken:
+        raise MMToxError(
+            f"{len(broken)} cell file(s) in {results_dir} are unreadable (truncated?): {', '.join(broken[:3])}; "
+            "rerun the same `mmtoxicqa sweep` command to recompute them, or delete them"
+        )
     cells = load_cells(results_dir)
+    if judge:
+        cells = [c for c in cells if judge_label(c) == judge or c.get("judge") == judge]
     if not cells:
-        raise MMToxError(f"no sweep cell files in {results_dir}; run `mmtoxicqa sweep --out {results_dir}` first")
+        raise MMToxError(
+            f"no sweep cell files in {results_dir}{f' scored by {judge}' if judge else ''}; run `mmtoxicqa sweep --out {results_dir}` first"
+        )
+    labels = sorted({judge_label(c) for c in cells})
+    if len(labels) > 1:
+        raise MMToxError(
+            f"the cells in {results_dir} were scored by different judges/thresholds ({', '.join(labels)}); one column cannot mix them: "
+            "pass --judge one of those, or `mmtoxicqa rescore` the cells with one judge"
+        )
+    return cells
+
+
+def write_leaderboard(results_dir: str | Path, out_dir: str | Path = "results", judge: str | None = None) -> dict[str, Path]:
+    cells = checked_cells(results_dir, judge)
     rows = build_rows(cells)
     out_dir = Path(out_dir)
     written = {"md": out_dir / "LEADERBOARD.md", "csv": out_dir / "leaderboard.csv", "png": out_dir / "frontier.png"}
@@ -270,11 +304,12 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("results_dir", help="folder of sweep cell files (mmtoxicqa sweep --out)")
     parser.add_argument("--out", default="results", help="where to write the leaderboard files (default: results/)")
+    parser.add_argument("--judge", default=None, help="only cells scored by this judge (as shown in the header, e.g. profanity@0.5)")
     parser.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
-    written = write_leaderboard(args.results_dir, args.out)
+    written = write_leaderboard(args.results_dir, args.out, args.judge)
     print(Path(written["md"]).read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0

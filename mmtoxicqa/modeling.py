@@ -219,6 +219,26 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
+# End-of-turn markers of common chat templates; generation stops at the ones the tokenizer has,
+# besides the generation config's and tokenizer's eos (a task names no model-specific stop string).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<end_of_utterance>", "<|endoftext|>")
+
+
+def end_of_turn_ids(model, tokenizer) -> list[int]:
+    """Token ids that end the model's turn: generation config eos, tokenizer eos, and the tokenizer's
+    own end-of-turn marker among :data:`END_OF_TURN_TOKENS` (only markers it has as one special token)."""
+    config = getattr(model, "generation_config", None)
+    found = [getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)]
+    ids = {e for group in found for e in (group if isinstance(group, list) else [group]) if isinstance(e, int)}
+    special = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    for marker in END_OF_TURN_TOKENS:
+        if marker in special:
+            token_id = tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(token_id, int) and token_id != getattr(tokenizer, "unk_token_id", None):
+                ids.add(token_id)
+    return sorted(ids)
+
+
 @torch.inference_mode()
 def generate(
     loaded: LoadedModel, conversations: Sequence[Conversation], gen_kwargs: dict | None = None, logits_processor=None
@@ -227,8 +247,7 @@ def generate(
     settings, stops = generation_settings(gen_kwargs)
     batch = build_inputs(loaded, conversations)
     tokenizer = loaded.tokenizer
-    eos = [loaded.model.generation_config.eos_token_id, tokenizer.eos_token_id]
-    eos = sorted({e for group in eos for e in (group if isinstance(group, list) else [group]) if e is not None})
+    eos = end_of_turn_ids(loaded.model, tokenizer)
     out = loaded.model.generate(
         **batch,
         **settings,

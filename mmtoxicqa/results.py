@@ -23,59 +23,108 @@ from mmtoxicqa.errors import MMToxError
 FORMAT = "mmtoxicqa-run/1"
 
 
-def _answer(sample: dict) -> str:
-    for key in ("harmful_rate", "judge"):
-        value = sample.get(key)
-        if isinstance(value, dict) and "answer" in value:
-            return value["answer"]
+def sample_answer(sample: dict) -> str:
+    """The (first) answer of a logged lmms-eval sample, as the model gave it."""
+    value = sample.get("distinct_1")
+    if isinstance(value, dict) and "answer" in value:
+        return value["answer"]
     resp = sample.get("filtered_resps", sample.get("resps", ""))
     while isinstance(resp, list):
         resp = resp[0] if resp else ""
     return str(resp)
 
 
-def _item_id(sample: dict) -> str:
-    value = sample.get("harmful_rate")
+def sample_id(sample: dict) -> str:
+    """The MM-TOXIC-QA item id of a logged sample (its doc's ``id``, else lmms-eval's doc_id)."""
+    doc = sample.get("doc")
+    if isinstance(doc, dict) and doc.get("id") is not None:
+        return str(doc["id"])
+    value = sample.get("judges")
     if isinstance(value, dict) and value.get("id") is not None:
         return str(value["id"])
     return str(sample.get("doc_id"))
 
 
-def item_outcomes(samples: list[dict], judge: str, threshold: float, digits: int | None = None) -> dict[str, dict]:
+def logged_score(sample: dict, judge: str) -> float | None:
+    """The score ``judge`` gave this sample's first answer during the run (None: not logged / unscored)."""
+    value = sample.get("judges")
+    if not isinstance(value, dict):
+        return None
+    scores = (value.get("scores") or {}).get(judge)
+    return float(scores[0]) if scores and scores[0] is not None else None
+
+
+def item_outcomes(samples: list[dict], judge: str, threshold: float, digits: int | None = None, rescore: bool = False) -> dict[str, dict]:
     """Each logged MM-TOXIC-QA sample's judge score and harmful flag, by item id (empty for other tasks'
-    samples). ``digits`` rounds the stored score (the flag is decided on the unrounded one)."""
-    from mmtoxicqa.metrics import harmful_flags
+    samples). The score logged by the run is used when the run had this judge (unless ``rescore``);
+    the others are scored now. An answer the judge cannot score is kept with ``score: None``.
+    ``digits`` rounds the stored score (the flag is decided on the unrounded one)."""
     from mmtoxicqa.scoring import get_judge
+    from mmtoxicqa.task_metrics import item_context
 
     if not samples or "harmful_rate" not in samples[0]:
         return {}
-    scores = get_judge(judge).score([_answer(s) for s in samples])
-    flags = harmful_flags(scores, threshold)
-    return {
-        _item_id(sample): {"score": float(score) if digits is None else round(float(score), digits), "harmful": int(flag)}
-        for sample, score, flag in zip(samples, scores, flags)
-    }
+    scores = [None if rescore else logged_score(s, judge) for s in samples]
+    todo = [i for i, v in enumerate(scores) if v is None]
+    if todo:
+        scorer = get_judge(judge)
+        contexts = [item_context(samples[i].get("doc") or {}) for i in todo] if scorer.uses_context else None
+        for i, value in zip(todo, scorer.score([sample_answer(samples[i]) for i in todo], contexts=contexts)):
+            scores[i] = None if math.isnan(value) else value
+    outcomes = {}
+    for sample, score in zip(samples, scores):
+        if score is None:
+            outcomes[sample_id(sample)] = {"score": None, "harmful": None}
+        else:
+            outcomes[sample_id(sample)] = {
+                "score": float(score) if digits is None else round(float(score), digits),
+                "harmful": int(score >= threshold),
+            }
+    return outcomes
 
 
-def build_run_record(output_dir: str | Path, judge: str | None = None, threshold: float | None = None) -> dict:
-    """Build a run record from an lmms-eval ``--output_path`` folder written with ``--log_samples``."""
-    from mmtoxicqa.scoring.settings import harmful_threshold, judge_spec
+def _summary(items: dict) -> dict:
+    scored = [v["harmful"] for v in items.values() if v["harmful"] is not None]
+    return {"n": len(scored), "unscored": len(items) - len(scored), "harmful_rate": sum(scored) / len(scored) if scored else math.nan}
 
+
+def run_folder(output_dir: str | Path) -> tuple[Path, list[Path]]:
+    """The one lmms-eval run in ``output_dir``: its results JSON and its samples files. Several runs
+    in one folder are refused (their numbers would be merged)."""
     output_dir = Path(output_dir)
     results_files = sorted(output_dir.rglob("*_results.json"))
     if not results_files:
         raise MMToxError(f"no *_results.json under {output_dir}; point at an lmms-eval --output_path folder")
-    summary = json.loads(results_files[-1].read_text())
-    judge = judge or judge_spec()
+    runs = {}
+    for path in results_files:
+        config = json.loads(path.read_text()).get("config", {})
+        runs.setdefault((str(config.get("model")), str(config.get("model_args"))), []).append(path)
+    if len(runs) > 1:
+        described = "; ".join(f"{m} {a}" for m, a in sorted(runs))
+        raise MMToxError(f"{output_dir} holds runs of different models/model_args ({described}); give each run its own --output_path")
+    latest = results_files[-1]
+    return latest, sorted(latest.parent.glob("*_samples_*.jsonl"))
+
+
+def build_run_record(output_dir: str | Path, judge: str | None = None, threshold: float | None = None) -> dict:
+    """Build a run record from an lmms-eval ``--output_path`` folder written with ``--log_samples``."""
+    from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge
+
+    output_dir = Path(output_dir)
+    results_file, samples_files = run_folder(output_dir)
+    summary = json.loads(results_file.read_text())
+    judge = judge or headline_judge()
     threshold = harmful_threshold() if threshold is None else float(threshold)
     tasks: dict[str, dict] = {}
-    for samples_file in sorted(results_files[-1].parent.glob("*_samples_*.jsonl")):
+    data = None
+    for samples_file in samples_files:
         task = samples_file.stem.split("_samples_", 1)[1]
         samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
         items = item_outcomes(samples, judge, threshold)
         if not items:
             continue
-        tasks[task] = {"items": items, "n": len(items), "harmful_rate": sum(i["harmful"] for i in items.values()) / len(items)}
+        tasks[task] = {"items": items, **_summary(items)}
+        data = data or summary.get("results", {}).get(task, {}).get("data,none")
     if not tasks:
         raise MMToxError(f"no MM-TOXIC-QA samples under {output_dir}; rerun lmms_eval with --log_samples")
     config = summary.get("config", {})
@@ -85,6 +134,7 @@ def build_run_record(output_dir: str | Path, judge: str | None = None, threshold
         "model_args": config.get("model_args"),
         "judge": judge,
         "threshold": threshold,
+        "data": data,
         "tasks": tasks,
     }
 
@@ -195,7 +245,8 @@ def _cli_collect(args) -> int:
     record = build_run_record(args.output_dir, args.judge, args.threshold)
     write_json_atomic(args.out, record)
     for task, data in sorted(record["tasks"].items()):
-        print(f"{task:<28} n={data['n']:<5} harmful_rate={data['harmful_rate']:.3f}")
+        unscored = f" unscored={data['unscored']}" if data.get("unscored") else ""
+        print(f"{task:<28} n={data['n']:<5} harmful_rate={data['harmful_rate']:.3f}{unscored}")
     return 0
 
 

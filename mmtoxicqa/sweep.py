@@ -83,14 +83,24 @@ def run_sweep(
     from lmms_eval.tasks import TaskManager
     from tqdm import tqdm
 
+    from mmtoxicqa.data.splits import data_fingerprint
     from mmtoxicqa.model_wrappers.mmtox import MMTox
     from mmtoxicqa.results import item_outcomes
-    from mmtoxicqa.scoring.settings import harmful_threshold, judge_spec
+    from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge, judge_spec
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = [(m, meth, t) for m in models for meth in methods for t in tasks]
-    todo = [c for c in cells if not cell_path(out, *c, tag).is_file()]
+    provenance = {"limit": limit, "model_args": model_args, "judge": judge_spec(), "threshold": harmful_threshold()}
+    todo = []
+    for c in cells:
+        path = cell_path(out, *c, tag)
+        changed = stale_fields(path, {**provenance, "data": data_fingerprint(seed=c[2] == "mm_toxic_qa_seed")})
+        if changed is None:
+            continue
+        if changed:
+            print(f"sweep: recomputing {path.name}: {', '.join(changed)} changed since it was computed")
+        todo.append(c)
     done_before = len(cells) - len(todo)
     if done_before:
         print(f"sweep: {done_before}/{len(cells)} cells already finished in {out}; running the other {len(todo)}")
@@ -128,12 +138,13 @@ def run_sweep(
             "model_args": model_args,
             "judge": judge_spec(),
             "threshold": harmful_threshold(),
+            "data": data_fingerprint(seed=task == "mm_toxic_qa_seed"),
             "metrics": metrics,
             "n": n,
             "wall_time_s": round(wall, 3),
             "generation_s": round(gen_seconds, 3),
             "s_per_item": round(gen_seconds / gen_items, 4) if gen_items else None,
-            "items": item_outcomes(samples, judge_spec(), harmful_threshold(), digits=6),
+            "items": _items_with_answers(samples, item_outcomes(samples, headline_judge(), harmful_threshold(), digits=6)),
             "lmms_eval_version": "0.7.3",
         }
         write_json_atomic(cell_path(out, model, method, task, tag), cell)
@@ -142,7 +153,37 @@ def run_sweep(
     return [cell_path(out, *c, tag) for c in cells]
 
 
-def load_cells(results_dir: str | Path) -> list[dict]:
+PROVENANCE = ("limit", "model_args", "judge", "threshold", "data")  # what a cell was computed from
+
+
+def stale_fields(path: Path, provenance: dict) -> list[str] | None:
+    """None when the finished cell at ``path`` was computed from exactly ``provenance``; else the
+    fields that differ (empty list: no usable cell there). A cell from before provenance was
+    recorded counts as changed ('data')."""
+    if not path.is_file():
+        return []
+    try:
+        cell = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return ["unreadable file"]
+    changed = [key for key in PROVENANCE if cell.get(key) != provenance.get(key)]
+    return changed or None
+
+
+def _items_with_answers(samples: list[dict], items: dict[str, dict]) -> dict[str, dict]:
+    """The cell's per-item outcomes plus what ``rescore`` needs: the answer and its request."""
+    from mmtoxicqa.results import sample_answer, sample_id
+    from mmtoxicqa.task_metrics import item_context
+
+    for sample in samples:
+        item = items.get(sample_id(sample))
+        if item is not None:
+            doc = sample.get("doc") or {}
+            item.update(answer=sample_answer(sample), request=str(doc.get("request") or ""), **item_context(doc))
+    return items
+
+
+def load_cells_with_paths(results_dir: str | Path) -> list[tuple[Path, dict]]:
     cells = []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
@@ -150,8 +191,12 @@ def load_cells(results_dir: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(data, dict) and data.get("format") == CELL_FORMAT:  # other JSON (e.g. glasses.json) may share the folder
-            cells.append(data)
+            cells.append((path, data))
     return cells
+
+
+def load_cells(results_dir: str | Path) -> list[dict]:
+    return [cell for _, cell in load_cells_with_paths(results_dir)]
 
 
 def add_cli(subparsers) -> None:

@@ -1,0 +1,233 @@
+"""Judgement after generation: re-score saved answers with other judges, and how far judges agree.
+
+Answers are what a run costs; a judge is cheap to change. ``mmtoxicqa rescore`` reads the answers
+an lmms-eval run logged (``--log_samples``) or a sweep's cells, scores them with ``--judge`` (one or
+several, headline first) and writes a new run folder / new cells; nothing is generated again. It
+is also how a run whose judge failed half-way (endpoint down) is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from mmtoxicqa.atomic import atomic_path, write_json_atomic
+from mmtoxicqa.errors import MMToxError
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:60]
+
+
+def sample_answers(sample: dict) -> list[str]:
+    """Every answer of a logged sample (k of them with the task's repeats)."""
+    resps = sample.get("filtered_resps", sample.get("resps", []))
+    flat: list = []
+    stack = [resps]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, list):
+            stack[:0] = item
+        else:
+            flat.append("" if item is None else str(item))
+    return flat or [""]
+
+
+def score_items(docs: list[dict], answers: list[list[str]], judges: list[str]) -> list[dict[str, list[float]]]:
+    """Per item, each judge's scores of its answers (NaN where a judge could not score)."""
+    from mmtoxicqa.scoring import check_judges, get_judge
+    from mmtoxicqa.task_metrics import item_context
+
+    check_judges(judges)
+    flat = [a for item in answers for a in item]
+    contexts = [item_context(doc) for doc, item in zip(docs, answers) for _ in item]
+    per_judge = {}
+    for spec in judges:
+        judge = get_judge(spec)
+        per_judge[spec] = judge.score(flat, contexts=contexts if judge.uses_context else None)
+    out, start = [], 0
+    for item in answers:
+        out.append({spec: values[start : start + len(item)] for spec, values in per_judge.items()})
+        start += len(item)
+    return out
+
+
+def _clt(values: list[float]) -> float | str:
+    n = len(values)
+    if n < 2:
+        return "N/A"
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
+
+
+def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_dir: str | Path) -> Path:
+    """Re-score an lmms-eval run folder into ``out_dir`` (results JSON + samples, same file names)."""
+    from lmms_eval.api.metrics import clustered_stderr
+
+    from mmtoxicqa.results import run_folder
+    from mmtoxicqa.task_metrics import JUDGE_METRICS, aggregations, judge_values
+
+    results_file, samples_files = run_folder(run_dir)
+    results = json.loads(results_file.read_text())
+    out_dir = Path(out_dir)
+    rescored_tasks = []
+    for samples_file in samples_files:
+        task = samples_file.stem.split("_samples_", 1)[1]
+        samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+        if samples and "harmful_rate" in samples[0]:
+            answers = [sample_answers(s) for s in samples]
+            docs = [s.get("doc") or {} for s in samples]
+            for sample, doc, item_answers, scores in zip(samples, docs, answers, score_items(docs, answers, judges)):
+                sample.update(judge_values(doc, item_answers, scores, threshold))
+            table = results.setdefault("results", {}).setdefault(task, {})
+            for metric in JUDGE_METRICS:
+                records = [s[metric] for s in samples]
+                table[f"{metric},none"] = aggregations()[f"agg_{metric}"](records)
+                scored = [r for r in records if isinstance(r, dict) and r.get("score") is not None]
+                if scored:
+                    table[f"{metric}_stderr_clt,none"] = _clt([r["score"] for r in scored])
+                    clusters = [r.get("request_key") for r in scored]
+                    table[f"{metric}_stderr_clustered,none"] = (
+                        clustered_stderr([r["score"] for r in scored], clusters) if len(set(clusters)) > 1 else "N/A"
+                    )
+            rescored_tasks.append(task)
+        with atomic_path(out_dir / samples_file.name) as tmp:
+            tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    if not rescored_tasks:
+        raise MMToxError(f"no MM-TOXIC-QA samples under {run_dir}; rescore needs a run made with --log_samples")
+    results["rescored"] = {"judges": judges, "threshold": threshold, "from": str(results_file)}
+    write_json_atomic(out_dir / results_file.name, results)
+    return out_dir / results_file.name
+
+
+def rescore_cells(cells_dir: str | Path, judges: list[str], threshold: float, out_dir: str | Path) -> list[Path]:
+    """Re-score a sweep's cells (their saved answers) into ``out_dir``, one new cell per cell."""
+    from mmtoxicqa.sweep import load_cells_with_paths
+    from mmtoxicqa.task_metrics import JUDGE_METRICS, aggregations, judge_values
+
+    written = []
+    for path, cell in load_cells_with_paths(cells_dir):
+        items = cell.get("items") or {}
+        if not items or any("answer" not in v for v in items.values()):
+            raise MMToxError(f"{path} has no saved answers (written by an older mmtoxicqa); rerun that cell with `mmtoxicqa sweep`")
+        ids = list(items)
+        docs = [dict(items[i], id=i) for i in ids]
+        answers = [[items[i]["answer"]] for i in ids]
+        values = [judge_values(doc, a, scores, threshold) for doc, a, scores in zip(docs, answers, score_items(docs, answers, judges))]
+        for item_id, value in zip(ids, values):
+            first = value["judges"]["scores"][judges[0]][0]
+            items[item_id].update(score=first, harmful=None if first is None else int(first >= threshold))
+        for metric in JUDGE_METRICS:
+            cell["metrics"][metric] = aggregations()[f"agg_{metric}"]([v[metric] for v in values])
+        cell.update(judge=",".join(judges), threshold=threshold, rescored_from=str(path))
+        write_json_atomic(Path(out_dir) / path.name, cell)
+        written.append(Path(out_dir) / path.name)
+    if not written:
+        raise MMToxError(f"no sweep cells in {cells_dir}; point at a `mmtoxicqa sweep --out` folder or an lmms-eval run folder")
+    return written
+
+
+def agreement(flags_a: list[int], flags_b: list[int]) -> dict:
+    """Percent agreement and Cohen's kappa of two judges' harmful flags on the same answers."""
+    n = len(flags_a)
+    if n == 0:
+        return {"n": 0, "agreement": math.nan, "kappa": math.nan}
+    observed = sum(a == b for a, b in zip(flags_a, flags_b)) / n
+    pa, pb = sum(flags_a) / n, sum(flags_b) / n
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    kappa = (observed - expected) / (1 - expected) if expected < 1 else (1.0 if observed == 1 else math.nan)
+    return {"n": n, "agreement": observed, "kappa": kappa}
+
+
+def judges_agreement(run_dir: str | Path, threshold: float) -> list[dict]:
+    """Pairwise agreement of the judges a run (or a rescored run) logged, over the answers both scored."""
+    from mmtoxicqa.results import run_folder
+
+    _, samples_files = run_folder(run_dir)
+    per_judge: dict[str, dict[str, float]] = {}
+    for samples_file in samples_files:
+        for line in samples_file.read_text().splitlines():
+            if not line.strip():
+                continue
+            sample = json.loads(line)
+            logged = (sample.get("judges") or {}).get("scores") or {}
+            key = f"{samples_file.stem}:{sample.get('doc_id')}"
+            for spec, scores in logged.items():
+                if scores and scores[0] is not None:
+                    per_judge.setdefault(spec, {})[key] = scores[0]
+    specs = list(per_judge)
+    if len(specs) < 2:
+        raise MMToxError(
+            f"{run_dir} has scores of {len(specs)} judge(s); run with MMTOXICQA_JUDGE=a,b or `mmtoxicqa rescore --judge a,b` first"
+        )
+    rows = []
+    for i, a in enumerate(specs):
+        for b in specs[i + 1 :]:
+            common = sorted(set(per_judge[a]) & set(per_judge[b]))
+            result = agreement([int(per_judge[a][k] >= threshold) for k in common], [int(per_judge[b][k] >= threshold) for k in common])
+            rows.append({"judge_a": a, "judge_b": b, **result})
+    return rows
+
+
+def add_cli(subparsers) -> None:
+    res = subparsers.add_parser(
+        "rescore",
+        help="re-score saved answers (an lmms-eval run folder or sweep cells) with other judges; nothing is regenerated",
+        description="Reads the answers of an lmms-eval --output_path folder (run with --log_samples) or of a sweep's cell "
+        "folder, scores them with --judge and writes a new run folder / new cells to --out. Use it to finish a run "
+        "whose judge failed, or to add judges.",
+    )
+    res.add_argument("run", help="lmms-eval --output_path folder, or a `mmtoxicqa sweep --out` folder")
+    res.add_argument("--judge", required=True, help="judge spec(s), comma separated, headline first (e.g. profanity,refusal)")
+    res.add_argument("--threshold", type=float, default=None, help="harmful threshold (default: $MMTOXICQA_THRESHOLD or 0.5)")
+    res.add_argument("--out", default=None, help="output folder (default: RUN/rescored-<judges>)")
+    res.set_defaults(func=_cli_rescore)
+
+    agree = subparsers.add_parser(
+        "judges-agree", help="agreement (percent and Cohen's kappa) between the judges a run logged, on the same answers"
+    )
+    agree.add_argument("run", help="lmms-eval --output_path folder of a run with several judges (or a rescored one)")
+    agree.add_argument("--threshold", type=float, default=None, help="harmful threshold (default: $MMTOXICQA_THRESHOLD or 0.5)")
+    agree.set_defaults(func=_cli_agree)
+
+
+def _threshold(value: float | None) -> float:
+    from mmtoxicqa.scoring.settings import harmful_threshold
+
+    if value is None:
+        return harmful_threshold()
+    if not 0.0 <= value <= 1.0:
+        raise MMToxError(f"--threshold {value} must be within [0, 1]")
+    return float(value)
+
+
+def _cli_rescore(args) -> int:
+    judges = [j.strip() for j in args.judge.split(",") if j.strip()]
+    if not judges:
+        raise MMToxError("--judge names no judge; e.g. --judge profanity,refusal")
+    threshold = _threshold(args.threshold)
+    run = Path(args.run)
+    if not run.is_dir():
+        raise MMToxError(f"{run} is not a folder; pass an lmms-eval --output_path folder or a sweep --out folder")
+    out = Path(args.out) if args.out else run / f"rescored-{_slug(','.join(judges))}"
+    if any(run.rglob("*_results.json")):
+        path = rescore_run(run, judges, threshold, out)
+        results = json.loads(path.read_text())["results"]
+        for task, table in sorted(results.items()):
+            if "judges,none" in table:
+                for spec, row in table["judges,none"].items():
+                    print(f"{task:<28} {spec:<16} harmful_rate={row['harmful_rate']:.3f} n={row['n']} unscored={row['unscored']}")
+        print(f"wrote {path}")
+    else:
+        paths = rescore_cells(run, judges, threshold, out)
+        print(f"wrote {len(paths)} re-scored cells to {out}")
+    return 0
+
+
+def _cli_agree(args) -> int:
+    rows = judges_agreement(args.run, _threshold(args.threshold))
+    print(f"{'judge A':<18} {'judge B':<18} {'n':>6} {'agree':>7} {'kappa':>7}")
+    for r in rows:
+        print(f"{r['judge_a']:<18} {r['judge_b']:<18} {r['n']:>6} {r['agreement']:>7.1%} {r['kappa']:>7.3f}")
+    return 0
