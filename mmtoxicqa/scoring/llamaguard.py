@@ -215,9 +215,11 @@ class LlamaGuardJudge(Judge):
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self._eos,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
         with torch.no_grad():
-            out = self.model.generate(**enc, generation_config=config, output_logits=True, return_dict_in_generate=True)
+            out = self.model.generate(**enc, generation_config=config)
         generated = out.sequences[:, enc["input_ids"].shape[1] :].cpu()
         scores = []
         for row, (question, answer) in enumerate(zip(questions, texts)):
