@@ -17,7 +17,15 @@ import threading
 
 from mmtoxicqa import registry
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.scoring import detoxify_judge, hf_classifier, perspective, profanity  # noqa: F401  (register the judges)
+from mmtoxicqa.scoring import (  # noqa: F401  (register the judges)
+    detoxify_judge,
+    hf_classifier,
+    llamaguard,
+    llm_judge,
+    perspective,
+    profanity,
+    refusal_judge,
+)
 from mmtoxicqa.scoring.base import Judge, first_line
 from mmtoxicqa.scoring.settings import DEFAULT_JUDGE, JUDGE_ENV, headline_judge, judge_specs
 
