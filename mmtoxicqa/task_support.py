@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mmtoxicqa.data.splits import filter_source
 from mmtoxicqa.errors import MMToxError
 
 
@@ -67,6 +68,7 @@ def split_docs(split: str):
         from mmtoxicqa.data.splits import load_split
 
         dataset = load_split(split)
+    dataset = filter_source(dataset)  # MMTOXICQA_SOURCE=extra: only the build-data --extra items
     return dataset.shuffle(seed=DOC_ORDER_SEED).flatten_indices()
 
 
