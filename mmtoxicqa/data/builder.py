@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mmtoxicqa import paths
-from mmtoxicqa.atomic import write_json_atomic
+from mmtoxicqa.atomic import umask_mode, write_json_atomic
 from mmtoxicqa.data import attacks, loaders, taxonomy
 from mmtoxicqa.data.attacks import Request
 from mmtoxicqa.data.dedup import dedupe_rows, enforce_disjoint
@@ -635,7 +635,7 @@ def build(
         # Remove the old datasheet first: a folder whose datasheet is missing is visibly incomplete.
         (out_dir / "datasheet.json").unlink(missing_ok=True)
         for name in [f"{s}.parquet" for s in SPLITS] + ["DATASHEET.md", "datasheet.json"]:
-            os.chmod(stage / name, 0o644)  # mkstemp files are private; built data is meant to be shared
+            os.chmod(stage / name, umask_mode())  # staged files may be private; built data gets the umask's mode
             os.replace(stage / name, out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
