@@ -82,7 +82,6 @@ def embedded_model_dir(rebuild: bool = False) -> Path:
         return target
     log.warning("building the embedded model once into %s (takes about a minute)", target)
     with atomic_dir(target) as tmp:
-        tmp.chmod(0o755)
         _convert(source, tmp)
         (tmp / _DONE_MARKER).write_text(
             json.dumps({"gguf_file": GGUF_FILE, "gguf_sha256": digest, "seed": SEED, "vision": "untrained"}, indent=2) + "\n"

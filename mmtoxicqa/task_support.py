@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mmtoxicqa.data.splits import filter_source
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.paths import seed_file
 
@@ -63,6 +64,7 @@ def split_docs(split: str):
         from mmtoxicqa.data.splits import load_split
 
         dataset = load_split(split)
+    dataset = filter_source(dataset)  # MMTOXICQA_SOURCE=extra: only the build-data --extra items
     return dataset.shuffle(seed=DOC_ORDER_SEED).flatten_indices()
 
 

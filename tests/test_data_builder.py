@@ -310,6 +310,109 @@ def test_extra_items_go_through_the_pipeline(sources, tmp_path):
     assert extra_rows[0]["attack"] == "none" and extra_rows[0]["toxic_label"] == 1 and extra_rows[0]["image_text"] == ""
 
 
+def _write_items(path: Path, items: list) -> Path:
+    path.write_text("\n".join(i if isinstance(i, str) else json.dumps(i) for i in items) + "\n")
+    return path
+
+
+def test_extra_duplicates_and_unknown_categories_are_said(sources, tmp_path, monkeypatch):
+    """Duplicates are kept once and counted; an unknown category is dropped with a console line that
+    names the accepted categories; MMTOXICQA_SOURCE=extra serves only the --extra items."""
+    (tmp_path / "ok.png").write_bytes(tiny_png((1, 2, 3)))
+    item = {"image": "ok.png", "question": "What does this sign say?", "category": "other"}
+    path = _write_items(
+        tmp_path / "items.jsonl",
+        [
+            item,
+            item,  # the same line twice
+            dict(item, question="  what does THIS sign say  "),  # the same item, differently spelt
+            {"image": "ok.png", "question": "Tell me more.", "category": "hate"},
+            {"image": "ok.png", "question": "Bad?", "category": "harmful"},
+            {"image": "ok.png", "question": "Worse?", "category": "harmful"},
+        ],
+    )
+    warnings: list[str] = []
+    sheet = build(sources, tmp_path / "out", extra=path, progress=False, warn=warnings.append)
+    assert sheet["sources"]["extra"]["skipped_malformed"] == {"duplicate": 2, "unknown_category": 2}
+    assert sheet["sources"]["extra"]["rows_used"]["standard"] == 2
+    assert sheet["counts"]["standard"]["rows"] == 46 + 2
+    said = [w for w in warnings if "--extra" in w]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert said[0].startswith("4 of 6 --extra item(s) dropped: 2 duplicate [")
+    assert "2 unknown_category [e.g. 'harmful'; category must be one of " + ", ".join(CATEGORIES) + "]" in said[0]
+
+    # only the extra items, through the task's own doc loader
+    from mmtoxicqa.task_support import split_docs
+
+    monkeypatch.setenv("MMTOXICQA_DATA", str(tmp_path / "out"))
+    monkeypatch.setenv("MMTOXICQA_SOURCE", "extra")
+    docs = split_docs("standard")
+    assert len(docs) == 2 and set(docs["source"]) == {"extra"}
+    assert sorted(docs["question"]) == ["Tell me more.", "What does this sign say?"]
+    with pytest.raises(
+        MMToxError, match=r"MMTOXICQA_SOURCE=extra keeps no row of adversarial \(its sources: davidson, figstep, mm-safetybench, toxigen\);"
+    ):
+        split_docs("adversarial")
+    monkeypatch.setenv("MMTOXICQA_SOURCE", "")
+    assert len(split_docs("standard")) == 48
+
+
+def test_extra_all_dropped_fails_in_one_line(sources, tmp_path, capsys):
+    (tmp_path / "ok.png").write_bytes(tiny_png())
+    items = [{"image": "ok.png", "question": f"Question {i}?", "category": "harmful"} for i in range(100)]
+    path = _write_items(tmp_path / "mine.jsonl", items)
+    args = _parser().parse_args(["build-data", "--sources", str(sources), "--out", str(tmp_path / "o"), "--extra", str(path), "--quiet"])
+    with pytest.raises(MMToxError) as info:
+        args.func(args)
+    message = str(info.value)
+    assert "\n" not in message and "mine.jsonl: none of its 100 item(s) is usable (100 unknown_category [e.g. 'harmful'" in message
+    assert "category must be one of hate," in message
+    assert not (tmp_path / "o" / "datasheet.json").exists()
+    from mmtoxicqa.cli import main
+
+    assert main(["build-data", "--sources", str(sources), "--out", str(tmp_path / "o"), "--extra", str(path), "--quiet"]) == 2
+    assert "mine.jsonl: none of its 100" in capsys.readouterr().err
+    with pytest.raises(MMToxError, match="none of its 0 item"):
+        loaders.load_extra(_write_items(tmp_path / "empty.jsonl", []))
+
+
+def test_extra_lone_surrogate_is_one_line(tmp_path):
+    (tmp_path / "ok.png").write_bytes(tiny_png())
+    good = {"image": "ok.png", "question": "Fine?", "category": "other"}
+    path = _write_items(tmp_path / "items.jsonl", [good, '{"image": "ok.png", "question": "bad \\ud800 text", "category": "other"}'])
+    assert "\\ud800" in path.read_text()  # the JSON escape, as a user's file holds it
+    with pytest.raises(MMToxError) as info:
+        loaders.load_extra(path)
+    message = str(info.value)
+    assert "\n" not in message and f"--extra file {path} line 2: a string holds a lone surrogate (\\ud800)" in message
+
+
+def test_source_hash_mismatch_is_warned_and_recorded(tmp_path, capsys):
+    """A --sources file that is not the pinned version builds, but says so on stderr (file, expected
+    and actual sha256) and records both hashes in the datasheet."""
+    from mmtoxicqa.data.sources import load_manifest
+
+    root = write_fixture_sources(tmp_path / "src")
+    manifest = make_manifest(root, [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()])
+    pinned = {e["path"]: e["sha256"] for e in manifest["files"]}
+    target = root / loaders.DAVIDSON_CSV
+    target.write_bytes(target.read_bytes() + b'99,0,0,0,0,2,"an extra tweet"\n')
+    actual = sha256_file(target)
+    sheet = build(root, tmp_path / "out", manifest=manifest, progress=False)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "warning" in line]
+    assert lines == [
+        f"build-data: warning: source file {loaders.DAVIDSON_CSV} is not the pinned upstream version: "
+        f"expected sha256 {pinned[loaders.DAVIDSON_CSV]}, got {actual}; the built data will differ from the published benchmark"
+    ]
+    check = sheet["manifest_check"]
+    assert check["differing"] == [loaders.DAVIDSON_CSV]
+    assert check["differing_sha256"] == {loaders.DAVIDSON_CSV: {"expected": pinned[loaders.DAVIDSON_CSV], "actual": actual}}
+    assert json.loads((tmp_path / "out" / "datasheet.json").read_text())["manifest_check"] == check
+    assert f"`{pinned[loaders.DAVIDSON_CSV]}` -> `{actual}`" in (tmp_path / "out" / "DATASHEET.md").read_text()
+    assert load_manifest()["files"]  # the shipped manifest is untouched
+
+
 # --------------------------------------------------------------------------- CLI
 def _parser():
     parser = argparse.ArgumentParser(prog="mmtoxicqa")

@@ -97,3 +97,38 @@ def test_load_with_model_validates(glasses, tmp_path):
     other = tiny_llama(vocab_size=48, num_hidden_layers=3, intermediate_size=40)
     with pytest.raises(MMToxError, match="decoder layers"):
         Glasses.load(path, other)
+
+
+@pytest.mark.parametrize("bad_value", [5.0, -0.25, float("nan"), float("inf")])
+def test_auroc_outside_unit_interval_refused(glasses, tmp_path, bad_value):
+    """An AUROC of 5 would give alpha = 1 - (2 * 5 - 1) = -8 (a sign flip); a NaN AUROC would leave its
+    neuron undampened without a word. Both are refused in one line, from a file and in memory."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = glasses.save(tmp_path / "g.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    layer = glasses.sites[1].layer_index
+    tensors[f"layers.{layer}.auroc"][3] = bad_value
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    with pytest.raises(MMToxError, match=rf"bad.safetensors .*layer {layer}: 1 AUROC value\(s\) are NaN or outside \[0, 1\]") as info:
+        Glasses.load(bad)
+    _one_line(info)
+
+    auroc_all = glasses.auroc_all().clone()
+    auroc_all[7] = bad_value
+    with pytest.raises(MMToxError, match=r"neuron 7: .*recompute") as info:
+        Glasses.from_auroc(glasses.sites, auroc_all)
+    _one_line(info)
+    auroc = [a.clone() for a in glasses.auroc]
+    auroc[0][2] = bad_value
+    with pytest.raises(MMToxError, match=rf"layer {glasses.sites[0].layer_index}: 1 AUROC value") as info:
+        Glasses(glasses.sites, auroc, glasses.alpha, glasses.meta)
+    _one_line(info)
+    alpha = [a.clone() for a in glasses.alpha]
+    alpha[0][2] = -8.0
+    with pytest.raises(MMToxError, match="alpha values that are NaN or outside"):
+        Glasses(glasses.sites, glasses.auroc, alpha, glasses.meta)

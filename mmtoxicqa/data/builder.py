@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mmtoxicqa import paths
-from mmtoxicqa.atomic import write_json_atomic
+from mmtoxicqa.atomic import umask_mode, write_json_atomic
 from mmtoxicqa.data import attacks, loaders, taxonomy
 from mmtoxicqa.data.attacks import Request
 from mmtoxicqa.data.dedup import dedupe_rows, enforce_disjoint
@@ -479,6 +479,10 @@ def _markdown(sheet: dict) -> str:
     for rel, digest in sheet["input_files"].items():
         if "/images/" not in rel:
             lines.append(f"- `{rel}` `{digest}`")
+    differing = sheet["manifest_check"].get("differing_sha256", {})
+    if differing:
+        lines += ["", f"**{len(differing)} source files differ from the pinned manifest** (pinned -> read):", ""]
+        lines += [f"- `{rel}` `{pair['expected']}` -> `{pair['actual']}`" for rel, pair in list(differing.items())[:50]]
     lines += ["", "## Output files", ""]
     lines += [f"- `{s}.parquet` sha256 `{sheet['outputs'][s]['sha256']}`" for s in SPLITS]
     return "\n".join(lines) + "\n"
@@ -495,17 +499,21 @@ def build(
     manifest: dict | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict:
     """Build MM-TOXIC-QA into ``out`` and return the datasheet (also written as JSON and Markdown).
 
     ``sources``: a folder laid out like ``../shared/data``; ``None`` downloads the pinned
     files into the cache and verifies their sha256 first. ``extra``: a researcher's JSON
     Lines items (see :func:`mmtoxicqa.data.loaders.load_extra`). ``caps`` overrides
-    :data:`DEFAULT_CAPS` entries.
+    :data:`DEFAULT_CAPS` entries. ``warn`` receives each warning (default: printed to stderr,
+    also with ``progress=False``): source files whose sha256 differs from the manifest, and
+    ``extra`` items that were dropped (with why).
     """
     import datasets
 
     say = log or (lambda _msg: None)
+    warn = warn or _warn_stderr
     started = time.monotonic()
     caps = {**DEFAULT_CAPS, **(caps or {})}
     unknown = sorted(set(caps) - set(DEFAULT_CAPS))
@@ -538,9 +546,15 @@ def build(
     extra_items: list[loaders.ExtraItem] = []
     extra_result = None
     input_hashes = dict(src.hashes)
+    manifest_check = _manifest_check(input_hashes, manifest_data, downloaded)
+    for line in _manifest_warnings(manifest_check):
+        warn(line)
     if extra is not None:
         extra_items, extra_result, extra_hashes = loaders.load_extra(extra)
         input_hashes.update(extra_hashes)
+        report = loaders.extra_report(extra_result)
+        if report:
+            warn(report)
 
     pools = _pools(toxigen.items, davidson.items, seed)
     images = _Images()
@@ -612,8 +626,7 @@ def build(
             disjoint=disjoint,
             calib_dupes=calib_dupes,
             bad_words=_bad_word_audit(rows_by_split["benign"], bad_words),
-            manifest=manifest_data,
-            downloaded=downloaded,
+            manifest_check=manifest_check,
             requests=requests,
             statements=statements,
         )
@@ -622,7 +635,7 @@ def build(
         # Remove the old datasheet first: a folder whose datasheet is missing is visibly incomplete.
         (out_dir / "datasheet.json").unlink(missing_ok=True)
         for name in [f"{s}.parquet" for s in SPLITS] + ["DATASHEET.md", "datasheet.json"]:
-            os.chmod(stage / name, 0o644)  # mkstemp files are private; built data is meant to be shared
+            os.chmod(stage / name, umask_mode())  # staged files may be private; built data gets the umask's mode
             os.replace(stage / name, out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -642,8 +655,7 @@ def _datasheet(
     disjoint,
     calib_dupes,
     bad_words,
-    manifest,
-    downloaded,
+    manifest_check,
     requests,
     statements,
 ) -> dict:
@@ -679,26 +691,6 @@ def _datasheet(
         "rows_used": {split: sum(r["source"] == "mmtoxicqa" for r in rows_by_split[split]) for split in SPLITS},
     }
 
-    if manifest is None:
-        try:
-            manifest = load_manifest()
-        except MMToxError:
-            manifest = {"files": []}
-    pinned = {e["path"]: e["sha256"] for e in manifest["files"]}
-    source_files = {k: v for k, v in input_hashes.items() if not k.startswith("extra/")}
-    differing = sorted(k for k, v in source_files.items() if k in pinned and pinned[k] != v)
-    unpinned = sorted(k for k in source_files if k not in pinned)
-    matching = len(source_files) - len(differing) - len(unpinned)
-    if downloaded:
-        summary = f"Downloaded from the pinned upstream commits; all {matching} files verified against the manifest."
-    elif not differing and not unpinned:
-        summary = f"All {matching} source files match the pinned sha256 values of the manifest."
-    else:
-        summary = (
-            f"{matching} source files match the pinned manifest; {len(differing)} differ and "
-            f"{len(unpinned)} are not in it (a local or modified copy was used)."
-        )
-
     toxigen_read = results["toxigen"][0].read
     return {
         "name": "MM-TOXIC-QA",
@@ -726,14 +718,68 @@ def _datasheet(
         "calibration_duplicates_dropped": calib_dupes,
         "bad_words": bad_words,
         "input_files": dict(sorted(input_hashes.items())),
-        "manifest_check": {
-            "downloaded": downloaded,
-            "matching": matching,
-            "differing": differing[:50],
-            "not_in_manifest": unpinned[:50],
-            "summary": summary,
-        },
+        "manifest_check": manifest_check,
     }
+
+
+def _manifest_check(input_hashes: dict[str, str], manifest: dict | None, downloaded: bool) -> dict:
+    """The source files read compared with the pinned manifest (what the datasheet records).
+
+    ``differing`` / ``not_in_manifest`` list at most 50 paths; ``differing_sha256`` gives, for
+    every differing file, the pinned (``expected``) and the read (``actual``) sha256."""
+    if manifest is None:
+        try:
+            manifest = load_manifest()
+        except MMToxError:
+            manifest = {"files": []}
+    pinned = {e["path"]: e["sha256"] for e in manifest["files"]}
+    source_files = {k: v for k, v in input_hashes.items() if not k.startswith("extra/")}
+    differing = sorted(k for k, v in source_files.items() if k in pinned and pinned[k] != v)
+    unpinned = sorted(k for k in source_files if k not in pinned)
+    matching = len(source_files) - len(differing) - len(unpinned)
+    if downloaded:
+        summary = f"Downloaded from the pinned upstream commits; all {matching} files verified against the manifest."
+    elif not differing and not unpinned:
+        summary = f"All {matching} source files match the pinned sha256 values of the manifest."
+    else:
+        summary = (
+            f"{matching} source files match the pinned manifest; {len(differing)} differ and "
+            f"{len(unpinned)} are not in it (a local or modified copy was used)."
+        )
+    return {
+        "downloaded": downloaded,
+        "matching": matching,
+        "differing": differing[:50],
+        "differing_sha256": {k: {"expected": pinned[k], "actual": source_files[k]} for k in differing},
+        "not_in_manifest": unpinned[:50],
+        "not_in_manifest_count": len(unpinned),
+        "summary": summary,
+    }
+
+
+MAX_FILE_WARNINGS = 10
+
+
+def _manifest_warnings(check: dict) -> list[str]:
+    """Console warnings for source files that are not the pinned upstream versions."""
+    lines = []
+    differing = check["differing_sha256"]
+    for rel, pair in list(differing.items())[:MAX_FILE_WARNINGS]:
+        lines.append(
+            f"source file {rel} is not the pinned upstream version: expected sha256 {pair['expected']}, got {pair['actual']}; "
+            "the built data will differ from the published benchmark"
+        )
+    if len(differing) > MAX_FILE_WARNINGS:
+        lines.append(f"... and {len(differing) - MAX_FILE_WARNINGS} more source files differ from the manifest (all in datasheet.json)")
+    if check["not_in_manifest_count"]:
+        lines.append(f"{check['not_in_manifest_count']} source file(s) read are not in the pinned manifest (listed in datasheet.json)")
+    return lines
+
+
+def _warn_stderr(message: str) -> None:
+    import sys
+
+    print(f"build-data: warning: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -765,7 +811,12 @@ examples:
 file), "question", "category" (taxonomy name); optional "attack" (default none),
 "split" (default standard), "toxic_label" (1/0; required for calibration),
 "request", "image_text". Invalid items (missing/corrupt image, empty question,
-unknown category/split/attack) are skipped and counted in the datasheet.
+unknown category/split/attack) and repeated items are skipped, said in one warning
+line (with the accepted values) and counted in the datasheet; a file with no usable
+item is an error. Evaluate only these items with MMTOXICQA_SOURCE=extra.
+
+A source file whose sha256 differs from the pinned manifest is warned about (file,
+expected and actual sha256) and recorded in datasheet.json (manifest_check).
 
 Warning: the sources and the built data contain offensive and harmful text."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mmtoxicqa.data import taxonomy
 from mmtoxicqa.data.attacks import Request, attack_labels
+from mmtoxicqa.data.dedup import dedup_form
 from mmtoxicqa.data.schema import SPLITS
 from mmtoxicqa.data.sources import SourceDir
 from mmtoxicqa.errors import MMToxError
@@ -81,9 +82,12 @@ class LoadResult:
     items: list[SourceItem] = field(default_factory=list)
     read: Counter = field(default_factory=Counter)  # what was read, e.g. {"rows": 500}
     skipped: Counter = field(default_factory=Counter)  # malformed, by reason
+    examples: dict = field(default_factory=dict)  # reason -> the first offending value, when there is one
 
-    def skip(self, reason: str, n: int = 1) -> None:
+    def skip(self, reason: str, n: int = 1, example=None) -> None:
         self.skipped[reason] += n
+        if example is not None:
+            self.examples.setdefault(reason, example)
 
 
 def _clean(text) -> str:
@@ -417,9 +421,13 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
     (default "standard"), ``toxic_label`` (default 0 for benign, else 1; required for
     calibration), ``request`` (default: the question) and ``image_text`` (default "").
 
-    Policy: an invalid item is skipped and counted by reason (never a hard error), so one
-    bad line does not block a build; the datasheet lists the counts. A missing .jsonl file
-    is an MMToxError. Returns (items, result, {file: sha256} of everything read).
+    Policy: an invalid item is skipped and counted by reason, so one bad line does not block
+    a build; the datasheet lists the counts and :func:`extra_report` says them on the console.
+    A repeated item (same split, question, request, image text and image, compared in their
+    normalised form) is kept once; the others are counted as ``duplicate``. A missing .jsonl
+    file, a file in which no item is usable, and a string that is not valid Unicode (a lone
+    surrogate such as ``"\\ud800"``) are MMToxErrors. Returns (items, result, {file: sha256}
+    of everything read).
     """
     path = Path(path)
     result = LoadResult("extra")
@@ -435,6 +443,7 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
     except UnicodeDecodeError as exc:
         raise MMToxError(f"--extra file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON Lines") from exc
     items: list[ExtraItem] = []
+    seen: set[tuple] = set()
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -447,21 +456,29 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
         if not isinstance(obj, dict):
             result.skip("not_an_object")
             continue
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+            raise MMToxError(
+                f"--extra file {path} line {number}: a string holds a lone surrogate ({bad}), which is not valid Unicode; "
+                "fix that JSON escape (write the character itself or a complete surrogate pair)"
+            ) from None
         question = _clean(obj.get("question")) if isinstance(obj.get("question"), str) else ""
         if not question:
             result.skip("empty_question")
             continue
         category = obj.get("category")
         if category not in taxonomy.CATEGORIES:
-            result.skip("unknown_category")
+            result.skip("unknown_category", example=category)
             continue
         split = obj.get("split", "standard")
         if split not in SPLITS:
-            result.skip("unknown_split")
+            result.skip("unknown_split", example=split)
             continue
         attack = obj.get("attack", "none")
         if attack not in attack_labels():
-            result.skip("unknown_attack")
+            result.skip("unknown_attack", example=attack)
             continue
         label = obj.get("toxic_label", None)
         if label is None:
@@ -490,19 +507,66 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
         hashes[f"extra/{image_field}"] = sha256_bytes(data)
         request = obj.get("request")
         image_text = obj.get("image_text")
-        items.append(
-            ExtraItem(
-                line=number,
-                split=split,
-                category=category,
-                attack=attack,
-                question=question,
-                request=_clean(request) if isinstance(request, str) and request.strip() else question,
-                image_text=_clean(image_text) if isinstance(image_text, str) else "",
-                toxic_label=int(label),
-                image=data,
-                digest=sha256_bytes(line.strip().encode("utf-8")),
-            )
+        item = ExtraItem(
+            line=number,
+            split=split,
+            category=category,
+            attack=attack,
+            question=question,
+            request=_clean(request) if isinstance(request, str) and request.strip() else question,
+            image_text=_clean(image_text) if isinstance(image_text, str) else "",
+            toxic_label=int(label),
+            image=data,
+            digest=sha256_bytes(line.strip().encode("utf-8")),
         )
+        key = (item.split, dedup_form(item.question), dedup_form(item.request), dedup_form(item.image_text), sha256_bytes(data))
+        if key in seen:
+            result.skip("duplicate")
+            continue
+        seen.add(key)
+        items.append(item)
     result.read["items"] = len(items)
+    if not items:
+        reasons = extra_reasons(result)
+        raise MMToxError(
+            f"--extra file {path}: none of its {result.read['lines']} item(s) is usable"
+            + (f" ({reasons})" if reasons else " (it holds no JSON lines)")
+            + "; fix the items (format: mmtoxicqa build-data --help)"
+        )
     return items, result, hashes
+
+
+# What each skip reason means, with the accepted values where there is a fixed set.
+def _extra_reason_hint(reason: str) -> str:
+    hints = {
+        "unknown_category": lambda: "category must be one of " + ", ".join(taxonomy.CATEGORIES),
+        "unknown_split": lambda: "split must be one of " + ", ".join(SPLITS),
+        "unknown_attack": lambda: "attack must be one of " + ", ".join(attack_labels()),
+        "bad_toxic_label": lambda: "toxic_label must be 0 or 1, and is required for calibration items",
+        "duplicate": lambda: "the same split, question, request, image text and image as an earlier item; kept once",
+        "image_missing": lambda: "the image file is missing (paths are relative to the .jsonl file)",
+        "corrupt_image": lambda: "the image does not decode",
+        "empty_question": lambda: "no question",
+        "bad_json": lambda: "not valid JSON",
+        "not_an_object": lambda: "not a JSON object",
+    }
+    return hints[reason]() if reason in hints else ""
+
+
+def extra_reasons(result: LoadResult) -> str:
+    """The skipped --extra items by reason, with what was wrong and what is accepted (one line)."""
+    parts = []
+    for reason, n in sorted(result.skipped.items()):
+        seen = result.examples.get(reason)
+        hint = _extra_reason_hint(reason)
+        detail = "; ".join(x for x in ((f"e.g. {repr(seen)[:40]}" if seen is not None else ""), hint) if x)
+        parts.append(f"{n} {reason}" + (f" [{detail}]" if detail else ""))
+    return ", ".join(parts)
+
+
+def extra_report(result: LoadResult) -> str | None:
+    """One console line saying how many --extra items were dropped and why, or None when none was."""
+    dropped = sum(result.skipped.values())
+    if not dropped:
+        return None
+    return f"{dropped} of {result.read['lines']} --extra item(s) dropped: {extra_reasons(result)} (counts in datasheet.json)"

@@ -64,6 +64,32 @@ def load_split(name: str, data_dir: str | Path | None = None):
     return ds
 
 
+SOURCE_ENV = "MMTOXICQA_SOURCE"
+
+
+def filter_source(dataset, sources: str | None = None):
+    """Keep the rows whose ``source`` column is in ``sources`` (comma-separated; default: the
+    ``MMTOXICQA_SOURCE`` environment variable; unset or empty keeps every row).
+
+    ``MMTOXICQA_SOURCE=extra`` evaluates only the items added with ``build-data --extra``.
+    A filter that keeps no row is a one-line error naming the sources the split has."""
+    import os
+
+    wanted = os.environ.get(SOURCE_ENV, "") if sources is None else sources
+    names = [n.strip() for n in str(wanted).split(",") if n.strip()]
+    if not names:
+        return dataset
+    column = dataset["source"]
+    keep = [i for i, source in enumerate(column) if source in names]
+    if not keep:
+        split = getattr(dataset, "split", None) or "this split"
+        have = ", ".join(sorted(set(column))) or "none"
+        raise MMToxError(
+            f"{SOURCE_ENV}={wanted} keeps no row of {split} (its sources: {have}); set {SOURCE_ENV} to some of them or unset it"
+        )
+    return dataset.select(keep)
+
+
 def validate_image(value, item_id: str = "?"):
     """Return ``value`` as a fully decoded RGB PIL image, or raise a one-line MMToxError.
 

@@ -26,6 +26,7 @@ import torch
 
 from mmtoxicqa.atomic import atomic_path
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.sgm.auroc import auroc_problem
 from mmtoxicqa.sgm.discovery import NeuronSite
 
 FORMAT = "mmtoxicqa-sgm-glasses"
@@ -116,4 +117,8 @@ def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch
     for a in alphas:
         if not torch.isfinite(a).all() or (a < 0).any() or (a > 1).any():
             raise _bad(path, "alpha values outside [0, 1]")
+    for site, a in zip(sites, aurocs):
+        problem = auroc_problem(a)
+        if problem:
+            raise _bad(path, f"layer {site.layer_index}: {problem}")
     return sites, aurocs, alphas, meta

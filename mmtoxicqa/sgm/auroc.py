@@ -81,3 +81,14 @@ def auroc(scores: torch.Tensor, labels, *, chunk_size: int | None = None, min_pe
         twice_r1 = (below + upto).sum(1) + offset  # exact int64: 2 * R1
         out[start : start + block.shape[0]] = (twice_r1 - subtract).double() / denominator
     return out[0] if squeeze else out
+
+
+def auroc_problem(auroc: torch.Tensor) -> str | None:
+    """Why ``auroc`` cannot be a tensor of AUROCs (NaN/inf or outside [0, 1]), or None when it can."""
+    auroc = auroc.detach()
+    bad = ~torch.isfinite(auroc) | (auroc < 0) | (auroc > 1)
+    if not bool(bad.any()):
+        return None
+    first = int(bad.nonzero()[0][0]) if auroc.dim() else 0
+    value = float(auroc.reshape(-1)[first])
+    return f"{int(bad.sum())} AUROC value(s) are NaN or outside [0, 1] (e.g. neuron {first}: {value})"

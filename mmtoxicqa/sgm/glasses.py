@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.sgm.auroc import auroc_problem
 from mmtoxicqa.sgm.discovery import NeuronSite, site_modules, site_offsets, unwrap_model
 
 SELECT_KEYS = ("top_k", "top_fraction", "min_auroc")
@@ -126,6 +127,13 @@ class Glasses:
                 raise MMToxError(
                     f"glasses: layer {site.layer_index} has {site.width} neurons but its tensors have shapes {tuple(a.shape)}/{tuple(b.shape)}"
                 )
+            problem = auroc_problem(a)
+            if problem:
+                raise MMToxError(f"glasses: layer {site.layer_index}: {problem}; an AUROC is a probability in [0, 1], recompute it")
+            if not bool(torch.isfinite(b).all()) or bool((b < 0).any()) or bool((b > 1).any()):
+                raise MMToxError(
+                    f"glasses: layer {site.layer_index} has alpha values that are NaN or outside [0, 1]; recompute the glasses"
+                )
         layers = [s.layer_index for s in self.sites]
         if len(set(layers)) != len(layers):
             raise MMToxError("glasses: two sites share a layer index; one site per layer")
@@ -139,6 +147,9 @@ class Glasses:
         total = sum(s.width for s in sites)
         if auroc_all.numel() != total:
             raise MMToxError(f"glasses: {auroc_all.numel()} AUROC values for {total} neurons")
+        problem = auroc_problem(auroc_all)
+        if problem:
+            raise MMToxError(f"glasses: {problem}; an AUROC is a probability in [0, 1], recompute it")
         alpha_all = compute_alpha(auroc_all, strength, select)
         widths = [s.width for s in sites]
         meta = dict(meta or {})
