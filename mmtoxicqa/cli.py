@@ -21,6 +21,7 @@ _SUBCOMMAND_MODULES = (
     "mmtoxicqa.results",
     "mmtoxicqa.sweep",
     "mmtoxicqa.leaderboard",
+    "mmtoxicqa.export",
 )
 
 
