@@ -186,6 +186,7 @@ def read_checkpoint(root: Path) -> Checkpoint:
     tensors: dict[str, TensorInfo] = {}
     for name in files:
         length, header = read_header(root / name)
+        size = (root / name).stat().st_size
         for key, info in header.items():
             if key == "__metadata__":
                 continue
@@ -196,6 +197,8 @@ def read_checkpoint(root: Path) -> Checkpoint:
                 tensors[key] = TensorInfo(name, [int(d) for d in info["shape"]], str(info["dtype"]), begin, end)
             except (KeyError, TypeError, ValueError):
                 raise MMToxError(f"{root / name}: tensor {key} has a broken header entry; re-download the checkpoint") from None
+            if tensors[key].end > size:
+                raise MMToxError(f"{root / name} is truncated (it ends inside tensor {key}); re-download the checkpoint")
     if weight_map is not None:
         wrong = [k for k, f in weight_map.items() if k not in tensors or tensors[k].file != f]
         if wrong:
@@ -342,6 +345,12 @@ def _check_out(out: Path, src: Path, overwrite: bool) -> None:
         raise MMToxError(f"--out {out} {what}; pass --overwrite to replace it, or choose another folder")
 
 
+def _select_text(select) -> str:
+    if not select:
+        return "all AUROC > 0.5"
+    return ", ".join(f"{k}={v}" for k, v in select.items()) if isinstance(select, dict) else str(select)
+
+
 def _card(record: dict, original: str | None) -> str:
     """README model card: what was folded, with which glasses, and how to evaluate it."""
     g, m = record["glasses"], record["model"]
@@ -361,7 +370,7 @@ def _card(record: dict, original: str | None) -> str:
             f"| glasses file | `{g['file']}` |",
             f"| glasses sha256 | `{g['sha256']}` |",
             f"| glasses fitted on | `{g['model_id']}` ({g['model_type']}) |",
-            f"| strength / select | {g['strength']} / {g['select'] or 'all AUROC > 0.5'}"
+            f"| strength / select | {g['strength']} / {_select_text(g['select'])}"
             + (" (set at export)" if g["options_overridden"] else "")
             + " |",
             f"| pooling / layers / tokens | {g['pooling']} / {layers} / {g['tokens']} |",
