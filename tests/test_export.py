@@ -3,7 +3,8 @@
 For every supported architecture (saved in several shards), the export loaded by plain
 ``from_pretrained`` must give the logits and greedy generations of the original model wearing
 the glasses in hooks mode, hold exactly the fused-mode weights in the changed tensors, and be
-byte-identical to the source everywhere else (vision towers, biases, headers, index).
+byte-identical to the source everywhere else (vision towers, biases, headers, index). The same
+holds on the embedded SmolLM2-LLaVA (slow: 540 MB), where hooks and fused agree to float rounding.
 """
 
 from __future__ import annotations
@@ -402,3 +403,35 @@ def test_other_weight_files_are_not_copied(tmp_path):
     assert record["not_copied"] == skipped
     assert not any((tmp_path / "out" / f).exists() for f in skipped) and (tmp_path / "out/original/params.json").is_file()
     assert record["weight_files"] == ["model.safetensors"] and record["index_file"] is None
+
+
+@pytest.mark.slow
+def test_embedded_model_export_generates_as_with_hooks(tmp_path):
+    """The embedded SmolLM2-LLaVA (540 MB, 30 decoder layers), glasses on every layer: the same answers to image questions."""
+    from mmtoxicqa.modeling import build_inputs, generate, load_model
+    from mmtoxicqa.render import render_text_image
+
+    source = load_model(None)
+    glasses = make_glasses(source.model, strength=1.0, model_id=source.model_id)
+    glasses.save(tmp_path / "g.safetensors")
+    record = export.export_checkpoint(None, tmp_path / "g.safetensors", tmp_path / "out")
+    assert len(record["changed_tensors"]) == 30 and record["model"]["id"].startswith("embedded:")
+    exported = load_model(str(tmp_path / "out"))
+    conversations = [
+        [{"role": "user", "content": [{"type": "image", "image": render_text_image(text)}, {"type": "text", "text": text}]}]
+        for text in ("What does the sign say?", "Write a short poem about the sea.")
+    ]
+    inputs = build_inputs(exported, conversations)
+    with torch.inference_mode():
+        with wear(source.model, glasses):
+            hooked_logits = source.model(**inputs).logits
+            hooked = generate(source, conversations, {"max_new_tokens": 12})
+        with wear(source.model, glasses, mode="fused"):
+            fused_logits = source.model(**inputs).logits
+        folded_logits = exported.model(**inputs).logits
+        plain = source.model(**inputs).logits
+    assert torch.equal(folded_logits, fused_logits)  # the same weights as fused wearing, so the same logits bit for bit
+    # Hooks mode forms the product in another order: 30 layers of float32 rounding, logits up to ~30 (measured: 3e-4).
+    torch.testing.assert_close(folded_logits, hooked_logits, rtol=1e-4, atol=1e-3)
+    assert (folded_logits - plain).abs().max() > 0.1
+    assert generate(exported, conversations, {"max_new_tokens": 12}) == hooked
