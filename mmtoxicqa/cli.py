@@ -22,6 +22,7 @@ _SUBCOMMAND_MODULES = (
     "mmtoxicqa.rescore",
     "mmtoxicqa.sweep",
     "mmtoxicqa.leaderboard",
+    "mmtoxicqa.export",
 )
 
 

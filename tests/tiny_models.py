@@ -1,11 +1,13 @@
 """Tiny real models built locally for tests (no hub): a word-level tokenizer trained here,
-a random LLaVA (CLIP vision tower + Llama text model), and its PIL image processor."""
+a random LLaVA (CLIP vision tower + Llama text model), and its PIL image processor, and one
+random model of each architecture SGM supports (``build_arch``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import transformers as T
 
 from mmtoxicqa.embedded import CHAT_TEMPLATE
 
@@ -256,3 +258,189 @@ def build_tiny_llamaguard_vision(out_dir: str | Path, seed: int = 0, image_size:
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+VOCAB = 128
+HIDDEN = 32
+INTER = 48
+
+
+def text_kwargs(**extra):
+    """Keyword arguments of a tiny LLaMA-style text config (any overridden by ``extra``)."""
+    cfg = dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    cfg.update(extra)
+    return cfg
+
+
+CLIP_KWARGS = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16)
+SIGLIP_KWARGS = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+
+
+def build_arch(name: str):
+    """(model, expected number of text layers, expected prefix of the site names)."""
+    if name == "llama":
+        return T.LlamaForCausalLM(T.LlamaConfig(**text_kwargs())), 2, "model.layers."
+    if name == "mistral":
+        return T.MistralForCausalLM(T.MistralConfig(**text_kwargs())), 2, "model.layers."
+    if name == "qwen2":
+        return T.Qwen2ForCausalLM(T.Qwen2Config(**text_kwargs())), 2, "model.layers."
+    if name == "gemma":
+        return T.GemmaForCausalLM(T.GemmaConfig(**text_kwargs(head_dim=8))), 2, "model.layers."
+    if name == "phi3":
+        return T.Phi3ForCausalLM(T.Phi3Config(**text_kwargs())), 2, "model.layers."
+    if name == "gpt2":
+        return (
+            T.GPT2LMHeadModel(
+                T.GPT2Config(
+                    vocab_size=VOCAB, n_embd=HIDDEN, n_inner=INTER, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2
+                )
+            ),
+            2,
+            "transformer.h.",
+        )
+    if name == "opt":
+        return (
+            T.OPTForCausalLM(
+                T.OPTConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=HIDDEN,
+                    ffn_dim=INTER,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    word_embed_proj_dim=HIDDEN,
+                    max_position_embeddings=64,
+                    pad_token_id=0,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                )
+            ),
+            2,
+            "model.decoder.layers.",
+        )
+    if name == "gpt_neox":
+        return (
+            T.GPTNeoXForCausalLM(
+                T.GPTNeoXConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=HIDDEN,
+                    intermediate_size=INTER,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    max_position_embeddings=64,
+                    pad_token_id=0,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                )
+            ),
+            2,
+            "gpt_neox.layers.",
+        )
+    if name == "llava":
+        return (
+            T.LlavaForConditionalGeneration(
+                T.LlavaConfig(
+                    vision_config=T.CLIPVisionConfig(**CLIP_KWARGS), text_config=T.LlamaConfig(**text_kwargs()), image_token_index=100
+                )
+            ),
+            2,
+            "model.language_model.layers.",
+        )
+    if name == "llava_next":
+        cfg = T.LlavaNextConfig(
+            vision_config=T.CLIPVisionConfig(**CLIP_KWARGS),
+            text_config=T.LlamaConfig(**text_kwargs()),
+            image_token_index=100,
+            image_grid_pinpoints=[[32, 32]],
+        )
+        return T.LlavaNextForConditionalGeneration(cfg), 2, "model.language_model.layers."
+    if name == "qwen2_vl":
+        cfg = T.Qwen2VLConfig(
+            text_config=text_kwargs(rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
+            vision_config=dict(
+                depth=1,
+                embed_dim=16,
+                hidden_size=HIDDEN,
+                num_heads=2,
+                mlp_ratio=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+            ),
+            image_token_id=100,
+            video_token_id=101,
+        )
+        return T.Qwen2VLForConditionalGeneration(cfg), 2, "model.language_model.layers."
+    if name == "qwen2_5_vl":
+        cfg = T.Qwen2_5_VLConfig(
+            text_config=text_kwargs(rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
+            vision_config=dict(
+                depth=1,
+                hidden_size=16,
+                intermediate_size=24,
+                out_hidden_size=HIDDEN,
+                num_heads=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                fullatt_block_indexes=[0],
+            ),
+            image_token_id=100,
+            video_token_id=101,
+        )
+        return T.Qwen2_5_VLForConditionalGeneration(cfg), 2, "model.language_model.layers."
+    if name == "idefics3":
+        cfg = T.Idefics3Config(text_config=T.LlamaConfig(**text_kwargs()), vision_config=SIGLIP_KWARGS, scale_factor=2, image_token_id=100)
+        return T.Idefics3ForConditionalGeneration(cfg), 2, "model.text_model.layers."
+    if name == "smolvlm":
+        cfg = T.SmolVLMConfig(text_config=T.LlamaConfig(**text_kwargs()), vision_config=SIGLIP_KWARGS, scale_factor=2, image_token_id=100)
+        return T.SmolVLMForConditionalGeneration(cfg), 2, "model.text_model.layers."
+    if name == "mllama":
+        cfg = T.MllamaConfig(
+            text_config=text_kwargs(num_hidden_layers=4, cross_attention_layers=[1]),
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=24,
+                num_hidden_layers=2,
+                num_global_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=16,
+                vision_output_dim=HIDDEN,
+                intermediate_layers_indices=[0],
+                max_num_tiles=1,
+                supported_aspect_ratios=[[1, 1]],
+            ),
+            image_token_index=100,
+        )
+        return T.MllamaForConditionalGeneration(cfg), 4, "model.language_model.layers."
+    raise AssertionError(name)
+
+
+ARCHS = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "phi3",
+    "gpt2",
+    "opt",
+    "gpt_neox",
+    "llava",
+    "llava_next",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+    "smolvlm",
+    "mllama",
+]

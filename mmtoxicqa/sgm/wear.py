@@ -63,6 +63,22 @@ class GlassesHandle:
         return False
 
 
+def neuron_dim(module: nn.Module) -> int:
+    """The weight dim that indexes a projection's input features (the neurons): 1 for ``nn.Linear``
+    (weight (out, in)), 0 for GPT-2's ``Conv1D`` (weight (in, out))."""
+    return 0 if is_conv1d(module) else 1
+
+
+def scale_neurons(weight: torch.Tensor, alpha: torch.Tensor, dim: int) -> torch.Tensor:
+    """``weight`` (or a block of its rows/columns) with neuron j, index j along ``dim``, multiplied by ``alpha[j]``.
+
+    The product is formed in float32 (float64 for float64 weights) and returned in ``weight``'s dtype. Fused
+    wearing and ``mmtoxicqa export`` both fold through this, so their weights agree bit for bit."""
+    compute = torch.promote_types(weight.dtype, torch.float32)
+    shape = (-1, 1) if dim == 0 else (1, -1)
+    return (weight.to(compute) * alpha.to(device=weight.device, dtype=compute).view(shape)).to(weight.dtype)
+
+
 def _scale_input(alpha: torch.Tensor):
     """Input callback: ``x * alpha``, alpha cast once per (device, dtype)."""
     cache: dict = {}
@@ -109,13 +125,11 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
                     f"layer {site.layer_index} ({site.module_name}) has a {type(weight).__name__} weight "
                     f"({getattr(weight, 'dtype', None)}, {getattr(weight, 'device', None)}) that cannot be scaled in place; use mode='hooks'"
                 )
-            dim = 0 if is_conv1d(module) else 1
+            dim = neuron_dim(module)
             index = changed.to(weight.device)
             with torch.no_grad():
                 original = weight.index_select(dim, index).clone()
-                factor = alpha.index_select(0, changed).to(device=weight.device, dtype=torch.float32)
-                shape = (-1, 1) if dim == 0 else (1, -1)
-                scaled = (original.float() * factor.view(shape)).to(weight.dtype)
+                scaled = scale_neurons(original, alpha.index_select(0, changed), dim)
                 handle._saved.append((weight, index, dim, original))
                 weight.index_copy_(dim, index, scaled)
     except BaseException:
