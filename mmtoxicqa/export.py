@@ -488,7 +488,6 @@ def export_checkpoint(
         by_file.setdefault(fold.info.file, []).append(fold)
     digests = {}
     with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)
         skip = set(ckpt.weight_files) | set(ckpt.not_copied) | {CARD_FILE, RECORD_FILE}
         for rel in source_files(src):
             if rel not in skip:
