@@ -381,7 +381,7 @@ def _card(record: dict, original: str | None) -> str:
             "Evaluate it on MM-TOXIC-QA with lmms-eval's own model types (`THIS_FOLDER` = this folder), e.g.",
             "",
             "```bash",
-            "lmms_eval --model llava_hf --model_args pretrained=THIS_FOLDER,device=cuda,dtype=bfloat16 \\",
+            "lmms_eval --model llava_hf --model_args pretrained=THIS_FOLDER,device=cuda:0,device_map=cuda:0,dtype=bfloat16 \\",
             '    --tasks mm_toxic_qa --include_path "$(mmtoxicqa tasks-path)" --batch_size 1 --output_path out/sgm-exported',
             "lmms_eval --model vllm --model_args model=THIS_FOLDER,tensor_parallel_size=2,trust_remote_code=False \\",
             '    --tasks mm_toxic_qa --include_path "$(mmtoxicqa tasks-path)" --batch_size 32 --output_path out/sgm-exported-vllm',
