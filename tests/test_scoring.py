@@ -523,8 +523,8 @@ def test_perspective_key_echoed_at_the_cut_is_fully_redacted(api_key, no_network
         assert KEY[:size] not in message, KEY[:size]
     if offset < 290:
         assert "***" in message
-    # a 200 answer that is not a score: its body is shown cut at 200 characters, after redaction
-    script = [(200, {}, {"unexpected": "y" * 150 + KEY + "z" * 100})]
+    # a 200 answer that is not a score: its body is shown cut at 200 characters (here inside the key), after redaction
+    script = [(200, {}, {"unexpected": "y" * 176 + KEY + "z" * 100})]
     with perspective_server(script) as (url, seen), pytest.raises(MMToxError) as info:
         get_judge("perspective", url=url, qps=0).score(["thank you"])
     message = _whole_error(info)
