@@ -99,18 +99,32 @@ def aura(
     loaded: LoadedModel,
     aura_strength: float = 1.0,
     aura_mode: str = "hooks",
+    aura_tokens: str = "request",
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
 ) -> Method:
     """AurA (Suau et al. 2024, "Whispering Experts"): SGM's machinery calibrated on the text alone
-    (images dropped): the unimodal ablation."""
+    (images dropped): the unimodal ablation. As in AurA, a neuron's response is pooled over the
+    sentence alone (``aura_tokens="request"``: the item's own question, not the chat template or
+    system prompt); ``aura_tokens=text`` pools like SGM's default."""
+    from mmtoxicqa.positions import TOKEN_SCOPES
+
     strength = check_number("aura_strength", aura_strength)
     _check_mode(aura_mode, "aura")
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
+    if aura_tokens not in TOKEN_SCOPES:
+        raise MMToxError(f"aura_tokens={aura_tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
     if strength == 0:
         return Method("aura", loaded)
     fitted = _glasses(
-        loaded, None, text_only=True, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
+        loaded,
+        None,
+        text_only=True,
+        pooling="max",
+        layers=None,
+        calibration_data=calibration_data,
+        calibration_limit=calibration_limit,
+        tokens=aura_tokens,
     )
     method = Method("aura", loaded, [_wear_part(loaded, fitted.with_options(strength=strength), aura_mode, "aura")])
     method.glasses = fitted
