@@ -252,3 +252,33 @@ def test_corrupt_image_in_built_data_names_the_item(tmp_path, monkeypatch):
     message = _one_line(info)
     assert f"{path}: item {victim}: image is corrupt and cannot be decoded" in message and f"--out {out}" in message
     assert len(split_docs("standard")) == 46  # the other splits are fine
+
+
+def test_corrupt_image_in_a_calibration_file_names_the_item(tmp_path):
+    import datasets
+
+    from mmtoxicqa.calibration import calibration_items
+    from mmtoxicqa.data.fixtures import tiny_png
+    from mmtoxicqa.data.schema import FEATURES
+    from mmtoxicqa.errors import MMToxError
+
+    rows = [
+        {
+            "id": f"cal-{i}",
+            "split": "calibration",
+            "category": "other",
+            "attack": "none",
+            "source": "extra",
+            "question": f"q {i}",
+            "image": {"bytes": tiny_png() if i != 2 else b"\x89PNG\r\n\x1a\n broken", "path": None},
+            "image_text": "",
+            "request": f"q {i}",
+            "toxic_label": i % 2,
+        }
+        for i in range(4)
+    ]
+    path = tmp_path / "calibration.parquet"
+    datasets.Dataset.from_list(rows, features=datasets.Features({**FEATURES, "image": datasets.Image(decode=False)})).to_parquet(str(path))
+    with pytest.raises(MMToxError) as info:
+        calibration_items(path)
+    assert f"{path}: item cal-2: image is corrupt" in _one_line(info)
