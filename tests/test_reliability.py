@@ -247,8 +247,12 @@ def test_corrupt_image_in_built_data_names_the_item(tmp_path, monkeypatch):
     rows[5]["image"] = {"bytes": rows[5]["image"]["bytes"][:60], "path": None}  # truncated PNG
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
     monkeypatch.setenv("MMTOXICQA_DATA", str(out))
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as lmms-eval sets it on import
     with pytest.raises(MMToxError) as info:
         split_docs("adversarial")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
     message = _one_line(info)
     assert f"{path}: item {victim}: image is corrupt and cannot be decoded" in message and f"--out {out}" in message
     assert len(split_docs("standard")) == 46  # the other splits are fine

@@ -71,11 +71,24 @@ _CHECKED: set[tuple] = set()  # (path, size, mtime) of split files whose images 
 def check_images(table, path: Path) -> None:
     """Decode every stored image of a split once per file version; a corrupt one is a one-line
     MMToxError naming its item id (``datasets`` would otherwise fail deep inside lmms-eval's task
-    setup, naming nothing)."""
+    setup, naming nothing). Decoding is strict here even where ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
+    is on (lmms-eval turns it on globally, which would let a truncated image through as grey)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _CHECKED:
         return
+    from PIL import ImageFile
+
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        _decode_all(table, path)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+    _CHECKED.add(key)
+
+
+def _decode_all(table, path: Path) -> None:
     from PIL import Image
 
     ids = table.column("id")
@@ -101,7 +114,6 @@ def check_images(table, path: Path) -> None:
                 f"{path}: {exc}".removesuffix("; rebuild the data or drop the item")
                 + f"; rebuild the data (`mmtoxicqa build-data --sources ../shared/data --out {path.parent}`)"
             ) from None
-    _CHECKED.add(key)
 
 
 SOURCE_ENV = "MMTOXICQA_SOURCE"
