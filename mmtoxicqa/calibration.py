@@ -48,15 +48,17 @@ def calibration_items(data: str | Path | None = None, limit: int | None = None, 
     when ``limit`` is set so both classes stay represented."""
     import random
 
-    from mmtoxicqa.data.splits import load_split
+    from mmtoxicqa.data.splits import check_images, load_split
 
     if data is not None and Path(data).suffix == ".parquet":
         import datasets
+        import pyarrow.parquet as pq
 
         from mmtoxicqa.data.schema import FEATURES
 
         if not Path(data).is_file():
             raise MMToxError(f"calibration file {data} not found; pass a built data dir or a calibration parquet file")
+        check_images(pq.read_table(str(data), columns=["id", "image"]), Path(data))  # a corrupt image: one line naming the item
         rows = list(datasets.Dataset.from_parquet(str(data), features=FEATURES))
     else:
         rows = list(load_split("calibration", data))

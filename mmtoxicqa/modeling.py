@@ -9,6 +9,7 @@ gen_kwargs semantics (max_new_tokens, temperature, do_sample, top_p, num_beams, 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -75,6 +76,42 @@ def _hub_error(pretrained: str, exc: Exception) -> MMToxError:
     )
 
 
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+def check_dtype(dtype) -> str | torch.dtype:
+    """``dtype`` as "auto" or a floating torch dtype; anything else (int8, a typo) is a one-line error."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        name = DTYPE_ALIASES.get(name, name)
+        if name in DTYPES:
+            return "auto" if name == "auto" else DTYPES[name]
+    raise MMToxError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)} (quantised weights such as int8 are not supported)")
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device that exists on this machine, else a one-line error."""
+    try:
+        parsed = torch.device(str(device).strip())
+    except (RuntimeError, ValueError):
+        raise MMToxError(f"device={device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MMToxError(f"device={device!r} but CUDA is not available on this machine (torch {torch.__version__}); use device=cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise MMToxError(f"device={device!r} but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MMToxError(f"device={device!r} but MPS is not available on this machine; use device=cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise MMToxError(f"device={device!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return parsed
+
+
 def load_model(
     pretrained: str | None = None,
     device: str = "cpu",
@@ -85,6 +122,8 @@ def load_model(
     """Load model + processor for ``pretrained`` (hub id, local dir, or None for the embedded model)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+    dtype = check_dtype(dtype)
+    check_device(device)
     source = resolve_pretrained(pretrained)
     kwargs = {"trust_remote_code": bool(trust_remote_code)}
     if revision:
@@ -102,8 +141,6 @@ def load_model(
 
     if dtype == "auto":
         torch_dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-    elif isinstance(dtype, str):
-        torch_dtype = getattr(torch, dtype)
     else:
         torch_dtype = dtype
 
@@ -184,24 +221,55 @@ def build_inputs(loaded: LoadedModel, conversations: Sequence[Conversation]):
     return batch.to(loaded.device)
 
 
+def gen_int(name: str, value, low: int = 1) -> int:
+    """A generation setting that must be an integer >= ``low`` (``64``, ``"64"``, ``64.0``), else a one-line error."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number) or number < low:
+        raise MMToxError(f"{name}={value!r} is not usable; it must be an integer >= {low} (gen_kwargs / model_args)")
+    return int(number)
+
+
+def gen_float(name: str, value, low: float = 0.0, high: float | None = None) -> float:
+    """A generation setting that must be a finite number in [low, high], else a one-line error."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number < low or (high is not None and number > high):
+        bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise MMToxError(f"{name}={value!r} is not usable; it must be a number {bound} (gen_kwargs)")
+    return number
+
+
+def _flag(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "y", "on"}
+    return bool(value)
+
+
 def generation_settings(gen_kwargs: dict | None, default_max_new_tokens: int = 64) -> tuple[dict, list[str]]:
-    """Translate lmms-eval gen_kwargs into ``generate`` kwargs plus the list of stop strings."""
+    """Translate lmms-eval gen_kwargs into ``generate`` kwargs plus the list of stop strings.
+
+    A value that is not usable (``max_new_tokens=abc``, ``temperature=-1``) is a one-line MMToxError."""
     gen_kwargs = dict(gen_kwargs or {})
     until = gen_kwargs.pop("until", None) or []
     if isinstance(until, str):
         until = [until]
-    temperature = float(gen_kwargs.pop("temperature", 0.0) or 0.0)
-    do_sample = bool(gen_kwargs.pop("do_sample", False)) or temperature > 0
+    temperature = gen_float("temperature", gen_kwargs.pop("temperature", 0.0) or 0.0)
+    do_sample = _flag(gen_kwargs.pop("do_sample", False)) or temperature > 0
     settings = {
-        "max_new_tokens": int(gen_kwargs.pop("max_new_tokens", default_max_new_tokens)),
+        "max_new_tokens": gen_int("max_new_tokens", gen_kwargs.pop("max_new_tokens", default_max_new_tokens)),
         "do_sample": do_sample,
-        "num_beams": int(gen_kwargs.pop("num_beams", 1) or 1),
+        "num_beams": gen_int("num_beams", gen_kwargs.pop("num_beams", 1) or 1),
     }
     if do_sample:
         settings["temperature"] = temperature if temperature > 0 else 1.0
         top_p = gen_kwargs.pop("top_p", None)
         if top_p is not None:
-            settings["top_p"] = float(top_p)
+            settings["top_p"] = gen_float("top_p", top_p, 0.0, 1.0)
     else:
         gen_kwargs.pop("top_p", None)
     for key in ("top_k", "repetition_penalty", "num_return_sequences"):

@@ -68,7 +68,9 @@ def _where(obj) -> str:
 
 
 def register_method(name: str, **info):
-    """A detoxification method: a builder ``(loaded, **options) -> Method`` (see mmtoxicqa.methods.base)."""
+    """A detoxification method: a builder ``(loaded, **options) -> Method`` (see mmtoxicqa.methods.base).
+    ``slots=("...", ...)`` declares the slots its parts occupy, so a conflicting composition
+    (``sgm+aura``) is refused before any builder runs (calibration included)."""
     return register("method", name, **info)
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import load_model
+from mmtoxicqa.modeling import gen_int, load_model
 
 
 def _as_bool(value: Any) -> bool:
@@ -64,7 +64,7 @@ class MMTox(lmms):
             raise MMToxError(f"batch_size={batch_size!r} must be a positive integer") from exc
         if self.batch_size_per_gpu < 1:
             raise MMToxError(f"batch_size={batch_size!r} must be a positive integer")
-        self.default_max_new_tokens = int(max_new_tokens)
+        self.default_max_new_tokens = gen_int("max_new_tokens", max_new_tokens)
         self.generation_seconds = 0.0  # time spent inside the method's generate (sweeps report it per item)
         self.generated_items = 0
         self.loaded = load_model(pretrained, device=device, dtype=dtype, trust_remote_code=_as_bool(trust_remote_code), revision=revision)

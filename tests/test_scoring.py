@@ -484,6 +484,55 @@ def test_perspective_4xx_fails_at_once_and_redacts_the_key(api_key, no_network):
     assert seen[0]["query"] == {"alt": ["json"], "key": [KEY]}
 
 
+def _whole_error(info: pytest.ExceptionInfo) -> str:
+    """Every exception message a traceback of this error would print (the chained ones included)."""
+    messages, error = [], info.value
+    while error is not None:
+        messages.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return "\n".join(messages)
+
+
+@pytest.mark.parametrize("where", ["env", "arg"])
+def test_perspective_url_with_a_space_never_shows_the_key(api_key, monkeypatch, no_network, where):
+    bad = "http://127.0.0.1:9/v1 alpha/comments:analyze"
+    if where == "env":
+        monkeypatch.setenv("PERSPECTIVE_API_URL", bad)
+    with pytest.raises(MMToxError) as info:
+        get_judge("perspective", qps=0, **({"url": bad} if where == "arg" else {})).score(["thank you"])
+    message = str(info.value)
+    assert "is not a usable http(s) URL (it must not contain spaces" in message and "\n" not in message
+    assert KEY not in _whole_error(info) and KEY[:6] not in _whole_error(info)
+    # a key= already in the URL is redacted too
+    with pytest.raises(MMToxError) as info:
+        get_judge("perspective", url=f"{bad}?key=other-secret-456", qps=0)
+    assert "other-secret-456" not in _whole_error(info) and "key=***" in str(info.value)
+
+
+@pytest.mark.parametrize("offset", [300 - 8, 300 - 1, 300 - len(KEY) + 1, 200 - 5])
+def test_perspective_key_echoed_at_the_cut_is_fully_redacted(api_key, no_network, offset):
+    """The server (a real one on 127.0.0.1) echoes the key so that the 300-character cut of the error
+    detail (or the 200-character cut of an unreadable body) falls inside it: no piece of it may survive."""
+    echo = "x" * offset + KEY + " and more text " * 30
+    script = [(400, {}, {"error": {"code": 400, "message": echo}})]
+    with perspective_server(script) as (url, seen), pytest.raises(MMToxError) as info:
+        get_judge("perspective", url=url, qps=0).score(["have a nice day"])
+    message = _whole_error(info)
+    assert len(seen) == 1 and "HTTP 400" in message
+    for size in range(4, len(KEY) + 1):
+        assert KEY[:size] not in message, KEY[:size]
+    if offset < 290:
+        assert "***" in message
+    # a 200 answer that is not a score: its body is shown cut at 200 characters (here inside the key), after redaction
+    script = [(200, {}, {"unexpected": "y" * 176 + KEY + "z" * 100})]
+    with perspective_server(script) as (url, seen), pytest.raises(MMToxError) as info:
+        get_judge("perspective", url=url, qps=0).score(["thank you"])
+    message = _whole_error(info)
+    assert "unexpected Perspective API response" in message and "***" in message
+    for size in range(4, len(KEY) + 1):
+        assert KEY[:size] not in message
+
+
 def test_perspective_network_down_is_one_line(api_key, no_network):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

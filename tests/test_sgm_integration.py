@@ -281,3 +281,20 @@ def test_calibration_token_scope_changes_responses_and_is_recorded(tiny_llava, c
     assert not torch.equal(text.auroc_all(), request.auroc_all())
     with pytest.raises(MMToxError, match="tokens='words' must be one of text, request"):
         calibrate(tiny_llava, calib_file, tokens="words")
+
+
+def test_aura_pools_over_the_request_and_sgm_over_the_text_by_default(tiny_llava, calib_file, tmp_path, monkeypatch):
+    """AurA pools a neuron's response over the sentence alone: the aura baseline calibrates with
+    tokens="request" (text only, no chat template or system prompt); SGM keeps its "text" default."""
+    from mmtoxicqa.calibration import calibrate
+
+    monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
+    aura = build_method("aura", tiny_llava, calibration_data=str(calib_file))
+    assert aura.glasses.meta["tokens"] == "request" and aura.glasses.meta["text_only"] is True
+    expected = calibrate(tiny_llava, calib_file, text_only=True, tokens="request", use_cache=False, progress=False)
+    assert torch.equal(aura.glasses.auroc_all(), expected.auroc_all())
+    assert build_method("aura", tiny_llava, calibration_data=str(calib_file), aura_tokens="text").glasses.meta["tokens"] == "text"
+    sgm = build_method("sgm", tiny_llava, calibration_data=str(calib_file))
+    assert sgm.glasses.meta["tokens"] == "text" and sgm.glasses.meta["text_only"] is False
+    with pytest.raises(MMToxError, match="aura_tokens='sentence' must be one of text, request"):
+        build_method("aura", tiny_llava, aura_tokens="sentence")

@@ -60,8 +60,60 @@ def load_split(name: str, data_dir: str | Path | None = None):
             f"{path} has columns of the wrong type ({type(exc).__name__}); rebuild it with "
             f"`mmtoxicqa build-data --sources ../shared/data --out {root}`"
         ) from exc
+    check_images(table, path)
     ds = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=FEATURES), split=name)
     return ds
+
+
+_CHECKED: set[tuple] = set()  # (path, size, mtime) of split files whose images all decode
+
+
+def check_images(table, path: Path) -> None:
+    """Decode every stored image of a split once per file version; a corrupt one is a one-line
+    MMToxError naming its item id (``datasets`` would otherwise fail deep inside lmms-eval's task
+    setup, naming nothing). Decoding is strict here even where ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
+    is on (lmms-eval turns it on globally, which would let a truncated image through as grey)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    from PIL import ImageFile
+
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        _decode_all(table, path)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+    _CHECKED.add(key)
+
+
+def _decode_all(table, path: Path) -> None:
+    from PIL import Image
+
+    ids = table.column("id")
+    images = table.column("image")
+    for index in range(len(table)):
+        value = images[index].as_py()
+        if value is None:
+            continue
+        data = value.get("bytes") if isinstance(value, dict) else None
+        try:
+            if data:  # the stored form: decode only (what datasets does on access), no RGB copy
+                try:
+                    with Image.open(io.BytesIO(data)) as opened:
+                        opened.load()
+                        ok = opened.width >= 1 and opened.height >= 1
+                except Exception:  # PIL raises many types for corrupt data; validate_image names the reason
+                    ok = False
+                if ok:
+                    continue
+            validate_image(value, str(ids[index].as_py()))
+        except MMToxError as exc:
+            raise MMToxError(
+                f"{path}: {exc}".removesuffix("; rebuild the data or drop the item")
+                + f"; rebuild the data (`mmtoxicqa build-data --sources ../shared/data --out {path.parent}`)"
+            ) from None
 
 
 SOURCE_ENV = "MMTOXICQA_SOURCE"

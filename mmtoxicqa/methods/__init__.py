@@ -27,7 +27,7 @@ def known_methods() -> list[str]:
     return sorted(set(_builders()) | set(ALIASES))
 
 
-@register_method("vanilla")
+@register_method("vanilla", slots=())
 def vanilla(loaded: LoadedModel) -> Method:
     """The unmodified model: no parts."""
     return Method(name="vanilla", loaded=loaded)
@@ -70,10 +70,35 @@ def build_method(spec: str, loaded: LoadedModel, **kwargs) -> Method:
     if unused:
         options = sorted(set().union(*accepted.values()))
         raise MMToxError(f"unknown option(s) {', '.join(sorted(unused))} for method={spec}; accepted: {', '.join(options) or 'none'}")
+    declared = declared_slots(names)
+    check_slots(spec, names, declared)  # before any builder runs: a conflict never costs a calibration
     methods = [builders[n](loaded, **{k: v for k, v in kwargs.items() if k in accepted[n]}) for n in names]
+    for name, method in zip(names, methods):
+        undeclared = sorted({p.slot for p in method.parts} - set(declared[name] or ()))
+        if declared[name] is not None and undeclared:
+            raise MMToxError(
+                f"method {name!r} built parts in slot(s) {', '.join(undeclared)} that its register_method(..., slots=...) "
+                "does not declare; add them to the declaration"
+            )
     if len(methods) == 1:
         return methods[0]
     return compose("+".join(names), methods)
+
+
+def declared_slots(names) -> dict[str, tuple[str, ...] | None]:
+    """The slots each method declares with ``register_method(name, slots=(...))`` (None: not declared)."""
+    entries = registry.entries("method")
+    return {n: (tuple(entries[n].info["slots"]) if "slots" in entries[n].info else None) for n in names}
+
+
+def check_slots(spec: str, names, declared: dict) -> None:
+    """Refuse a composition whose methods declare the same slot (the dry run of ``compose``'s check)."""
+    taken: dict[str, str] = {}
+    for name in names:
+        for slot in declared.get(name) or ():
+            if slot in taken:
+                raise MMToxError(f"cannot compose {taken[slot]!r} with {name!r}: both set the {slot}; drop one of them from method={spec}")
+            taken[slot] = name
 
 
 from mmtoxicqa.methods import catalog as _catalog  # noqa: E402,F401  (registers the methods)

@@ -15,6 +15,7 @@ controller (or a single pass) generates with all logits processors chained.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -109,13 +110,27 @@ def compose(name: str, methods: Sequence[Method]) -> Method:
     return Method(name=name, loaded=methods[0].loaded, parts=parts)
 
 
+def check_count(name: str, value, low: int = 0, allow_none: bool = False) -> int | None:
+    """``value`` as an integer >= ``low`` (None when ``allow_none`` and it is None/''/'None'), else a one-line error."""
+    if allow_none and value in (None, "", "None", "none"):
+        return None
+    try:
+        number = int(str(value).strip()) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < low:
+        omit = " (or omit it)" if allow_none else ""
+        raise MMToxError(f"{name}={value!r} is not usable; it must be an integer >= {low}{omit}")
+    return number
+
+
 def check_number(name: str, value, low: float = 0.0, high: float | None = 1.0) -> float:
     """``value`` as a float within [low, high] (no upper bound when high is None), else a one-line error."""
     try:
         number = float(value)
     except (TypeError, ValueError) as exc:
         raise MMToxError(f"{name}={value!r} is not a number") from exc
-    if number < low or (high is not None and number > high):
+    if math.isnan(number) or number < low or (high is not None and number > high):
         bound = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
         raise MMToxError(f"{name}={value!r} is out of range; it must be {bound}")
     return number

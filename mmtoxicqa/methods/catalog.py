@@ -26,7 +26,7 @@ from mmtoxicqa.modeling import LoadedModel
 from mmtoxicqa.registry import register_method
 
 
-@register_method("safety_prompt")
+@register_method("safety_prompt", slots=("system prompt", "user suffix"))
 def safety_prompt(loaded: LoadedModel) -> Method:
     """Self-reminder (Xie et al. 2023, Nature Machine Intelligence): a safety system prompt plus a
     reminder after the user's request."""
@@ -40,7 +40,7 @@ def safety_prompt(loaded: LoadedModel) -> Method:
     )
 
 
-@register_method("adashield_s")
+@register_method("adashield_s", slots=("user suffix",))
 def adashield_s(loaded: LoadedModel) -> Method:
     """AdaShield-S (Wang et al. 2024, ECCV): a static defence prompt asking the model to inspect the
     image and text for harmful intent before answering."""
@@ -51,7 +51,7 @@ def adashield_s(loaded: LoadedModel) -> Method:
     )
 
 
-@register_method("coca")
+@register_method("coca", slots=("contrastive rows",))
 def coca(loaded: LoadedModel, coca_strength: float = 1.0) -> Method:
     """CoCA, constitutional calibration (Gao et al. 2024): logits + lambda * (logits with a safety
     principle in the prompt - logits without); both prompts run as rows of one batch."""
@@ -62,7 +62,7 @@ def coca(loaded: LoadedModel, coca_strength: float = 1.0) -> Method:
     return Method("coca", loaded, [Part("rows", expansion, slot="contrastive rows", owner="coca")])
 
 
-@register_method("self_debias")
+@register_method("self_debias", slots=("contrastive rows",))
 def self_debias(loaded: LoadedModel, self_debias_strength: float = 50.0) -> Method:
     """Self-debiasing (Schick et al. 2021, TACL): tokens made more likely by a description of toxic
     text are decayed by exp(lambda * delta); all descriptions run as rows of one batch."""
@@ -77,7 +77,7 @@ def self_debias(loaded: LoadedModel, self_debias_strength: float = 50.0) -> Meth
     )
 
 
-@register_method("bad_words")
+@register_method("bad_words", slots=("bad words",))
 def bad_words(loaded: LoadedModel, bad_words_path: str | None = None) -> Method:
     """Word filtering at decoding time (as in Gehman et al. 2020's word-ban baseline): every
     tokenisation of each listed word is banned."""
@@ -88,7 +88,7 @@ def bad_words(loaded: LoadedModel, bad_words_path: str | None = None) -> Method:
     return Method("bad_words", loaded, [Part("logits", lambda _loaded, _convs: processor, slot="bad words", owner="bad_words")])
 
 
-@register_method("ecso")
+@register_method("ecso", slots=("multi-pass controller",))
 def ecso(loaded: LoadedModel) -> Method:
     """ECSO (Gou et al. 2024, ECCV): the model judges its own answer; if unsafe, it captions the
     image for the query and answers from the caption without the image."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.methods.base import Method, Part, check_number
+from mmtoxicqa.methods.base import Method, Part, check_count, check_number
 from mmtoxicqa.modeling import LoadedModel
 from mmtoxicqa.registry import register_method
 
@@ -40,19 +40,24 @@ def _glasses(
                 f"glasses={glasses!r} not found; make them with `mmtoxicqa calibrate --out {glasses}` or omit glasses= to calibrate now"
             )
         return Glasses.load(path, loaded.model)
-    limit = None if calibration_limit in (None, "", "None") else int(calibration_limit)
+    limit = check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     return calibrate(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit, tokens=tokens)
+
+
+def _check_mode(mode: str, owner: str) -> str:
+    if mode not in ("hooks", "fused"):
+        raise MMToxError(f"{owner}_mode={mode!r} must be 'hooks' or 'fused'")
+    return mode
 
 
 def _wear_part(loaded: LoadedModel, glasses, mode: str, owner: str) -> Part:
     from mmtoxicqa.sgm import wear
 
-    if mode not in ("hooks", "fused"):
-        raise MMToxError(f"{owner}_mode={mode!r} must be 'hooks' or 'fused'")
+    _check_mode(mode, owner)
     return Part("intervention", lambda: wear(loaded.model, glasses, mode=mode), slot=NEURON_SLOT, owner=owner)
 
 
-@register_method("sgm")
+@register_method("sgm", slots=(NEURON_SLOT,))
 def sgm(
     loaded: LoadedModel,
     glasses: str | None = None,
@@ -69,6 +74,8 @@ def sgm(
     MLP neurons rated by AUROC on fused image+text calibration inputs, each scaled by
     alpha = 1 - s * (2 AUROC - 1) during every forward pass."""
     strength = check_number("sgm_strength", sgm_strength)
+    _check_mode(sgm_mode, "sgm")
+    check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if strength == 0:
         return Method("sgm", loaded)
     fitted = _glasses(
@@ -87,21 +94,37 @@ def sgm(
     return method
 
 
-@register_method("aura")
+@register_method("aura", slots=(NEURON_SLOT,))
 def aura(
     loaded: LoadedModel,
     aura_strength: float = 1.0,
     aura_mode: str = "hooks",
+    aura_tokens: str = "request",
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
 ) -> Method:
     """AurA (Suau et al. 2024, "Whispering Experts"): SGM's machinery calibrated on the text alone
-    (images dropped): the unimodal ablation."""
+    (images dropped): the unimodal ablation. As in AurA, a neuron's response is pooled over the
+    sentence alone (``aura_tokens="request"``: the item's own question, not the chat template or
+    system prompt); ``aura_tokens=text`` pools like SGM's default."""
+    from mmtoxicqa.positions import TOKEN_SCOPES
+
     strength = check_number("aura_strength", aura_strength)
+    _check_mode(aura_mode, "aura")
+    check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
+    if aura_tokens not in TOKEN_SCOPES:
+        raise MMToxError(f"aura_tokens={aura_tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
     if strength == 0:
         return Method("aura", loaded)
     fitted = _glasses(
-        loaded, None, text_only=True, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
+        loaded,
+        None,
+        text_only=True,
+        pooling="max",
+        layers=None,
+        calibration_data=calibration_data,
+        calibration_limit=calibration_limit,
+        tokens=aura_tokens,
     )
     method = Method("aura", loaded, [_wear_part(loaded, fitted.with_options(strength=strength), aura_mode, "aura")])
     method.glasses = fitted
@@ -118,13 +141,12 @@ def _fixed_alpha(fitted, top_k: int, factor: float):
     return Glasses(fitted.sites, fitted.auroc, list(alpha.split(widths)), dict(fitted.meta, fixed_factor=factor, top_k=top_k))
 
 
-@register_method("det0")
+@register_method("det0", slots=(NEURON_SLOT,))
 def det0(loaded: LoadedModel, det0_top_k: int = 200, calibration_data: str | None = None, calibration_limit: int | None = None) -> Method:
     """Det0 (Suau et al. 2024's baseline, after Suau et al. 2022 "Self-conditioning"): the top-k
     expert neurons by AUROC are set to zero."""
-    k = int(det0_top_k)
-    if k < 0:
-        raise MMToxError(f"det0_top_k={det0_top_k!r} must be >= 0")
+    k = check_count("det0_top_k", det0_top_k)
+    check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if k == 0:
         return Method("det0", loaded)
     fitted = _glasses(
@@ -133,7 +155,7 @@ def det0(loaded: LoadedModel, det0_top_k: int = 200, calibration_data: str | Non
     return Method("det0", loaded, [_wear_part(loaded, _fixed_alpha(fitted, k, 0.0), "hooks", "det0")])
 
 
-@register_method("damp")
+@register_method("damp", slots=(NEURON_SLOT,))
 def damp(
     loaded: LoadedModel,
     damp_top_k: int = 200,
@@ -144,9 +166,8 @@ def damp(
     """Damp (Suau et al. 2024's baseline): the top-k expert neurons by AUROC are multiplied by a
     fixed factor (factor 1 = off)."""
     factor = check_number("damp_factor", damp_factor)
-    k = int(damp_top_k)
-    if k < 0:
-        raise MMToxError(f"damp_top_k={damp_top_k!r} must be >= 0")
+    k = check_count("damp_top_k", damp_top_k)
+    check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if k == 0 or factor == 1.0:
         return Method("damp", loaded)
     fitted = _glasses(

@@ -13,7 +13,7 @@ import torch
 
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.hooks import Hooks
-from mmtoxicqa.methods.base import Method, Part, check_number
+from mmtoxicqa.methods.base import Method, Part, check_count, check_number
 from mmtoxicqa.modeling import LoadedModel
 from mmtoxicqa.registry import register_method
 
@@ -28,7 +28,7 @@ def steering_vector(loaded: LoadedModel, layer: int, calibration_data=None, cali
     from mmtoxicqa.calibration import calibration_items, items_hash, iter_batches, steering_cache_path
     from mmtoxicqa.sgm import find_decoder_layers
 
-    items = calibration_items(calibration_data, limit=None if calibration_limit in (None, "") else int(calibration_limit))
+    items = calibration_items(calibration_data, limit=check_count("calibration_limit", calibration_limit, low=1, allow_none=True))
     cache = steering_cache_path(loaded.model_id, items_hash(items, False), {"steer_layer": layer})
     if cache.is_file():
         return load_file(str(cache))["vector"]
@@ -62,7 +62,7 @@ def steering_vector(loaded: LoadedModel, layer: int, calibration_data=None, cali
     return vector
 
 
-@register_method("steer")
+@register_method("steer", slots=("residual steering",))
 def steer(
     loaded: LoadedModel,
     steer_layer: int | None = None,
@@ -75,10 +75,12 @@ def steer(
     from mmtoxicqa.sgm import find_decoder_layers
 
     strength = check_number("steer_strength", steer_strength, 0.0, 10.0)
+    chosen = check_count("steer_layer", steer_layer, allow_none=True)
+    check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if strength == 0:
         return Method("steer", loaded)
     _, layers = find_decoder_layers(loaded.model)
-    layer = len(layers) // 2 if steer_layer in (None, "", "None") else int(steer_layer)
+    layer = len(layers) // 2 if chosen is None else chosen
     vector = steering_vector(loaded, layer, calibration_data, calibration_limit)
 
     def shift(module, hidden):

@@ -1,7 +1,9 @@
 """``perspective``: Google Jigsaw's Perspective API, TOXICITY attribute (summary score).
 
 * The API key is read only from ``$PERSPECTIVE_API_KEY``. It is sent as the ``key`` query
-  parameter, never logged, and redacted from every error message.
+  parameter, never logged, and redacted from every error message, as is any ``key=`` value
+  of a URL; redaction happens before any text is shortened, so no part of a key survives.
+* A URL with whitespace or control characters, or not http(s), is refused when the judge is made.
 * ``$PERSPECTIVE_API_URL`` (or ``url=``) overrides the endpoint, e.g. for a local test server.
 * One request per text (the API has no batch call), at most ``qps`` requests per second
   (``$PERSPECTIVE_QPS``, default 1: the API's default quota).
@@ -17,8 +19,10 @@ response: ``attributeScores.TOXICITY.summaryScore.value``.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -33,6 +37,7 @@ KEY_ENV = "PERSPECTIVE_API_KEY"
 URL_ENV = "PERSPECTIVE_API_URL"
 QPS_ENV = "PERSPECTIVE_QPS"
 LANGUAGES_ENV = "PERSPECTIVE_LANGUAGES"
+_KEY_PARAM = re.compile(r"(?i)((?:^|[?&;\s])key=)[^&\s\"'#]+")
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -77,6 +82,17 @@ class PerspectiveJudge(Judge):
             )
         self._key = key
         self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        parts = urllib.parse.urlsplit(self.url)
+        if (
+            any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in self.url)
+            or parts.scheme not in ("http", "https")
+            or not parts.netloc
+        ):
+            where = "url=" if url else f"{URL_ENV}"
+            raise MMToxError(
+                f"judge 'perspective': {where} {self._redact(self.url)!r} is not a usable http(s) URL (it must not contain spaces "
+                f"or control characters); fix it or unset {URL_ENV} for {DEFAULT_URL}"
+            )
         if languages is None:
             languages = os.environ.get(LANGUAGES_ENV, "en")
         if isinstance(languages, str):
@@ -98,9 +114,17 @@ class PerspectiveJudge(Judge):
 
     # -- helpers -------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        for secret in {self._key, urllib.parse.quote(self._key, safe=""), urllib.parse.quote_plus(self._key)}:
+        """``text`` without the key (raw or URL-quoted) or any URL ``key=`` value, on one line. Shorten only after this."""
+        for secret in sorted(
+            {self._key, urllib.parse.quote(self._key, safe=""), urllib.parse.quote_plus(self._key)}, key=len, reverse=True
+        ):
             text = text.replace(secret, "***")
+        text = _KEY_PARAM.sub(r"\1***", text)
         return " ".join(text.split())
+
+    def _clip(self, text: str, limit: int) -> str:
+        """Redact, then shorten (in this order: a key cut in half would no longer match the redaction)."""
+        return self._redact(text)[:limit]
 
     def _request_url(self) -> str:
         sep = "&" if urllib.parse.urlsplit(self.url).query else "?"
@@ -127,13 +151,14 @@ class PerspectiveJudge(Judge):
             message = json.loads(body).get("error", {}).get("message")
         except (ValueError, AttributeError):
             message = None
-        text = message or body or str(err.reason)
-        return text[:300]
+        text = str(message or body or err.reason)
+        return self._clip(text, 300)
 
     # -- one text ------------------------------------------------------------------
     def score_one(self, text: str) -> float:
         """TOXICITY summary score of one text (one request, retried as the module docstring says)."""
-        what = repr(text[:40] + ("..." if len(text) > 40 else ""))
+        shown = self._redact(text)
+        what = repr(shown[:40] + ("..." if len(shown) > 40 else ""))
         payload = {"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}}, "languages": self.languages}
         if self.do_not_store:
             payload["doNotStore"] = True
@@ -162,16 +187,16 @@ class PerspectiveJudge(Judge):
                     else "check the request/languages settings"
                 )
                 raise self._fail(f"Perspective API rejected answer {what} (HTTP {err.code}: {detail}); {fix}") from None
-            except OSError as err:  # URLError, timeouts, refused/reset connections
-                reason = getattr(err, "reason", err)
+            except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, timeouts, refused/reset, bad URL
+                reason = self._clip(str(getattr(err, "reason", err)), 200)
                 raise self._fail(
-                    f"cannot reach the Perspective API at {self._public_url()} ({reason}); check the network or {URL_ENV}"
+                    f"cannot reach the Perspective API at {self._public_url()} ({type(err).__name__}: {reason}); check the network or {URL_ENV}"
                 ) from None
             try:
                 return float(json.loads(body)["attributeScores"]["TOXICITY"]["summaryScore"]["value"])
             except (ValueError, KeyError, TypeError):
                 raise self._fail(
-                    f"unexpected Perspective API response for answer {what} (no attributeScores.TOXICITY.summaryScore.value): {body[:200]}"
+                    f"unexpected Perspective API response for answer {what} (no attributeScores.TOXICITY.summaryScore.value): {self._clip(body, 200)}"
                 ) from None
         raise self._fail(
             f"Perspective API still failing after {self.max_attempts} attempts for answer {what} ({last}); retry later or lower {QPS_ENV}"
