@@ -93,3 +93,13 @@ def _template_without_tags() -> str:
 
     text = (Path(__file__).resolve().parents[1] / "tasks/mm_toxic_qa/_mm_toxic_qa_template.yaml").read_text()
     return text.replace("!function ", "")
+
+
+def test_a_source_filter_is_part_of_the_data_fingerprint(monkeypatch, tmp_path):
+    from mmtoxicqa.data.splits import data_fingerprint
+
+    monkeypatch.setenv("MMTOXICQA_DATA", str(tmp_path))
+    monkeypatch.delenv("MMTOXICQA_SOURCE", raising=False)
+    assert data_fingerprint() == {"path": str(tmp_path), "sha256": None}
+    monkeypatch.setenv("MMTOXICQA_SOURCE", "extra")
+    assert data_fingerprint() == {"path": str(tmp_path), "sha256": None, "source": "extra"}

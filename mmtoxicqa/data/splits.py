@@ -195,4 +195,6 @@ def data_fingerprint(seed: bool | None = None) -> dict:
     if seed:
         return {"path": "seed", "sha256": sha256_file(paths.seed_file())}
     sheet = paths.data_dir() / "datasheet.json"
-    return {"path": str(paths.data_dir()), "sha256": sha256_file(sheet) if sheet.is_file() else None}
+    found = {"path": str(paths.data_dir()), "sha256": sha256_file(sheet) if sheet.is_file() else None}
+    source = os.environ.get("MMTOXICQA_SOURCE", "").strip()
+    return {**found, "source": source} if source else found  # a source filter changes what is evaluated
