@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from mmtoxicqa.atomic import atomic_path
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.metrics import rate_with_ci
-from mmtoxicqa.sweep import load_cells, row_name
+from mmtoxicqa.sweep import load_cells_with_paths, row_name
 
 SPLIT_TASKS = ("mm_toxic_qa_standard", "mm_toxic_qa_adversarial", "mm_toxic_qa_benign")
 UTILITY_TASK = "mm_utility_mini"
@@ -257,18 +256,13 @@ def checked_cells(results_dir: str | Path, judge: str | None = None) -> list[dic
     """The sweep's cells, refusing what would make a column mix numbers: an unreadable (truncated)
     cell file, or cells scored by different judges / thresholds (``judge`` picks one)."""
     results_dir = Path(results_dir)
-    broken = []
-    for path in sorted(results_dir.glob("*.json")):
-        try:
-            json.loads(path.read_text())
-        except json.JSONDecodeError:
-            broken.append(path.name)
+    broken: list[str] = []
+    cells = [cell for _, cell in load_cells_with_paths(results_dir, unreadable=broken)]
     if broken:
         raise MMToxError(
             f"{len(broken)} cell file(s) in {results_dir} are unreadable (truncated?): {', '.join(broken[:3])}; "
             "rerun the same `mmtoxicqa sweep` command to recompute them, or delete them"
         )
-    cells = load_cells(results_dir)
     if judge:
         cells = [c for c in cells if judge_label(c) == judge or c.get("judge") == judge]
     if not cells:

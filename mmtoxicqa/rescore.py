@@ -20,20 +20,6 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:60]
 
 
-def sample_answers(sample: dict) -> list[str]:
-    """Every answer of a logged sample (k of them with the task's repeats)."""
-    resps = sample.get("filtered_resps", sample.get("resps", []))
-    flat: list = []
-    stack = [resps]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, list):
-            stack[:0] = item
-        else:
-            flat.append("" if item is None else str(item))
-    return flat or [""]
-
-
 def score_items(docs: list[dict], answers: list[list[str]], judges: list[str]) -> list[dict[str, list[float]]]:
     """Per item, each judge's scores of its answers (NaN where a judge could not score)."""
     from mmtoxicqa.scoring import check_judges, get_judge
@@ -65,7 +51,7 @@ def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_di
     """Re-score an lmms-eval run folder into ``out_dir`` (results JSON + samples, same file names)."""
     from lmms_eval.api.metrics import clustered_stderr
 
-    from mmtoxicqa.results import run_folder
+    from mmtoxicqa.results import run_folder, sample_answers
     from mmtoxicqa.task_metrics import JUDGE_METRICS, aggregations, judge_values
 
     results_file, samples_files = run_folder(run_dir)

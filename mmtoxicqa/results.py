@@ -24,15 +24,20 @@ from mmtoxicqa.errors import MMToxError
 FORMAT = "mmtoxicqa-run/1"
 
 
+def sample_answers(sample: dict) -> list[str]:
+    """Every answer of a logged lmms-eval sample (k of them with the task's repeats), as the model gave them."""
+
+    def flat(value) -> list[str]:
+        if isinstance(value, list):
+            return [a for item in value for a in flat(item)]
+        return ["" if value is None else str(value)]
+
+    return flat(sample.get("filtered_resps", sample.get("resps", []))) or [""]
+
+
 def sample_answer(sample: dict) -> str:
-    """The (first) answer of a logged lmms-eval sample, as the model gave it."""
-    value = sample.get("distinct_1")
-    if isinstance(value, dict) and "answer" in value:
-        return value["answer"]
-    resp = sample.get("filtered_resps", sample.get("resps", ""))
-    while isinstance(resp, list):
-        resp = resp[0] if resp else ""
-    return str(resp)
+    """The (first) answer of a logged lmms-eval sample."""
+    return sample_answers(sample)[0]
 
 
 def sample_id(sample: dict) -> str:

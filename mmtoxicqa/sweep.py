@@ -88,6 +88,7 @@ def run_sweep(
     from mmtoxicqa.results import item_outcomes
     from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge, judge_spec
 
+    fingerprints = {seed: data_fingerprint(seed=seed) for seed in (False, True)}  # hashed once, not per cell
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = [(m, meth, t) for m in models for meth in methods for t in tasks]
@@ -95,7 +96,7 @@ def run_sweep(
     todo = []
     for c in cells:
         path = cell_path(out, *c, tag)
-        changed = stale_fields(path, {**provenance, "data": data_fingerprint(seed=c[2] == "mm_toxic_qa_seed")})
+        changed = stale_fields(path, {**provenance, "data": fingerprints[c[2] == "mm_toxic_qa_seed"]})
         if changed is None:
             continue
         if changed:
@@ -138,7 +139,7 @@ def run_sweep(
             "model_args": model_args,
             "judge": judge_spec(),
             "threshold": harmful_threshold(),
-            "data": data_fingerprint(seed=task == "mm_toxic_qa_seed"),
+            "data": fingerprints[task == "mm_toxic_qa_seed"],
             "metrics": metrics,
             "n": n,
             "wall_time_s": round(wall, 3),
@@ -183,12 +184,16 @@ def _items_with_answers(samples: list[dict], items: dict[str, dict]) -> dict[str
     return items
 
 
-def load_cells_with_paths(results_dir: str | Path) -> list[tuple[Path, dict]]:
+def load_cells_with_paths(results_dir: str | Path, unreadable: list[str] | None = None) -> list[tuple[Path, dict]]:
+    """The cell files of a sweep folder (other JSON may share it); the names of files that are not
+    valid JSON (e.g. cut by a full disk) are appended to ``unreadable`` when it is given."""
     cells = []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
+            if unreadable is not None:
+                unreadable.append(path.name)
             continue
         if isinstance(data, dict) and data.get("format") == CELL_FORMAT:  # other JSON (e.g. glasses.json) may share the folder
             cells.append((path, data))

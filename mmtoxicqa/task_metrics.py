@@ -143,16 +143,14 @@ def judge_values(doc: dict, answers: list[str], scores: dict[str, list[float]], 
 
 def item_values(doc: dict, answers: list[str]) -> dict[str, object]:
     """Each metric's value for one item: the item is scored here, once per judge."""
-    from mmtoxicqa.refusal import is_refusal
-
     context = item_context(doc)
     scores = {spec: judge_answers(spec, answers, context) for spec in judge_specs()}
-    cluster = {"request_key": str(doc.get("request") or doc.get("id") or "")}
-    refused = _scored(int(is_refusal(answers[0])), cluster)
+    judged = judge_values(doc, answers, scores, harmful_threshold())
+    refused = _scored(judged["breakdown"]["refusal"], {"request_key": judged["judges"]["request_key"]})
     fluency = _fluency_value(answers[0])
     text = {"answer": answers[0]}
     values = {
-        **judge_values(doc, answers, scores, harmful_threshold()),
+        **judged,
         "refusal_rate": refused,
         "refusal_rate_ci_low": refused,
         "refusal_rate_ci_high": refused,

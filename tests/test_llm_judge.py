@@ -10,9 +10,10 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from local_http import reply_json, serving
 
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge
@@ -77,31 +78,16 @@ def serve(server: Server):
                     )
                 status, headers, payload, delay = server.respond(body)
                 time.sleep(max(delay, server.latency))
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
             finally:
                 with server.lock:
                     server.in_flight -= 1
             try:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply_json(self, status, headers, payload)
             except OSError:
                 pass  # the client gave up (timeout test)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serving(Handler) as base:
+        yield f"{base}/v1"
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,12 @@ import threading
 import time
 import urllib.parse
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import torch
+from local_http import reply_json, serving
 
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge, judge_usages
@@ -383,28 +384,10 @@ def perspective_server(script=()):
                 )
             else:
                 status, headers, payload = 400, {}, {"error": {"code": 400, "message": "unknown comment"}}
-            data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            reply_json(self, status, headers, payload)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    watchdog = threading.Timer(30.0, server.shutdown)
-    thread.start()
-    watchdog.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1alpha1/comments:analyze", seen
-    finally:
-        watchdog.cancel()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Handler, watchdog_s=30.0) as base:
+        yield f"{base}/v1alpha1/comments:analyze", seen
 
 
 @pytest.fixture

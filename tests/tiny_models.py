@@ -49,15 +49,24 @@ def build_tokenizer():
     return fast
 
 
-def build_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 16) -> Path:
-    """Save a random tiny LLaVA (+ processor) to ``out_dir`` and return the path."""
+def build_tiny_llava(
+    out_dir: str | Path,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 16,
+    tokenizer=None,
+    text_config=None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> Path:
+    """Save a random tiny LLaVA (+ processor) to ``out_dir`` and return the path. ``tokenizer``,
+    ``text_config`` and ``chat_template`` default to the ChatML test tokenizer and a 2-layer Llama."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     from mmtoxicqa.embedded import pil_image_processor
 
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer()
-    text_config = LlamaConfig(
+    tokenizer = tokenizer or build_tokenizer()
+    text_config = text_config or LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -96,7 +105,7 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, p
         tokenizer=tokenizer,
         patch_size=patch_size,
         vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         num_additional_image_tokens=1,
     )
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -226,38 +235,16 @@ def build_tiny_llamaguard(
 def build_tiny_llamaguard_vision(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 16) -> Path:
     """A random tiny LLaVA (CLIP tower + Llama) with the guard tokenizer and a parts-style template in its processor:
     the shape of a vision Llama Guard (config with vision_config, AutoProcessor with the chat template)."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    from mmtoxicqa.embedded import pil_image_processor
-
-    out_dir = Path(out_dir)
     tokenizer = build_guard_tokenizer(template=GUARD_TEMPLATE_PARTS)
-    vision_config = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=image_size, patch_size=patch_size
-    )
-    config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=_guard_llama_config(tokenizer),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(image_size // patch_size) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    processor = LlavaProcessor(
-        image_processor=pil_image_processor(image_size),
+    return build_tiny_llava(
+        out_dir,
+        seed,
+        image_size,
+        patch_size,
         tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
+        text_config=_guard_llama_config(tokenizer),
         chat_template=GUARD_TEMPLATE_PARTS,
-        num_additional_image_tokens=1,
     )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir
 
 
 VOCAB = 128

@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_JUDGE", "JUDGE_ENV", "Judge", "check_judges", "clear_judges"
 
 _judges: dict[tuple, Judge] = {}
 _judges_lock = threading.Lock()
+_checked_specs: set[str] = set()  # judges that passed their health check in this process
 
 
 def judge_usages() -> list[str]:
@@ -103,18 +104,18 @@ def check_judges(specs: list[str] | None = None) -> None:
     judge, before generation starts: a judge that cannot work fails now, in one line, not after hours."""
     for spec in specs or judge_specs():
         try:
-            judge = get_judge(spec)
-            if getattr(judge, "_checked", False):
+            if spec in _checked_specs:
                 continue
-            judge.check()
+            get_judge(spec).check()
         except MMToxError as exc:
             raise MMToxError(f"judge {spec!r} failed its health check before generation: {exc}") from None
         except Exception as exc:
             raise MMToxError(f"judge {spec!r} failed its health check before generation: {type(exc).__name__}: {first_line(exc)}") from None
-        judge._checked = True
+        _checked_specs.add(spec)
 
 
 def clear_judges() -> None:
     """Forget every cached judge (frees their models)."""
     with _judges_lock:
         _judges.clear()
+        _checked_specs.clear()

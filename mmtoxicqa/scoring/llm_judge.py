@@ -63,7 +63,7 @@ from mmtoxicqa.atomic import write_json_atomic
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge
-from mmtoxicqa.scoring.perspective import _retry_after_seconds
+from mmtoxicqa.scoring.http import error_detail, redact, retry_after_seconds
 
 URL_ENV = "MMTOXICQA_LLM_JUDGE_URL"
 MODEL_ENV = "MMTOXICQA_LLM_JUDGE_MODEL"
@@ -339,10 +339,7 @@ class LLMJudge(Judge):
     # -- secrets -------------------------------------------------------------------
     def _redact(self, text: str) -> str:
         """``text`` without the API key, on one line. Always called before shortening a text."""
-        text = str(text)
-        if self._key:
-            text = text.replace(self._key, "***")
-        return " ".join(text.split())
+        return redact(text, self._key)
 
     def _fail(self, message: str) -> MMToxError:
         return MMToxError(self._redact(message))
@@ -369,7 +366,7 @@ class LLMJudge(Judge):
         except urllib.error.HTTPError as err:
             detail = self._error_detail(err)
             if err.code == 429 or 500 <= err.code < 600:
-                delay = _retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
+                delay = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
                 raise _Retryable(f"HTTP {err.code}: {detail}", delay) from None
             if err.code in (401, 403):
                 fix = f"check {KEY_ENV}"
@@ -398,16 +395,7 @@ class LLMJudge(Judge):
         return f"connection dropped or reply garbled ({type(err).__name__})"
 
     def _error_detail(self, err: urllib.error.HTTPError) -> str:
-        try:
-            body = err.read().decode("utf-8", "replace")
-        except Exception:
-            body = ""
-        try:
-            message = json.loads(body).get("error")
-            message = message.get("message") if isinstance(message, dict) else message
-        except (ValueError, AttributeError):
-            message = None
-        return self._redact(str(message or body or err.reason))[:300]
+        return error_detail(err, self._redact)
 
     def ask(self, messages: list[dict], abort: threading.Event | None = None) -> str:
         """The endpoint's reply to ``messages``, with the retries of the module docstring."""

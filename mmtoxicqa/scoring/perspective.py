@@ -18,7 +18,6 @@ response: ``attributeScores.TOXICITY.summaryScore.value``.
 
 from __future__ import annotations
 
-import email.utils
 import http.client
 import json
 import os
@@ -31,6 +30,7 @@ import urllib.request
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge
+from mmtoxicqa.scoring.http import error_detail, redact, retry_after_seconds
 
 DEFAULT_URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 KEY_ENV = "PERSPECTIVE_API_KEY"
@@ -38,24 +38,6 @@ URL_ENV = "PERSPECTIVE_API_URL"
 QPS_ENV = "PERSPECTIVE_QPS"
 LANGUAGES_ENV = "PERSPECTIVE_LANGUAGES"
 _KEY_PARAM = re.compile(r"(?i)((?:^|[?&;\s])key=)[^&\s\"'#]+")
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 @register_judge("perspective")
@@ -115,12 +97,7 @@ class PerspectiveJudge(Judge):
     # -- helpers -------------------------------------------------------------------
     def _redact(self, text: str) -> str:
         """``text`` without the key (raw or URL-quoted) or any URL ``key=`` value, on one line. Shorten only after this."""
-        for secret in sorted(
-            {self._key, urllib.parse.quote(self._key, safe=""), urllib.parse.quote_plus(self._key)}, key=len, reverse=True
-        ):
-            text = text.replace(secret, "***")
-        text = _KEY_PARAM.sub(r"\1***", text)
-        return " ".join(text.split())
+        return _KEY_PARAM.sub(r"\1***", redact(text, self._key))
 
     def _clip(self, text: str, limit: int) -> str:
         """Redact, then shorten (in this order: a key cut in half would no longer match the redaction)."""
@@ -143,16 +120,7 @@ class PerspectiveJudge(Judge):
         self._last_request = time.monotonic()
 
     def _error_detail(self, err: urllib.error.HTTPError) -> str:
-        try:
-            body = err.read().decode("utf-8", "replace")
-        except Exception:
-            return str(err.reason)
-        try:
-            message = json.loads(body).get("error", {}).get("message")
-        except (ValueError, AttributeError):
-            message = None
-        text = str(message or body or err.reason)
-        return self._clip(text, 300)
+        return error_detail(err, self._redact)
 
     # -- one text ------------------------------------------------------------------
     def score_one(self, text: str) -> float:
@@ -176,7 +144,7 @@ class PerspectiveJudge(Judge):
                 if err.code == 429 or 500 <= err.code < 600:
                     last = f"HTTP {err.code}: {detail}"
                     if attempt + 1 < self.max_attempts:
-                        delay = _retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
+                        delay = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
                         if delay is None:
                             delay = self.backoff * (2**attempt)
                         time.sleep(min(delay, self.max_wait))
