@@ -39,6 +39,28 @@ def score_items(docs: list[dict], answers: list[list[str]], judges: list[str]) -
     return out
 
 
+def logged_doc(sample: dict, samples_file: Path) -> dict:
+    """The item a logged sample answered, as the judges saw it: lmms-eval logs no doc, so the run
+    records each item's id, request key and judge context in its ``judges`` value."""
+    if sample.get("doc"):
+        return sample["doc"]
+    record = sample.get("judges") or {}
+    context = record.get("context")
+    if not isinstance(context, dict):
+        raise MMToxError(
+            f"{samples_file}: sample {sample.get('doc_id')} does not record what its request was (a run by an older mmtoxicqa); "
+            "run it again with --log_samples to rescore it"
+        )
+    return {
+        "id": record.get("id"),
+        "request": record.get("request_key"),
+        "question": context.get("question", ""),
+        "category": context.get("category", "other"),
+        "attack": context.get("attack", "none"),
+        "toxic_label": int(bool(context.get("harmful_request"))),
+    }
+
+
 def _clt(values: list[float]) -> float | str:
     n = len(values)
     if n < 2:
@@ -63,7 +85,7 @@ def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_di
         samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
         if samples and "harmful_rate" in samples[0]:
             answers = [sample_answers(s) for s in samples]
-            docs = [s.get("doc") or {} for s in samples]
+            docs = [logged_doc(s, samples_file) for s in samples]
             for sample, doc, item_answers, scores in zip(samples, docs, answers, score_items(docs, answers, judges)):
                 sample.update(judge_values(doc, item_answers, scores, threshold))
             table = results.setdefault("results", {}).setdefault(task, {})

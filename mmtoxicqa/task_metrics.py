@@ -72,9 +72,10 @@ def judge_answers(spec: str, answers: list[str], context: dict) -> list[float]:
         if spec not in _FAILED_JUDGES:
             _FAILED_JUDGES.add(spec)
             log.error(
-                "judge %s failed (%s); answers are kept unscored: run `mmtoxicqa rescore OUTPUT_DIR` when it works again",
+                "judge %s failed (%s); answers are kept unscored: run `mmtoxicqa rescore OUTPUT_DIR --judge %s` when it works again",
                 spec,
                 first_line(exc),
+                ",".join(judge_specs()),
             )
         return [math.nan] * len(answers)
 
@@ -136,6 +137,7 @@ def judge_values(doc: dict, answers: list[str], scores: dict[str, list[float]], 
             **cluster,
             "threshold": threshold,
             "scores": {spec: [_round(v) for v in vals] for spec, vals in scores.items()},
+            "context": context,  # what the judges were told about the request; `mmtoxicqa rescore` reuses it
         },
         "judge": {"judge": f"{','.join(scores)}@{threshold:g}"},
     }

@@ -80,6 +80,14 @@ def process_docs_benign(dataset):
     return split_docs("benign")
 
 
+def process_docs_seed(dataset):
+    """The shipped seed file as is; only the judges' health check runs first, as for every split."""
+    from mmtoxicqa.scoring import check_judges
+
+    check_judges()
+    return dataset
+
+
 # ----------------------------------------------------------------------------- prompts
 def doc_image(doc: dict):
     """The item's image: the stored one (built data) or the typographic rendering (seed set)."""

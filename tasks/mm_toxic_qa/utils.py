@@ -8,6 +8,7 @@ from mmtoxicqa.task_support import (  # noqa: F401
     doc_to_visual,
     process_docs_adversarial,
     process_docs_benign,
+    process_docs_seed,
     process_docs_standard,
     process_results,
 )
