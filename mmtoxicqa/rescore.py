@@ -39,28 +39,6 @@ def score_items(docs: list[dict], answers: list[list[str]], judges: list[str]) -
     return out
 
 
-def logged_doc(sample: dict, samples_file: Path) -> dict:
-    """The item a logged sample answered, as the judges saw it: lmms-eval logs no doc, so the run
-    records each item's id, request key and judge context in its ``judges`` value."""
-    if sample.get("doc"):
-        return sample["doc"]
-    record = sample.get("judges") or {}
-    context = record.get("context")
-    if not isinstance(context, dict):
-        raise MMToxError(
-            f"{samples_file}: sample {sample.get('doc_id')} does not record what its request was (a run by an older mmtoxicqa); "
-            "run it again with --log_samples to rescore it"
-        )
-    return {
-        "id": record.get("id"),
-        "request": record.get("request_key"),
-        "question": context.get("question", ""),
-        "category": context.get("category", "other"),
-        "attack": context.get("attack", "none"),
-        "toxic_label": int(bool(context.get("harmful_request"))),
-    }
-
-
 def _clt(values: list[float]) -> float | str:
     n = len(values)
     if n < 2:
@@ -73,7 +51,7 @@ def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_di
     """Re-score an lmms-eval run folder into ``out_dir`` (results JSON + samples, same file names)."""
     from lmms_eval.api.metrics import clustered_stderr
 
-    from mmtoxicqa.results import run_folder, sample_answers
+    from mmtoxicqa.results import logged_doc, run_folder, sample_answers
     from mmtoxicqa.task_metrics import JUDGE_METRICS, aggregations, judge_values
 
     results_file, samples_files = run_folder(run_dir)

@@ -51,6 +51,28 @@ def sample_id(sample: dict) -> str:
     return str(sample.get("doc_id"))
 
 
+def logged_doc(sample: dict, samples_file: str | Path) -> dict:
+    """The item a logged sample answered, as the judges saw it: lmms-eval logs no doc, so the run
+    records each item's id, request key and judge context in its ``judges`` value."""
+    if sample.get("doc"):
+        return sample["doc"]
+    record = sample.get("judges") or {}
+    context = record.get("context")
+    if not isinstance(context, dict):
+        raise MMToxError(
+            f"{samples_file}: sample {sample.get('doc_id')} does not record what its request was (a run by an older mmtoxicqa); "
+            "run it again with --log_samples to rescore it"
+        )
+    return {
+        "id": record.get("id"),
+        "request": record.get("request_key"),
+        "question": context.get("question", ""),
+        "category": context.get("category", "other"),
+        "attack": context.get("attack", "none"),
+        "toxic_label": int(bool(context.get("harmful_request"))),
+    }
+
+
 def logged_score(sample: dict, judge: str) -> float | None:
     """The score ``judge`` gave this sample's first answer during the run (None: not logged / unscored)."""
     value = sample.get("judges")

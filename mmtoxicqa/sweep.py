@@ -173,13 +173,13 @@ def stale_fields(path: Path, provenance: dict) -> list[str] | None:
 
 def _items_with_answers(samples: list[dict], items: dict[str, dict]) -> dict[str, dict]:
     """The cell's per-item outcomes plus what ``rescore`` needs: the answer and its request."""
-    from mmtoxicqa.results import sample_answer, sample_id
+    from mmtoxicqa.results import logged_doc, sample_answer, sample_id
     from mmtoxicqa.task_metrics import item_context
 
     for sample in samples:
         item = items.get(sample_id(sample))
         if item is not None:
-            doc = sample.get("doc") or {}
+            doc = logged_doc(sample, "the run's samples")
             item.update(answer=sample_answer(sample), request=str(doc.get("request") or ""), **item_context(doc))
     return items
 

@@ -199,7 +199,7 @@ def test_judge_endpoint_dies_mid_run_no_answer_is_lost_and_rescore_finishes(tmp_
 
 def test_a_logged_sample_gives_back_the_request_its_judges_saw():
     from mmtoxicqa.errors import MMToxError
-    from mmtoxicqa.rescore import logged_doc
+    from mmtoxicqa.results import logged_doc
     from mmtoxicqa.task_metrics import item_context
 
     doc = {"id": "i1", "request": "r1", "question": "Q?", "category": "fraud", "attack": "roleplay", "toxic_label": 1}

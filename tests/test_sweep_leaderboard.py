@@ -17,6 +17,8 @@ import pytest
 from mmtoxicqa.leaderboard import build_rows, markdown, write_leaderboard
 from mmtoxicqa.sweep import CELL_FORMAT
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def cell(method, task, harmful=None, metrics=None, s_per_item=1.0):
     items = {f"i{k}": {"score": float(h), "harmful": h} for k, h in enumerate(harmful or [])}
@@ -153,6 +155,16 @@ def test_sweep_killed_and_resumed_loses_nothing(tmp_path, tiny_llava_dir):
     for data in after.values():
         parsed = json.loads(data)
         assert parsed["format"] == CELL_FORMAT and parsed["n"] == 3
+    # each cell keeps its answers with the request they reply to (what `mmtoxicqa rescore` judges against)
+    standard = json.loads(after[next(n for n in after if n.endswith("__mm_toxic_qa_standard.json") and "vanilla" in n)])
+    seed = {row["id"]: row for row in map(json.loads, (REPO / "tasks" / "mm_toxic_qa" / "seed_items.jsonl").read_text().splitlines())}
+    for item_id, item in standard["items"].items():
+        assert isinstance(item["answer"], str)
+        assert (item["question"], item["category"], item["harmful_request"]) == (
+            seed[item_id]["question"],
+            seed[item_id]["category"],
+            bool(seed[item_id]["toxic_label"]),
+        )
 
 
 def test_tagged_variant_is_its_own_row_and_file(results_dir, tmp_path):
