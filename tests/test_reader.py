@@ -194,3 +194,13 @@ def test_embedded_ocr_reads_the_instruction_and_answers():
     assert "[image text: Steps to bake bread at home. 1. 2. 3.]\nFill in the numbered list in the image." in prompt
     [answer] = generate(loaded, [conv], {"max_new_tokens": 12})
     assert answer.strip()
+
+
+def test_sweep_model_args_pretrained_names_the_model():
+    from mmtoxicqa.sweep import _models_with
+
+    assert _models_with(["embedded"], "embedded-ocr") == ["embedded-ocr"]  # replaces the default
+    assert _models_with(["embedded-ocr"], "embedded-ocr") == ["embedded-ocr"]
+    assert _models_with(["a", "b"], None) == ["a", "b"]
+    with pytest.raises(MMToxError, match="name different models"):
+        _models_with(["org/model"], "embedded-ocr")
