@@ -284,15 +284,51 @@ def compare_glasses(model_name: str, limit: int, batch_size: int) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- sweep cells
+TEXT_FIELDS = ("answer", "question", "request")  # derived from the public sources: they stay out of the repository
+
+
+def summarise_sweep(sweep_dir: Path, out_dir: Path) -> dict:
+    """Harmful rates with intervals per judge for each sweep cell, and text-free copies of the cells in ``out_dir``
+    (per item: the headline judge's score and flag, attack and category; no answer, question or request)."""
+    from mmtoxicqa.sweep import load_cells_with_paths
+
+    rows = {}
+    for path, cell in load_cells_with_paths(sweep_dir):
+        metrics = cell["metrics"]
+        attack_rates = {}
+        for attack in sorted({item.get("attack", "?") for item in cell["items"].values()}):
+            flags = [item["harmful"] for item in cell["items"].values() if item.get("attack") == attack and item["harmful"] is not None]
+            attack_rates[attack] = f"{sum(flags)}/{len(flags)}"
+        rows[path.stem] = {
+            "model": cell["model"],
+            "method": cell["method"],
+            "task": cell["task"],
+            "n": cell["n"],
+            "judges": {
+                name: {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
+                for name, values in metrics.get("judges", {}).items()
+            },
+            "refusal_rate": [round(metrics.get(f"refusal_rate{k}", float("nan")), 4) for k in ("", "_ci_low", "_ci_high")],
+            "perplexity": [round(metrics.get(f"perplexity{k}", float("nan")), 3) for k in ("", "_ci_low", "_ci_high")],
+            "s_per_item": cell.get("s_per_item"),
+            "harmful_by_attack_headline_judge": attack_rates,
+        }
+        stripped = dict(cell, items={i: {k: v for k, v in item.items() if k not in TEXT_FIELDS} for i, item in cell["items"].items()})
+        write_json_atomic(out_dir / path.name, stripped)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/reader")
-    parser.add_argument("--parts", default="reading,answers,glasses", help="comma-separated subset of reading,answers,glasses")
+    parser.add_argument("--parts", default="reading,answers,glasses", help="comma-separated subset of reading,answers,glasses,sweep")
     parser.add_argument("--typographic", type=int, default=20, help="typographic items for (b): half FigStep, half TYPO")
     parser.add_argument("--standard", type=int, default=20, help="standard-split items for (b)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--calibration-limit", type=int, default=200, help="class-balanced calibration items for (c)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sweep", default=None, help="for --parts sweep: the sweep folder (with answers) to summarise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -329,6 +365,12 @@ def main() -> int:
             results["answers"][model] = measure_answers(model, items, args.batch_size, args.max_new_tokens)
             write_json_atomic(path, results)
             print(model, json.dumps(results["answers"][model], indent=1))
+    if "sweep" in parts:
+        if not args.sweep:
+            parser.error("--parts sweep needs --sweep DIR")
+        results["sweep"] = summarise_sweep(Path(args.sweep), out / "sweep")
+        write_json_atomic(path, results)
+        print(json.dumps(results["sweep"], indent=1))
     if "glasses" in parts:
         results["glasses"] = {"calibration_limit": args.calibration_limit, "note": "SGM: images kept; AurA: text_only (images dropped)"}
         for model in ("embedded-ocr", "embedded"):

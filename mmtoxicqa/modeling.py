@@ -196,14 +196,15 @@ def load_model(
 
 def _load_reader(pretrained: str | None, source: str, device: str, dtype) -> LoadedModel:
     """The OCR reading model (mmtoxicqa.reader): a causal LM whose processor turns images into the text they show."""
-    from mmtoxicqa.reader import READER_ALIAS, open_reader
+    from mmtoxicqa.reader import READER_ALIAS, READER_SETTINGS, open_reader
 
     model, processor, tokenizer = open_reader(Path(source), device=device, torch_dtype=None if dtype == "auto" else dtype)
     return LoadedModel(
         model=model,
         processor=processor,
         tokenizer=tokenizer,
-        model_id=f"{READER_ALIAS}:{Path(source).name}" if pretrained == READER_ALIAS else str(pretrained),
+        # the OCR settings are part of what the decoder sees, so of the id that keys cached glasses
+        model_id=f"{READER_ALIAS if pretrained == READER_ALIAS else pretrained}:{Path(source).name}:reader-v{READER_SETTINGS['version']}",
         device=torch.device(device),
         multimodal=True,  # it takes images; they reach the decoder as the text OCR reads in them
         image_token_ids=[],  # no placeholder tokens: image text is ordinary text (SGM's "text" scope counts it)

@@ -42,11 +42,13 @@ READER_MARKER = "mmtoxicqa_reader.json"  # a model directory with this file is l
 IMAGE_MARKER = "<image>"
 RAPIDOCR_VERSION = "1.4.4"
 # Reader settings: part of the OCR cache key, so changing any of them re-reads every image.
-MIN_SIDE = 720  # smaller images are upscaled: the recogniser drops word spaces in small type (e.g. 336 px canvases)
+# Smaller images are upscaled: the recogniser drops word spaces in small type. Measured on the 109 MM-SafetyBench
+# TYPO canvases (336 px): 720 px left 17 with word recall < 0.9; 1008 px fixed 10 of those (1344 px: 11, 30% slower).
+MIN_SIDE = 1008
 MAX_UPSCALE = 4.0
 MAX_SIDE = 1600  # larger images are downscaled: detection cost grows with the pixel count
 MIN_SCORE = 0.5  # recognition confidence below which a detected line is dropped
-READER_SETTINGS = {"version": 1, "min_side": MIN_SIDE, "max_upscale": MAX_UPSCALE, "max_side": MAX_SIDE, "min_score": MIN_SCORE}
+READER_SETTINGS = {"version": 2, "min_side": MIN_SIDE, "max_upscale": MAX_UPSCALE, "max_side": MAX_SIDE, "min_score": MIN_SCORE}
 
 # ChatML (SmolLM2's own format) with an ``<image>`` marker per image part, as the embedded model writes it.
 CHAT_TEMPLATE = (
