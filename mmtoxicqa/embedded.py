@@ -211,9 +211,20 @@ def add_cli(subparsers) -> None:
         description=__doc__,
     )
     parser.add_argument("--rebuild", action="store_true", help="convert again even if a cached copy exists")
+    parser.add_argument(
+        "--ocr",
+        action="store_true",
+        help="build the reading model instead (pretrained=embedded-ocr: SmolLM2 fed the text RapidOCR reads in each image)",
+    )
     parser.set_defaults(func=_cli_build)
 
 
 def _cli_build(args) -> int:
+    if args.ocr:
+        from mmtoxicqa.reader import OcrReader, reader_model_dir
+
+        print(reader_model_dir(gguf_path(), rebuild=args.rebuild))
+        OcrReader(use_cache=False).engine()  # fails here, in one line, if rapidocr-onnxruntime is missing
+        return 0
     print(embedded_model_dir(rebuild=args.rebuild))
     return 0
