@@ -18,47 +18,119 @@ from mmtoxicqa.modeling import LoadedModel
 from mmtoxicqa.registry import register_method
 
 
-def steering_vector(loaded: LoadedModel, layer: int, calibration_data=None, calibration_limit=None, batch_size: int = 8) -> torch.Tensor:
-    """Mean residual-stream difference (toxic - non-toxic) after decoder layer ``layer``, each input
-    mean-pooled over its counted text tokens. Cached by model + data + layer."""
-    from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
+class SteeringAccumulator:
+    """Per-class sums of one decoder layer's output, each input mean-pooled over its counted tokens.
+
+    It rides along any forward pass over the calibration batches (its own, or SGM's collection:
+    :meth:`follow` wraps the batch iterator), so one pass over the items can feed both."""
+
+    def __init__(self, layers, layer: int, labels):
+        self.layer = layer
+        self.layer_module = layers[layer]
+        self.labels = [int(v) for v in labels]
+        self.sums: dict[int, torch.Tensor | None] = {0: None, 1: None}
+        self.counts = {0: 0, 1: 0}
+        self.missed = 0  # batches whose forward pass did not reach the layer (e.g. resumed from a checkpoint)
+        self._hidden = None
+        self._seen = 0
+
+    def grab(self, module, hidden):
+        self._hidden = hidden.detach().float()
+
+    def add(self, mask: torch.Tensor) -> None:
+        """Fold in the batch whose forward pass just ran (its ``token_mask``)."""
+        size = int(mask.shape[0])
+        labels = self.labels[self._seen : self._seen + size]
+        self._seen += size
+        if self._hidden is None:
+            self.missed += 1
+            return
+        weights = mask.to(self._hidden.device).float().unsqueeze(-1)
+        pooled = (self._hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        self._hidden = None
+        for row, label in zip(pooled, labels):
+            self.sums[label] = row if self.sums[label] is None else self.sums[label] + row
+            self.counts[label] += 1
+
+    def follow(self, batches):
+        """Yield ``batches`` unchanged, folding each one in after the consumer's forward pass ran."""
+        pending = None
+        for batch in batches:
+            if pending is not None:
+                self.add(pending)
+            pending = batch["token_mask"]
+            yield batch
+        if pending is not None:
+            self.add(pending)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missed and self._seen == len(self.labels)
+
+    def vector(self) -> torch.Tensor:
+        if not self.counts[0] or not self.counts[1]:
+            raise MMToxError(f"steering needs both classes in the calibration data; got toxic={self.counts[1]}, non-toxic={self.counts[0]}")
+        return (self.sums[1] / self.counts[1] - self.sums[0] / self.counts[0]).cpu()
+
+
+def save_steering_vector(path, vector: torch.Tensor, layer: int, model_id: str, items: int) -> None:
+    from safetensors.torch import save_file
 
     from mmtoxicqa.atomic import atomic_path
-    from mmtoxicqa.calibration import calibration_items, items_hash, iter_batches, steering_cache_path
+
+    with atomic_path(path) as tmp:
+        meta = {"layer": str(layer), "model_id": model_id, "calibration_items": str(items)}
+        save_file({"vector": vector.contiguous()}, str(tmp), metadata=meta)
+
+
+def default_steer_layer(loaded: LoadedModel) -> int:
     from mmtoxicqa.sgm import find_decoder_layers
 
-    items = calibration_items(calibration_data, limit=check_count("calibration_limit", calibration_limit, low=1, allow_none=True))
-    cache = steering_cache_path(loaded.model_id, items_hash(items, False), {"steer_layer": layer})
+    return len(find_decoder_layers(loaded.model)[1]) // 2
+
+
+def steering_vector(loaded: LoadedModel, layer: int, calibration_data=None, calibration_limit=None, batch_size: int = 8) -> torch.Tensor:
+    """Mean residual-stream difference (toxic - non-toxic) after decoder layer ``layer``, each input
+    mean-pooled over its counted text tokens. Cached by model + data + layer. When SGM's default
+    glasses for the same items are not cached yet, both come from one pass (``calibrate``)."""
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    from mmtoxicqa.calibration import (
+        calibrate,
+        calibration_items,
+        glasses_cache_path,
+        items_hash,
+        iter_batches,
+        sgm_options,
+        steering_cache_path,
+    )
+    from mmtoxicqa.sgm import find_decoder_layers
+
+    limit = check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
+    items = calibration_items(calibration_data, limit=limit)
+    data_hash = items_hash(items, False)
+    cache = steering_cache_path(loaded.model_id, data_hash, {"steer_layer": layer})
     if cache.is_file():
         return load_file(str(cache))["vector"]
     _, layers = find_decoder_layers(loaded.model)
     if not 0 <= layer < len(layers):
         raise MMToxError(f"steer_layer={layer} is outside the model's {len(layers)} decoder layers (0..{len(layers) - 1})")
-    sums = {0: None, 1: None}
-    counts = {0: 0, 1: 0}
-    captured = {}
-
-    def grab(module, hidden):
-        captured["h"] = hidden.detach().float()
-
-    labels = [int(i["toxic_label"]) for i in items]
+    if not glasses_cache_path(loaded.model_id, data_hash, sgm_options()).is_file():
+        calibrate(loaded, calibration_data, limit=limit, batch_size=batch_size, steer_layer=layer)  # one pass: glasses + this vector
+        if cache.is_file():
+            return load_file(str(cache))["vector"]
+    acc = SteeringAccumulator(layers, layer, [int(i["toxic_label"]) for i in items])
     with Hooks() as hooks, torch.inference_mode():
-        hooks.on_output(layers[layer], grab)
-        batches = zip(range(0, len(items), batch_size), iter_batches(loaded, items, batch_size))
+        hooks.on_output(layers[layer], acc.grab)
         total = (len(items) + batch_size - 1) // batch_size
-        for start, batch in tqdm(batches, total=total, desc=f"steering vector (layer {layer})", unit="batch"):
-            mask = batch.pop("token_mask").float().unsqueeze(-1)
+        for batch in tqdm(
+            acc.follow(iter_batches(loaded, items, batch_size)), total=total, desc=f"steering vector (layer {layer})", unit="batch"
+        ):
+            batch = {k: v for k, v in batch.items() if k != "token_mask"}
             loaded.model(**batch, use_cache=False)
-            pooled = (captured["h"] * mask).sum(1) / mask.sum(1).clamp(min=1)
-            for row, label in zip(pooled, labels[start : start + batch_size]):
-                sums[label] = row if sums[label] is None else sums[label] + row
-                counts[label] += 1
-    if not counts[0] or not counts[1]:
-        raise MMToxError(f"steering needs both classes in the calibration data; got toxic={counts[1]}, non-toxic={counts[0]}")
-    vector = (sums[1] / counts[1] - sums[0] / counts[0]).cpu()
-    with atomic_path(cache) as tmp:
-        save_file({"vector": vector.contiguous()}, str(tmp), metadata={"layer": str(layer), "model_id": loaded.model_id})
+    vector = acc.vector()
+    save_steering_vector(cache, vector, layer, loaded.model_id, len(items))
     return vector
 
 
@@ -80,7 +152,7 @@ def steer(
     if strength == 0:
         return Method("steer", loaded)
     _, layers = find_decoder_layers(loaded.model)
-    layer = len(layers) // 2 if chosen is None else chosen
+    layer = default_steer_layer(loaded) if chosen is None else chosen
     vector = steering_vector(loaded, layer, calibration_data, calibration_limit)
 
     def shift(module, hidden):
