@@ -270,6 +270,8 @@ def frontier_points(rows: list[dict]) -> list[dict]:
 def _place_labels(ax, fig, groups: list[tuple[float, float, str]]) -> None:
     """Annotate each group of points with its text, trying offsets around the point until the label's
     box overlaps no label placed before it and stays inside the axes (greedy, in display pixels)."""
+    from matplotlib.text import Text
+
     renderer = fig.canvas.get_renderer()
     placed = []
     frame = ax.get_window_extent(renderer)
@@ -289,15 +291,20 @@ def _place_labels(ax, fig, groups: list[tuple[float, float, str]]) -> None:
                 va="bottom" if dy >= 0 else "top",
                 arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
             )
-            box = note.get_window_extent(renderer)
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer).padded(3)  # the text alone (the annotation box spans its arrow), a gap around it
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             if inside and not any(box.overlaps(other) for other in placed):
                 chosen = box
                 break
             note.remove()
-        if chosen is None:  # nowhere free: the last candidate, still listed in the legend
+        if chosen is None:  # nowhere free (never seen so far): the last candidate, still listed in the legend
+            import logging
+
+            logging.getLogger(__name__).warning("frontier plot: no free place for label %s", text)
             note = ax.annotate(text, (x, y), textcoords="offset points", xytext=offsets[-1], fontsize=8)
-            chosen = note.get_window_extent(renderer)
+            note.update_positions(renderer)
+            chosen = Text.get_window_extent(note, renderer)
         placed.append(chosen)
 
 
@@ -343,10 +350,16 @@ def plot(rows: list[dict], path: Path) -> bool:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.canvas.draw()
-    groups: dict[tuple[float, float], list[str]] = defaultdict(list)
+    # points closer than a marker on screen share one label ("3,7")
+    groups: list[list] = []  # [x, y, pixel position, numbers]
     for number, p in enumerate(points, 1):
-        groups[(round(p["x"], 6), round(p["y"], 6))].append(str(number))
-    _place_labels(ax, fig, sorted((x, y, ",".join(nums)) for (x, y), nums in groups.items()))
+        pixel = ax.transData.transform((p["x"], p["y"]))
+        near = next((g for g in groups if abs(g[2][0] - pixel[0]) < 7 and abs(g[2][1] - pixel[1]) < 7), None)
+        if near is None:
+            groups.append([p["x"], p["y"], pixel, [str(number)]])
+        else:
+            near[3].append(str(number))
+    _place_labels(ax, fig, sorted((x, y, ",".join(nums)) for x, y, _, nums in groups))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
@@ -394,7 +407,7 @@ def reading(rows: list[dict], paired: list[dict], alpha: float = 0.05) -> list[s
         sentences.append("95% intervals that do not overlap (a real difference): " + "; ".join(separated) + ".")
     if overlapping:
         sentences.append(
-            f"{overlapping} other refusal / perplexity / utility comparisons with {BASELINE_METHOD} have overlapping 95% intervals: "
+            f"{overlapping}{' other' if separated else ''} refusal / perplexity / utility comparisons with {BASELINE_METHOD} have overlapping 95% intervals: "
             "at this number of items they cannot be told apart (which is not evidence that they are equal)."
         )
     return sentences
