@@ -133,12 +133,19 @@ def _short(metric: str, value) -> str:
     if metric == "breakdown":
         return "per category/attack: next table"
     if metric == "judges":
-        return "; ".join(
+        parts = [
             f"{name} {row.get('harmful_rate', float('nan')):.3f} [{row.get('ci_low', float('nan')):.3f}, {row.get('ci_high', float('nan')):.3f}]"
             + (f" {row['unscored']} unscored" if row.get("unscored") else "")
             for name, row in value.items()
             if isinstance(row, dict)
-        )
+        ]
+        shown = parts[:1]
+        for part in parts[1:]:  # a cell of at most ~64 characters keeps the table under 200 with any number of judges
+            if len("; ".join([*shown, part])) > 64:
+                break
+            shown.append(part)
+        more = len(parts) - len(shown)
+        return "; ".join(shown) + (f"; +{more} more (results JSON)" if more else "")
     if metric == "data" and "path" in value:
         return f"{value['path']} (datasheet {str(value.get('sha256', ''))[:12]})"
     return f"{{{len(value)} fields: see the results JSON}}"

@@ -182,3 +182,10 @@ def test_help_lists_the_exit_codes(capsys):
     assert evaluate.main(["--help"]) == 0
     printed = capsys.readouterr().out
     assert "exit codes:" in printed and "3  answers generated and saved" in printed
+
+
+def test_judges_cell_stays_short_with_many_judges():
+    row = {"harmful_rate": 0.5, "ci_low": 0.1, "ci_high": 0.9, "n": 4, "unscored": 0}
+    results = {"results": {"t": {"judges,none": {name: dict(row) for name in ("refusal", "profanity", "llm", "llamaguard")}}}}
+    cell = evaluate.compact_results(results)["results"]["t"]["judges,none"]
+    assert cell == "refusal 0.500 [0.100, 0.900]; profanity 0.500 [0.100, 0.900]; +2 more (results JSON)"
