@@ -51,3 +51,12 @@ def test_one_pass_gives_glasses_and_the_same_steering_vector(tmp_path, monkeypat
     assert "calibrating on 10 items (5 toxic, 5 non-toxic; image + text, text tokens)" in err
     assert f"steering vector (layer {layer}) from the same pass, cached at {tmp_path / 'shared'}" in err
     assert "glasses cached at" in err and str(cache.name) in err
+
+
+def test_calibration_limit_is_recorded_in_the_glasses(tmp_path, monkeypatch, tiny_llava):
+    calib = write_calibration(tmp_path / "calibration.parquet", n_per_class=5)
+    monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
+    glasses = calibrate(tiny_llava, calib, batch_size=4, limit=6)
+    assert glasses.meta["calibration_limit"] == 6 and glasses.meta["calibration_items"] == 6
+    assert glasses.summary()["class_sizes"] == {"non_toxic": 3, "toxic": 3}  # class-balanced subset
+    assert "calibration subset: calibration_limit=6 (class-balanced)" in glasses.summary_text()
