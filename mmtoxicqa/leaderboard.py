@@ -345,7 +345,8 @@ def plot(rows: list[dict], path: Path) -> bool:
     ax.set_ylim(max(0.0, min(lows) - pad), min(1.0, max(highs) + pad))  # a rate: never outside [0, 1]
     ax.set_xlabel("perplexity of benign answers (lower = more fluent)")
     ax.set_ylabel("harmful rate, standard + adversarial (lower = safer)")
-    ax.set_title("MM-TOXIC-QA: safety / fluency frontier (95% intervals)")
+    judges = sorted({r.get("judge", "") for r in rows if r.get("judge")})
+    ax.set_title("MM-TOXIC-QA: safety / fluency frontier (95% intervals)" + (f"\njudge {', '.join(judges)}" if judges else ""), fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
