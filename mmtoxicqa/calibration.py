@@ -203,7 +203,7 @@ def calibrate(
     glasses.meta["calibration_items"] = len(items)
     glasses.meta["calibration_limit"] = limit
     if steering is not None and steering.complete:
-        from mmtoxicqa.methods.steering import save_steering_vector
+        from mmtoxicqa.steering_vectors import save_steering_vector
 
         save_steering_vector(steering_cache, steering.vector(), steering.layer, loaded.model_id, len(items))
         _say(f"steering vector (layer {steering.layer}) from the same pass, cached at {steering_cache}")
@@ -220,8 +220,8 @@ def calibrate(
 def _shared_steering(loaded: LoadedModel, items: Sequence[dict], data_hash: str, layer: int | None):
     """A steering accumulator to ride along SGM's pass, or (None, None) when its vector is cached
     or the layer's output would come after the pass stops (SGM stops at the last MLP)."""
-    from mmtoxicqa.methods.steering import SteeringAccumulator, default_steer_layer
     from mmtoxicqa.sgm import find_decoder_layers
+    from mmtoxicqa.steering_vectors import SteeringAccumulator, default_steer_layer
 
     _, layers = find_decoder_layers(loaded.model)
     layer = default_steer_layer(loaded) if layer is None else layer

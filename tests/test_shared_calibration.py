@@ -7,7 +7,8 @@ import torch
 from test_sgm_integration import write_calibration
 
 from mmtoxicqa.calibration import calibrate, calibration_items, items_hash, steering_cache_path
-from mmtoxicqa.methods.steering import default_steer_layer, steering_vector
+from mmtoxicqa.methods.steering import steering_vector
+from mmtoxicqa.steering_vectors import default_steer_layer
 
 
 def count_forwards(model):
