@@ -1,4 +1,5 @@
 # mmtoxicqa: `make demo` and `make test` work from a fresh clone with no GPU and no model hub.
+# `make demo` measured: see README "The demo" (wall time, machine conditions).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,8 @@ TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.mmtoxicqa-installed
 SOURCES ?= ../shared/data
 DEMO_OUT ?= out/demo
-DEMO_LIMIT ?=
+# Items per split in the demo's first step (the plain lmms_eval command).
+DEMO_LIMIT ?= 4
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
@@ -19,18 +21,30 @@ export TOKENIZERS_PARALLELISM ?= false
 GATE_OUT ?= out/gate
 GATE_LIMIT ?= 16
 GATE_METHOD ?= vanilla
-DEMO_METHODS ?= vanilla,sgm,sgm_star,safety_prompt,adashield_s,coca,ecso,bad_words,aura,det0,damp,steer,self_debias
-DEMO_SWEEP_LIMIT ?= 6
+# The demo: a handful of methods, sized to finish in under 10 minutes on 2 CPU cores from an empty cache.
+DEMO_METHODS ?= vanilla,sgm,sgm_star,aura,safety_prompt
+DEMO_SWEEP_LIMIT ?= 8
+# Calibration items (class-balanced) for sgm / sgm_star / aura; recorded in each glasses file's metadata.
+DEMO_CALIBRATION_LIMIT ?= 64
+# The refusal judge (keyword attack-success rate, an upper bound on harm) first: profanity alone sees
+# almost nothing on this model; both are offline.
+DEMO_JUDGE ?= refusal,profanity
+DEMO_TASKS ?= mm_toxic_qa_standard,mm_toxic_qa_adversarial,mm_toxic_qa_benign,mm_utility_mini
+# The full SGM study behind results/sgm_study (about 2 h on 2 cores): see results/sgm_study/README.md.
+STUDY_OUT ?= results/sgm_study
+STUDY_ADV_LIMIT ?= 128
+STUDY_LIMIT ?= 64
 # Asked of the library (MMTOXICQA_DATA, else $MMTOXICQA_CACHE/data), so make and Python never disagree;
 # expanded lazily (=) inside recipes, after setup has made the venv.
 DATA_DIR = $(shell $(BIN)/python -c "from mmtoxicqa.paths import data_dir; print(data_dir())")
 BAD_WORDS ?= $(SOURCES)/rtp-bad-words/list_of_naughty_and_bad_words.txt
 
-.PHONY: setup demo test lint model data gate gate-run gate-baseline clean-venv help
+.PHONY: setup demo study test lint model data gate gate-run gate-baseline clean-venv help
 
 help:
 	@echo "make setup  - create $(VENV) and install mmtoxicqa, lmms-eval 0.7.3, torch ($(TORCH_SPEC)) and the embedded model"
-	@echo "make demo   - run MM-TOXIC-QA on the embedded model through lmms-eval and print the results table"
+	@echo "make demo   - the embedded model through lmms_eval, then $(DEMO_METHODS) side by side and the leaderboard (target < 10 min on 2 cores)"
+	@echo "make study  - the full SGM study of results/sgm_study (vanilla, SGM, SGM* and four SGM variants; about 2 h on 2 cores)"
 	@echo "make test   - lint (ruff check + ruff format --check) and run the test suite (pytest)"
 	@echo "make lint   - only the lint step"
 
@@ -63,32 +77,44 @@ data: $(STAMP)
 	else echo "no $(SOURCES): the demo uses the shipped seed set (MMTOXICQA_DATA=seed)"; fi
 
 demo: model data
-	@set -e; if [ -f "$(DATA_DIR)/datasheet.json" ]; then export MMTOXICQA_DATA=$(DATA_DIR); else export MMTOXICQA_DATA=seed; fi; \
-	echo "== 1. vanilla embedded model on MM-TOXIC-QA (lmms_eval, --limit $(or $(DEMO_LIMIT),8) per split) =="; \
-	$(BIN)/lmms_eval --model mmtox --tasks mm_toxic_qa --include_path tasks --batch_size 8 \
-		--output_path $(DEMO_OUT)/vanilla --log_samples --limit $(or $(DEMO_LIMIT),8); \
+	@set -e; start=$$(date +%s); \
+	if [ -f "$(DATA_DIR)/datasheet.json" ]; then export MMTOXICQA_DATA=$(DATA_DIR); else export MMTOXICQA_DATA=seed; fi; \
+	export MMTOXICQA_JUDGE="$(DEMO_JUDGE)"; \
+	echo "== 1. lmms_eval --model mmtox --tasks mm_toxic_qa (the embedded model, vanilla, $(DEMO_LIMIT) items per split, judges $(DEMO_JUDGE)) =="; \
+	$(BIN)/lmms_eval --model mmtox --tasks mm_toxic_qa --batch_size 8 --limit $(DEMO_LIMIT) \
+		--output_path $(DEMO_OUT)/vanilla --log_samples --verbosity WARNING; \
 	methods="$(DEMO_METHODS)"; \
-	$(if $(wildcard $(BAD_WORDS)),,methods=$$(echo "$$methods" | tr ',' '\n' | grep -v -x bad_words | paste -sd, -);) \
 	if [ "$$MMTOXICQA_DATA" = seed ]; then \
-		echo "== 2. skipped: SGM calibrates on the benchmark's calibration split; build it with 'make data SOURCES=DIR' =="; \
+		echo "== (sgm, sgm_star, aura, steer, det0, damp skipped: they calibrate on the benchmark's calibration split; build it with 'make data SOURCES=DIR') =="; \
 		methods=$$(echo "$$methods" | tr ',' '\n' | grep -v -x -e sgm -e sgm_star -e aura -e det0 -e damp -e steer | paste -sd, -); \
-	else \
-		echo "== 2. the same with SGM (calibrates once on the calibration split, then cached) =="; \
-		$(BIN)/lmms_eval --model sgm --tasks mm_toxic_qa --include_path tasks --batch_size 8 \
-			--output_path $(DEMO_OUT)/sgm --log_samples --limit $(or $(DEMO_LIMIT),8); \
 	fi; \
-	echo "== 3. methods side by side: sweep ($(DEMO_SWEEP_LIMIT) items per task) + leaderboard =="; \
+	echo "== 2. $$methods side by side: $(DEMO_SWEEP_LIMIT) items per task; sgm and sgm_star share one calibration pass on $(DEMO_CALIBRATION_LIMIT) items (it also caches the steering vector), aura drops the images and makes its own =="; \
 	$(BIN)/mmtoxicqa sweep --methods "$$methods" --limit $(DEMO_SWEEP_LIMIT) --batch-size 8 --out $(DEMO_OUT)/sweep \
-		--tasks mm_toxic_qa_standard,mm_toxic_qa_adversarial,mm_toxic_qa_benign,mm_utility_mini \
-		$(if $(wildcard $(BAD_WORDS)),--model-args bad_words_path=$(BAD_WORDS),); \
-	$(BIN)/mmtoxicqa leaderboard $(DEMO_OUT)/sweep --out $(DEMO_OUT)
+		--tasks $(DEMO_TASKS) --model-args calibration_limit=$(DEMO_CALIBRATION_LIMIT); \
+	echo "== 3. leaderboard (and what it says) =="; \
+	$(BIN)/mmtoxicqa leaderboard $(DEMO_OUT)/sweep --out $(DEMO_OUT); \
+	echo "demo: $$(( $$(date +%s) - start )) s after setup, model and data"
+
+# Reproduces results/sgm_study (its README gives the same commands); every cell is resumable.
+study: model data
+	@set -e; export MMTOXICQA_DATA=$(DATA_DIR); A=mm_toxic_qa_adversarial; SB=mm_toxic_qa_standard,mm_toxic_qa_benign; \
+	$(BIN)/mmtoxicqa sweep --methods vanilla,sgm,sgm+coca --tasks $$A --limit $(STUDY_ADV_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
+	$(BIN)/mmtoxicqa sweep --methods vanilla,sgm,sgm+coca --tasks $$SB --limit $(STUDY_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
+	for v in "sgm_pooling=mean pooling=mean" "sgm_tokens=request tokens=request" \
+	         "sgm_select=min_auroc=0.6 min_auroc=0.6" "sgm_layers=15:30 layers=15:30"; do \
+		set -- $$v; \
+		$(BIN)/mmtoxicqa sweep --methods sgm --model-args $$1 --tag $$2 --tasks $$A --limit $(STUDY_ADV_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
+		$(BIN)/mmtoxicqa sweep --methods sgm --model-args $$1 --tag $$2 --tasks $$SB --limit $(STUDY_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
+	done; \
+	$(BIN)/mmtoxicqa leaderboard $(STUDY_OUT) --out $(STUDY_OUT); \
+	$(BIN)/mmtoxicqa glasses --json $(STUDY_OUT)/glasses.json
 
 # CI regression gate: a fixed subset (the shipped seed set) with the embedded model, compared
 # with the per-item outcomes committed in results/gate_baseline.json.
 gate-run: model
 	rm -rf $(GATE_OUT)
 	MMTOXICQA_DATA=seed MMTOXICQA_FLUENCY_MODEL=none $(BIN)/lmms_eval --model mmtox --model_args method=$(GATE_METHOD) \
-		--tasks mm_toxic_qa_standard,mm_toxic_qa_adversarial --include_path tasks --batch_size 8 --limit $(GATE_LIMIT) \
+		--tasks mm_toxic_qa_standard,mm_toxic_qa_adversarial --batch_size 8 --limit $(GATE_LIMIT) \
 		--output_path $(GATE_OUT) --log_samples --verbosity WARNING
 	$(BIN)/mmtoxicqa collect $(GATE_OUT) --out $(GATE_OUT)/current.json
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hooks import Hooks
 from mmtoxicqa.modeling import LoadedModel, build_inputs
 from mmtoxicqa.paths import cache_dir
 from mmtoxicqa.positions import TOKEN_SCOPES, request_mask, text_mask, without_user_text
@@ -113,6 +114,21 @@ def steering_cache_path(model_id: str, data_hash: str, options: dict) -> Path:
     return _cache_path("steering", ".steer.safetensors", model_id, data_hash, options)
 
 
+def sgm_options(pooling: str = "max", layers=None, text_only: bool = False, tokens: str = "text") -> dict:
+    """The options that key a glasses cache entry (the defaults are ``sgm``'s)."""
+    options = {"pooling": pooling, "layers": None if layers is None else str(layers), "text_only": text_only}
+    if tokens != "text":  # the default keeps the cache keys of glasses fitted before the option existed
+        options["tokens"] = tokens
+    return options
+
+
+def _say(message: str) -> None:
+    """One progress line on stderr: visible under lmms-eval and sweeps whatever their log level."""
+    import sys
+
+    print(f"mmtoxicqa: {message}", file=sys.stderr, flush=True)
+
+
 def calibrate(
     loaded: LoadedModel,
     data: str | Path | None = None,
@@ -128,11 +144,17 @@ def calibrate(
     use_cache: bool = True,
     progress: bool = True,
     tokens: str = "text",
+    steer_layer: int | None = None,
 ):
     """Fit SGM glasses for ``loaded`` on the calibration split (cached by model + data + options).
 
     ``tokens`` is the pooling scope: "text" (every attended non-image position, template included)
-    or "request" (only the calibration item's own question, as AurA pools over the sentence)."""
+    or "request" (only the calibration item's own question, as AurA pools over the sentence).
+
+    Collect once, derive all: a pass over image + text inputs with the text scope (what ``sgm``,
+    ``sgm_star``, ``det0`` and ``damp`` read) also accumulates the ``steer`` vector of decoder layer
+    ``steer_layer`` (default: the middle one) and caches it, so ``steer`` needs no pass of its own.
+    AurA's inputs drop the image, so the decoder sees other activations: it keeps its own pass."""
     if tokens not in TOKEN_SCOPES:
         raise MMToxError(f"tokens={tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
     from mmtoxicqa.sgm import fit_glasses
@@ -141,39 +163,72 @@ def calibrate(
     items = calibration_items(data, limit=limit)
     labels = [int(i["toxic_label"]) for i in items]
     data_hash = items_hash(items, text_only)
-    options = {"pooling": pooling, "layers": None if layers is None else str(layers), "text_only": text_only}
-    if tokens != "text":  # the default keeps the cache keys of glasses fitted before the option existed
-        options["tokens"] = tokens
+    options = sgm_options(pooling, layers, text_only, tokens)
     cached = glasses_cache_path(loaded.model_id, data_hash, options)
     if use_cache and cached.is_file():
-        log.info("using cached glasses %s", cached)
+        _say(f"using cached glasses {cached} ({len(items)} calibration items)")
         return Glasses.load(cached, loaded.model).with_options(strength=strength, select=select)
     if checkpoint_dir is None and use_cache:
         checkpoint_dir = cached.with_suffix(".partial")
-    glasses = fit_glasses(
-        loaded,
-        iter_batches(loaded, items, batch_size, text_only, tokens),
-        labels,
-        pooling=pooling,
-        layers=layers,
-        strength=1.0,
-        select=None,
-        model_id=loaded.model_id,
-        data_hash=data_hash,
-        checkpoint_path=checkpoint_dir,
-        progress=progress,
-        total=(len(items) + batch_size - 1) // batch_size,
+    toxic = sum(labels)
+    inputs = "text only (images dropped)" if text_only else "image + text"
+    where = f"; glasses will be cached at {cached}" if use_cache else ""
+    _say(f"calibrating on {len(items)} items ({toxic} toxic, {len(items) - toxic} non-toxic; {inputs}, {tokens} tokens){where}")
+    batches = iter_batches(loaded, items, batch_size, text_only, tokens)
+    steering, steering_cache = (
+        _shared_steering(loaded, items, data_hash, steer_layer) if not text_only and tokens == "text" else (None, None)
     )
+    if steering is not None:
+        batches = steering.follow(batches)
+    hooks = Hooks()
+    if steering is not None:
+        hooks.on_output(steering.layer_module, steering.grab)
+    with hooks:
+        glasses = fit_glasses(
+            loaded,
+            batches,
+            labels,
+            pooling=pooling,
+            layers=layers,
+            strength=1.0,
+            select=None,
+            model_id=loaded.model_id,
+            data_hash=data_hash,
+            checkpoint_path=checkpoint_dir,
+            progress=progress,
+            total=(len(items) + batch_size - 1) // batch_size,
+        )
     glasses.meta["text_only"] = text_only
     glasses.meta["tokens"] = tokens
     glasses.meta["calibration_items"] = len(items)
+    glasses.meta["calibration_limit"] = limit
+    if steering is not None and steering.complete:
+        from mmtoxicqa.steering_vectors import save_steering_vector
+
+        save_steering_vector(steering_cache, steering.vector(), steering.layer, loaded.model_id, len(items))
+        _say(f"steering vector (layer {steering.layer}) from the same pass, cached at {steering_cache}")
     if use_cache:
         glasses.save(cached)
         import shutil
 
         if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        _say(f"glasses cached at {cached}")
     return glasses.with_options(strength=strength, select=select)
+
+
+def _shared_steering(loaded: LoadedModel, items: Sequence[dict], data_hash: str, layer: int | None):
+    """A steering accumulator to ride along SGM's pass, or (None, None) when its vector is cached
+    or the layer's output would come after the pass stops (SGM stops at the last MLP)."""
+    from mmtoxicqa.sgm import find_decoder_layers
+    from mmtoxicqa.steering_vectors import SteeringAccumulator, default_steer_layer
+
+    _, layers = find_decoder_layers(loaded.model)
+    layer = default_steer_layer(loaded) if layer is None else layer
+    cache = steering_cache_path(loaded.model_id, data_hash, {"steer_layer": layer})
+    if cache.is_file() or not 0 <= layer < len(layers) - 1:
+        return None, None
+    return SteeringAccumulator(layers, layer, [int(i["toxic_label"]) for i in items]), cache
 
 
 def add_cli(subparsers) -> None:

@@ -1,5 +1,9 @@
 """``mmtoxicqa sweep``: models x methods x tasks through lmms-eval's Python API, resumable.
 
+Each cell records generation seconds per item (``s_per_item``) apart from the one-time work of
+loading the model and setting up the method, calibration included (``one_time_s``, on the first
+cell of each (model, method); 0 on the cells that reuse its wrapper).
+
 Each (model, method, task) cell is written to its own JSON file atomically the moment
 it finishes, so a sweep killed at any point (even SIGKILL) loses at most the cell in
 flight; rerunning the same command skips every finished cell. One wrapper is loaded
@@ -111,11 +115,13 @@ def run_sweep(
     progress = tqdm(total=len(cells), initial=done_before, desc="sweep cells", unit="cell")
     current_key, wrapper = None, None
     for model, method, task in todo:
+        one_time = 0.0  # charged to the first cell that loads (model, method); the others reuse the wrapper
         if (model, method) != current_key:
             wrapper = None
             pretrained = None if model in ("embedded", "") else model
             wrapper = MMTox(pretrained=pretrained, method=method, batch_size=batch_size, device=device, **_options_for(method, extra))
             current_key = (model, method)
+            one_time = wrapper.one_time_seconds
         progress.set_postfix_str(f"{method} on {task}")
         start = time.perf_counter()
         gen_before, items_before = wrapper.generation_seconds, wrapper.generated_items
@@ -146,6 +152,7 @@ def run_sweep(
             "wall_time_s": round(wall, 3),
             "generation_s": round(gen_seconds, 3),
             "s_per_item": round(gen_seconds / gen_items, 4) if gen_items else None,
+            "one_time_s": round(one_time, 3),
             "items": _items_with_answers(samples, item_outcomes(samples, headline_judge(), harmful_threshold(), digits=6)),
             "lmms_eval_version": "0.7.3",
         }

@@ -67,10 +67,12 @@ class MMTox(lmms):
         self.default_max_new_tokens = gen_int("max_new_tokens", max_new_tokens)
         self.generation_seconds = 0.0  # time spent inside the method's generate (sweeps report it per item)
         self.generated_items = 0
+        started = time.perf_counter()
         self.loaded = load_model(pretrained, device=device, dtype=dtype, trust_remote_code=_as_bool(trust_remote_code), revision=revision)
         from mmtoxicqa.methods import build_method
 
         self.method = build_method(method or self.default_method, self.loaded, **method_kwargs)
+        self.one_time_seconds = time.perf_counter() - started  # model load + method setup (calibration): not per item
         eval_logger.info(
             f"mmtox: model={self.loaded.model_id} method={self.method.name} device={device} batch_size={self.batch_size_per_gpu}"
         )

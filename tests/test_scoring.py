@@ -572,3 +572,15 @@ def test_context_judges_key_on_the_request_and_count_unreadable_verdicts():
     ]
     assert judge.score(["Sure."], contexts=[harmful]) == [1.0] and len(judge.calls) == 1  # cached per (request, answer)
     assert math.isnan(judge.score(["???"], contexts=[harmful])[0]) and judge.unparsed == 2  # unreadable: asked again
+
+
+def test_scoring_many_answers_shows_a_progress_bar(capsys):
+    from mmtoxicqa.scoring import get_judge
+
+    judge = get_judge("profanity")
+    judge.clear_cache()
+    judge.score([f"answer number {i}" for i in range(70)], batch_size=32)
+    err = capsys.readouterr().err
+    assert "judge profanity" in err and "70/70" in err  # 3 batches: one bar over all 70 answers
+    judge.score(["one more answer"], batch_size=32)
+    assert "judge profanity" not in capsys.readouterr().err  # a single batch (an lmms-eval item): no bar

@@ -85,6 +85,7 @@ class Judge:
                 if key not in known and key not in queued and texts[i].strip():
                     queued.add(key)
                     todo.append(i)
+            progress = _progress(self.name, len(todo), int(batch_size))
             for start in range(0, len(todo), int(batch_size)):
                 chunk = todo[start : start + int(batch_size)]
                 chunk_texts = [texts[i] for i in chunk]
@@ -105,6 +106,8 @@ class Judge:
                             f"judge {self.name} produced score {value!r}, outside [0, 1]; check the judge's model/label settings"
                         )
                     known[keys[i]] = min(1.0, max(0.0, value))
+                progress.update(len(chunk))
+            progress.close()
             self._remember({k: v for k, v in known.items() if not math.isnan(v)})
         return [known.get(k, 0.0) if t.strip() else 0.0 for k, t in zip(keys, texts)]
 
@@ -143,3 +146,12 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def _progress(name: str, total: int, batch_size: int):
+    """A tqdm bar over the answers a judge scores, shown when they take more than one batch (a rescore,
+    a whole run's answers); inside an lmms-eval run each item is scored alone, under lmms-eval's own
+    ``Postprocessing`` bar."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"judge {name}", unit="answer", disable=total <= batch_size, dynamic_ncols=True)

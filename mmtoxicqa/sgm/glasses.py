@@ -215,6 +215,7 @@ class Glasses:
             "select": meta.get("select"),
             "pooling": meta.get("pooling"),
             "class_sizes": meta.get("class_sizes"),
+            "calibration_limit": meta.get("calibration_limit"),
             "neurons": self.num_neurons,
             "dampened": self.num_dampened,
             "auroc_quantiles": {f"{p:g}": float(v) for p, v in zip(QUANTILES, q.tolist())},
@@ -230,6 +231,7 @@ class Glasses:
                 f"strength {s['strength']}, select {s['select'] or 'all AUROC>0.5'}, pooling {s['pooling']}, classes {s['class_sizes']}"
             ),
             "AUROC quantiles: " + ", ".join(f"q{k}={v:.3f}" for k, v in s["auroc_quantiles"].items()),
+            *([f"calibration subset: calibration_limit={s['calibration_limit']} (class-balanced)"] if s.get("calibration_limit") else []),
             f"{'layer':>5} {'width':>6} {'dampened':>8} {'min_alpha':>9} {'max_auroc':>9}",
         ]
         for row in s["per_layer"]:
