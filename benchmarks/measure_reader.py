@@ -335,6 +335,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--calibration-limit", type=int, default=200, help="class-balanced calibration items for (c)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--glasses-models", default="embedded-ocr,embedded", help="models for --parts glasses")
     parser.add_argument("--sweep", default=None, help="for --parts sweep: the sweep folder (with answers) to summarise")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -380,8 +381,9 @@ def main() -> int:
         save(path, "sweep", results["sweep"])
         print(json.dumps(results["sweep"], indent=1))
     if "glasses" in parts:
-        results["glasses"] = {"calibration_limit": args.calibration_limit, "note": "SGM: images kept; AurA: text_only (images dropped)"}
-        for model in ("embedded-ocr", "embedded"):
+        results["glasses"] = json.loads(path.read_text()).get("glasses", {}) if path.is_file() else {}
+        results["glasses"].update(calibration_limit=args.calibration_limit, note="SGM: images kept; AurA: text_only (images dropped)")
+        for model in args.glasses_models.split(","):
             results["glasses"][model] = compare_glasses(model, args.calibration_limit, args.batch_size)
             save(path, "glasses", results["glasses"])
             print(model, json.dumps(results["glasses"][model], indent=1))

@@ -72,11 +72,11 @@ def test_reading_order_groups_lines_left_to_right():
 
 
 def test_small_images_upscaled_large_capped():
-    assert scaled_for_ocr(Image.new("L", (336, 336))).size == (1008, 1008)
+    assert scaled_for_ocr(Image.new("L", (336, 336))).size == (720, 720)
     assert scaled_for_ocr(Image.new("RGB", (50, 100))).size == (200, 400)  # at most 4x
     assert scaled_for_ocr(Image.new("RGB", (4000, 1000))).size == (1600, 400)
     assert scaled_for_ocr(Image.new("RGB", (1200, 1300))).size == (1200, 1300)
-    assert scaled_for_ocr(Image.new("RGB", (1400, 700))).size == (1600, 800)  # up to 1008, then capped
+    assert scaled_for_ocr(Image.new("RGB", (2000, 500))).size == (1600, 400)  # up to 720, then capped
     assert scaled_for_ocr(Image.new("L", (10, 10))).mode == "RGB"
 
 
