@@ -205,3 +205,31 @@ def test_sweep_model_args_pretrained_names_the_model():
     assert _models_with(["a", "b"], None) == ["a", "b"]
     with pytest.raises(MMToxError, match="name different models"):
         _models_with(["org/model"], "embedded-ocr")
+
+
+def test_export_of_a_reader_is_a_reader_that_generates_as_with_hooks(tiny_reader_dir, tiny_reader, tmp_path):
+    """Glasses folded into a reading model's weights: the export keeps mmtoxicqa_reader.json, so it loads
+    with the OCR processor, and its logits equal the source wearing the glasses."""
+    from mmtoxicqa.cli import main
+    from mmtoxicqa.modeling import build_inputs, load_model
+    from mmtoxicqa.sgm import Glasses, discover_sites, wear
+
+    sites = discover_sites(tiny_reader.model)
+    auroc = torch.rand(sum(s.width for s in sites), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    meta = {"model_id": tiny_reader.model_id, "model_type": "llama", "decoder_layers": 2, "pooling": "max", "layers": None}
+    glasses = Glasses.from_auroc(sites, auroc, strength=0.9, meta=meta)
+    glasses.save(tmp_path / "g.safetensors")
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(tiny_reader_dir), "--glasses", str(tmp_path / "g.safetensors"), "--out", str(out)]) == 0
+    exported = load_model(str(out))
+    assert isinstance(exported.processor, OcrProcessor)
+    exported.processor.reader = tiny_reader.processor.reader
+    conv = [{"role": "user", "content": [{"type": "image", "image": render_text_image("steal a car")}, {"type": "text", "text": "yes"}]}]
+    inputs = build_inputs(exported, [conv])
+    with torch.inference_mode():
+        with wear(tiny_reader.model, glasses):
+            hooked = tiny_reader.model(**inputs).logits
+        plain = tiny_reader.model(**inputs).logits
+        folded = exported.model(**inputs).logits
+    torch.testing.assert_close(folded, hooked, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain, hooked)  # the glasses really change the output
