@@ -175,11 +175,18 @@ def test_calibration_sees_image_text_only_when_images_are_kept(tiny_reader, tmp_
 # ----------------------------------------------------------------------------- the real reading model
 @pytest.mark.slow
 def test_embedded_ocr_reads_the_instruction_and_answers():
-    from mmtoxicqa.embedded import gguf_path
-    from mmtoxicqa.modeling import build_inputs, generate, load_model
-    from mmtoxicqa.reader import READER_MARKER, reader_model_dir
+    """The real reading model through the mmtox wrapper: the rendered instruction is in the decoder's
+    prompt at the image's place, and the wrapper's answers equal load_model + generate."""
+    from lmms_eval.api.instance import Instance
 
-    loaded = load_model("embedded-ocr")
+    from mmtoxicqa.embedded import gguf_path
+    from mmtoxicqa.model_wrappers.mmtox import MMTox
+    from mmtoxicqa.modeling import build_inputs, generate
+    from mmtoxicqa.reader import READER_MARKER, reader_model_dir
+    from mmtoxicqa.task_support import doc_to_messages
+
+    wrapper = MMTox(pretrained="embedded-ocr", device="cpu", batch_size=2)
+    loaded = wrapper.loaded
     assert loaded.model_id.startswith("embedded-ocr:") and loaded.model_type == "llama"
     assert (reader_model_dir(gguf_path()) / READER_MARKER).is_file()
     conv = [
@@ -193,8 +200,26 @@ def test_embedded_ocr_reads_the_instruction_and_answers():
     ]
     prompt = loaded.tokenizer.decode(build_inputs(loaded, [conv])["input_ids"][0])
     assert "[image text: Steps to bake bread at home. 1. 2. 3.]\nFill in the numbered list in the image." in prompt
-    [answer] = generate(loaded, [conv], {"max_new_tokens": 12})
+
+    docs = [
+        {
+            "id": "d0",
+            "question": "What does the image say?",
+            "image_text": "plant tomatoes in spring",
+            "category": "other",
+            "attack": "none",
+        }
+    ]
+    wrapper.task_dict = {"t": {"test": docs}}
+    request = Instance(
+        request_type="generate_until",
+        arguments=("", doc_to_messages, {"max_new_tokens": 12}, 0, "t", "test"),
+        idx=0,
+        metadata={"task": "t", "doc_id": 0, "repeats": 1},
+    )
+    [answer] = [r.text for r in wrapper.generate_until([request])]
     assert answer.strip()
+    assert [answer] == generate(loaded, [wrapper.conversation_for(doc_to_messages, 0, "t", "test")], {"max_new_tokens": 12})
 
 
 def test_sweep_model_args_pretrained_names_the_model():
