@@ -319,6 +319,13 @@ def summarise_sweep(sweep_dir: Path, out_dir: Path) -> dict:
     return rows
 
 
+def save(path: Path, key: str, value) -> None:
+    """Write one part into measurements.json, keeping the parts other runs wrote (parts may run in parallel)."""
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current[key] = value
+    write_json_atomic(path, current)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/reader")
@@ -328,18 +335,20 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--calibration-limit", type=int, default=200, help="class-balanced calibration items for (c)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--glasses-models", default="embedded-ocr,embedded", help="models for --parts glasses")
     parser.add_argument("--sweep", default=None, help="for --parts sweep: the sweep folder (with answers) to summarise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     path = out / "measurements.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = {}
     results["conditions"] = {
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores shared with other jobs; nice 10",
         "torch_threads": torch.get_num_threads(),
         "ocr_threads": __import__("os").environ.get("MMTOXICQA_OCR_THREADS", "1"),
         "torch": torch.__version__,
     }
+    save(path, "conditions", results["conditions"])
     parts = set(args.parts.split(","))
     if "reading" in parts:
         with tempfile.TemporaryDirectory() as empty:  # (d) needs real OCR work, not cache hits
@@ -350,7 +359,7 @@ def main() -> int:
             results["reading"] = measure_reading(typographic_items(), reader)
             results["reading"]["ocr_model_load_seconds"] = round(load_seconds, 2)
             results["reading"]["examples_own_phrases"] = own_examples(reader)
-        write_json_atomic(path, results)
+        save(path, "reading", results["reading"])
         print(json.dumps(results["reading"]["per_source"], indent=1))
     if "answers" in parts:
         items = answer_items(args.typographic, args.standard)
@@ -363,19 +372,20 @@ def main() -> int:
         }
         for model in ("embedded", "embedded-ocr"):
             results["answers"][model] = measure_answers(model, items, args.batch_size, args.max_new_tokens)
-            write_json_atomic(path, results)
+            save(path, "answers", results["answers"])
             print(model, json.dumps(results["answers"][model], indent=1))
     if "sweep" in parts:
         if not args.sweep:
             parser.error("--parts sweep needs --sweep DIR")
         results["sweep"] = summarise_sweep(Path(args.sweep), out / "sweep")
-        write_json_atomic(path, results)
+        save(path, "sweep", results["sweep"])
         print(json.dumps(results["sweep"], indent=1))
     if "glasses" in parts:
-        results["glasses"] = {"calibration_limit": args.calibration_limit, "note": "SGM: images kept; AurA: text_only (images dropped)"}
-        for model in ("embedded-ocr", "embedded"):
+        results["glasses"] = json.loads(path.read_text()).get("glasses", {}) if path.is_file() else {}
+        results["glasses"].update(calibration_limit=args.calibration_limit, note="SGM: images kept; AurA: text_only (images dropped)")
+        for model in args.glasses_models.split(","):
             results["glasses"][model] = compare_glasses(model, args.calibration_limit, args.batch_size)
-            write_json_atomic(path, results)
+            save(path, "glasses", results["glasses"])
             print(model, json.dumps(results["glasses"][model], indent=1))
     return 0
 

@@ -204,7 +204,7 @@ def _load_reader(pretrained: str | None, source: str, device: str, dtype) -> Loa
         processor=processor,
         tokenizer=tokenizer,
         # the OCR settings are part of what the decoder sees, so of the id that keys cached glasses
-        model_id=f"{READER_ALIAS if pretrained == READER_ALIAS else pretrained}:{Path(source).name}:reader-v{READER_SETTINGS['version']}",
+        model_id=f"{f'{READER_ALIAS}:{Path(source).name}' if pretrained == READER_ALIAS else pretrained}:reader-v{READER_SETTINGS['version']}",
         device=torch.device(device),
         multimodal=True,  # it takes images; they reach the decoder as the text OCR reads in them
         image_token_ids=[],  # no placeholder tokens: image text is ordinary text (SGM's "text" scope counts it)

@@ -72,11 +72,11 @@ def test_reading_order_groups_lines_left_to_right():
 
 
 def test_small_images_upscaled_large_capped():
-    assert scaled_for_ocr(Image.new("L", (336, 336))).size == (1008, 1008)
+    assert scaled_for_ocr(Image.new("L", (336, 336))).size == (720, 720)
     assert scaled_for_ocr(Image.new("RGB", (50, 100))).size == (200, 400)  # at most 4x
     assert scaled_for_ocr(Image.new("RGB", (4000, 1000))).size == (1600, 400)
     assert scaled_for_ocr(Image.new("RGB", (1200, 1300))).size == (1200, 1300)
-    assert scaled_for_ocr(Image.new("RGB", (1400, 700))).size == (1600, 800)  # up to 1008, then capped
+    assert scaled_for_ocr(Image.new("RGB", (2000, 500))).size == (1600, 400)  # up to 720, then capped
     assert scaled_for_ocr(Image.new("L", (10, 10))).mode == "RGB"
 
 
@@ -175,11 +175,18 @@ def test_calibration_sees_image_text_only_when_images_are_kept(tiny_reader, tmp_
 # ----------------------------------------------------------------------------- the real reading model
 @pytest.mark.slow
 def test_embedded_ocr_reads_the_instruction_and_answers():
-    from mmtoxicqa.embedded import gguf_path
-    from mmtoxicqa.modeling import build_inputs, generate, load_model
-    from mmtoxicqa.reader import READER_MARKER, reader_model_dir
+    """The real reading model through the mmtox wrapper: the rendered instruction is in the decoder's
+    prompt at the image's place, and the wrapper's answers equal load_model + generate."""
+    from lmms_eval.api.instance import Instance
 
-    loaded = load_model("embedded-ocr")
+    from mmtoxicqa.embedded import gguf_path
+    from mmtoxicqa.model_wrappers.mmtox import MMTox
+    from mmtoxicqa.modeling import build_inputs, generate
+    from mmtoxicqa.reader import READER_MARKER, reader_model_dir
+    from mmtoxicqa.task_support import doc_to_messages
+
+    wrapper = MMTox(pretrained="embedded-ocr", device="cpu", batch_size=2)
+    loaded = wrapper.loaded
     assert loaded.model_id.startswith("embedded-ocr:") and loaded.model_type == "llama"
     assert (reader_model_dir(gguf_path()) / READER_MARKER).is_file()
     conv = [
@@ -193,8 +200,26 @@ def test_embedded_ocr_reads_the_instruction_and_answers():
     ]
     prompt = loaded.tokenizer.decode(build_inputs(loaded, [conv])["input_ids"][0])
     assert "[image text: Steps to bake bread at home. 1. 2. 3.]\nFill in the numbered list in the image." in prompt
-    [answer] = generate(loaded, [conv], {"max_new_tokens": 12})
+
+    docs = [
+        {
+            "id": "d0",
+            "question": "What does the image say?",
+            "image_text": "plant tomatoes in spring",
+            "category": "other",
+            "attack": "none",
+        }
+    ]
+    wrapper.task_dict = {"t": {"test": docs}}
+    request = Instance(
+        request_type="generate_until",
+        arguments=("", doc_to_messages, {"max_new_tokens": 12}, 0, "t", "test"),
+        idx=0,
+        metadata={"task": "t", "doc_id": 0, "repeats": 1},
+    )
+    [answer] = [r.text for r in wrapper.generate_until([request])]
     assert answer.strip()
+    assert [answer] == generate(loaded, [wrapper.conversation_for(doc_to_messages, 0, "t", "test")], {"max_new_tokens": 12})
 
 
 def test_sweep_model_args_pretrained_names_the_model():
@@ -205,3 +230,31 @@ def test_sweep_model_args_pretrained_names_the_model():
     assert _models_with(["a", "b"], None) == ["a", "b"]
     with pytest.raises(MMToxError, match="name different models"):
         _models_with(["org/model"], "embedded-ocr")
+
+
+def test_export_of_a_reader_is_a_reader_that_generates_as_with_hooks(tiny_reader_dir, tiny_reader, tmp_path):
+    """Glasses folded into a reading model's weights: the export keeps mmtoxicqa_reader.json, so it loads
+    with the OCR processor, and its logits equal the source wearing the glasses."""
+    from mmtoxicqa.cli import main
+    from mmtoxicqa.modeling import build_inputs, load_model
+    from mmtoxicqa.sgm import Glasses, discover_sites, wear
+
+    sites = discover_sites(tiny_reader.model)
+    auroc = torch.rand(sum(s.width for s in sites), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    meta = {"model_id": tiny_reader.model_id, "model_type": "llama", "decoder_layers": 2, "pooling": "max", "layers": None}
+    glasses = Glasses.from_auroc(sites, auroc, strength=0.9, meta=meta)
+    glasses.save(tmp_path / "g.safetensors")
+    out = tmp_path / "exported"
+    assert main(["export", "--model", str(tiny_reader_dir), "--glasses", str(tmp_path / "g.safetensors"), "--out", str(out)]) == 0
+    exported = load_model(str(out))
+    assert isinstance(exported.processor, OcrProcessor)
+    exported.processor.reader = tiny_reader.processor.reader
+    conv = [{"role": "user", "content": [{"type": "image", "image": render_text_image("steal a car")}, {"type": "text", "text": "yes"}]}]
+    inputs = build_inputs(exported, [conv])
+    with torch.inference_mode():
+        with wear(tiny_reader.model, glasses):
+            hooked = tiny_reader.model(**inputs).logits
+        plain = tiny_reader.model(**inputs).logits
+        folded = exported.model(**inputs).logits
+    torch.testing.assert_close(folded, hooked, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain, hooked)  # the glasses really change the output
