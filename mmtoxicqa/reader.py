@@ -32,6 +32,7 @@ from PIL import Image
 from mmtoxicqa.atomic import atomic_dir, write_json_atomic
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.hashing import sha256_bytes, sha256_file
+from mmtoxicqa.image_io import strict_decoding
 from mmtoxicqa.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ def as_image(image, name: str = "image") -> Image.Image:
             opened = Image.open(image)
         else:
             raise MMToxError(f"{name} is {type(image).__name__}, not an image; pass a PIL image, image bytes or a file path")
-        opened.load()
+        with strict_decoding():
+            opened.load()
         return opened
     except MMToxError:
         raise

@@ -34,7 +34,12 @@ def test_blank_image_reads_as_empty(reader):
     assert image_slot("hi there") == "[image text: hi there]"
 
 
-def test_corrupt_image_is_one_line_error(reader):
+@pytest.mark.parametrize("lenient_pil", [False, True], ids=["pil-default", "lmms-eval-truncated-images-on"])
+def test_corrupt_image_is_one_line_error(reader, lenient_pil, monkeypatch):
+    from PIL import ImageFile
+
+    # lmms-eval turns LOAD_TRUNCATED_IMAGES on for the whole process; the reader must still refuse a cut-short file
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", lenient_pil)
     bad = png_bytes(render_text_image("x"))[:60]  # a PNG cut short
     with pytest.raises(MMToxError) as err:
         reader.read(bad, "calibration item 7")
@@ -42,6 +47,7 @@ def test_corrupt_image_is_one_line_error(reader):
     assert "\n" not in message and message.startswith("calibration item 7 is not a readable image") and "re-export" in message
     with pytest.raises(MMToxError, match="is int, not an image"):
         reader.read(42)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is lenient_pil  # put back as it was
 
 
 def test_cache_is_keyed_by_pixels(tmp_path):

@@ -77,14 +77,10 @@ def check_images(table, path: Path) -> None:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _CHECKED:
         return
-    from PIL import ImageFile
+    from mmtoxicqa.image_io import strict_decoding
 
-    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
+    with strict_decoding():
         _decode_all(table, path)
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     _CHECKED.add(key)
 
 

@@ -1,0 +1,28 @@
+"""Strict image decoding: a truncated or corrupt image must be an error, not a grey picture.
+
+lmms-eval sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` for the whole process when it is
+imported, after which PIL quietly fills a cut-short file with grey. Every place that checks an
+image decodes it inside ``strict_decoding()`` so the answer does not depend on what was imported.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def strict_decoding() -> Iterator[None]:
+    """Decode with LOAD_TRUNCATED_IMAGES off, then put back whatever was set."""
+    from PIL import ImageFile
+
+    with _LOCK:
+        lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = lenient
