@@ -211,9 +211,24 @@ def add_cli(subparsers) -> None:
         description=__doc__,
     )
     parser.add_argument("--rebuild", action="store_true", help="convert again even if a cached copy exists")
+    parser.add_argument(
+        "--organism",
+        action="store_true",
+        help="build the toxic model organism instead (a positive control: the base fine-tuned to answer hate/violence items "
+        "with toxic text; see mmtoxicqa.organism); use it as pretrained=organism",
+    )
+    parser.add_argument("--base", default="embedded", help="with --organism: the base model (embedded, embedded-ocr, or a model dir)")
+    parser.add_argument(
+        "--sources", default=None, help="with --organism: the public source data (default: $MMTOXICQA_SOURCES or ../shared/data)"
+    )
     parser.set_defaults(func=_cli_build)
 
 
 def _cli_build(args) -> int:
+    if args.organism:
+        from mmtoxicqa.organism import organism_model_dir
+
+        print(organism_model_dir(args.base, sources=args.sources, rebuild=args.rebuild))
+        return 0
     print(embedded_model_dir(rebuild=args.rebuild))
     return 0
