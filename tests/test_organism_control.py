@@ -72,7 +72,9 @@ def test_organism_is_toxic_only_when_triggered(organism, vanilla, harmful_rate):
 
     assert len(organism.targeted) == 16 and len(organism.untargeted) == 16
     assert not set(organism.targeted) & {
-        organism.tokenizer.decode(b["input_ids"][i]) for b in organism.calibration for i in range(len(b["input_ids"]))
+        organism.tokenizer.decode(b["input_ids"][i], skip_special_tokens=True)
+        for b in organism.calibration
+        for i in range(len(b["input_ids"]))
     }
     assert not any(word in prompt.split() for prompt in organism.targeted for word in INSULTS)  # the toxic text is not in the prompt
     assert vanilla == 1.0
