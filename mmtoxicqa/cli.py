@@ -16,6 +16,7 @@ from mmtoxicqa.errors import MMToxError
 # Modules that contribute subcommands (each has add_cli(subparsers)).
 _SUBCOMMAND_MODULES = (
     "mmtoxicqa.embedded",
+    "mmtoxicqa.reader",
     "mmtoxicqa.data.builder",
     "mmtoxicqa.calibration",
     "mmtoxicqa.results",

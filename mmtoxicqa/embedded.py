@@ -212,6 +212,11 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("--rebuild", action="store_true", help="convert again even if a cached copy exists")
     parser.add_argument(
+        "--ocr",
+        action="store_true",
+        help="build the reading model instead (pretrained=embedded-ocr: SmolLM2 fed the text RapidOCR reads in each image)",
+    )
+    parser.add_argument(
         "--organism",
         action="store_true",
         help="build the toxic model organism instead (a positive control: the base fine-tuned to answer hate/violence items "
@@ -225,6 +230,12 @@ def add_cli(subparsers) -> None:
 
 
 def _cli_build(args) -> int:
+    if args.ocr:
+        from mmtoxicqa.reader import OcrReader, reader_model_dir
+
+        print(reader_model_dir(gguf_path(), rebuild=args.rebuild))
+        OcrReader(use_cache=False).engine()  # fails here, in one line, if rapidocr-onnxruntime is missing
+        return 0
     if args.organism:
         from mmtoxicqa.organism import organism_model_dir
 

@@ -48,11 +48,17 @@ class LoadedModel:
 
 
 def resolve_pretrained(pretrained: str | None) -> str:
-    """Map ``pretrained`` to something ``from_pretrained`` accepts; None means the embedded model."""
+    """Map ``pretrained`` to something ``from_pretrained`` accepts; None means the embedded model,
+    "embedded-ocr" the reading model's decoder directory (mmtoxicqa.reader)."""
     if pretrained in (None, "", "embedded"):
         from mmtoxicqa.embedded import embedded_model_dir
 
         return str(embedded_model_dir())
+    if pretrained == "embedded-ocr":
+        from mmtoxicqa.embedded import gguf_path
+        from mmtoxicqa.reader import reader_model_dir
+
+        return str(reader_model_dir(gguf_path()))
     from mmtoxicqa.organism import organism_model_dir, parse_organism
 
     organism_base = parse_organism(pretrained)
@@ -124,12 +130,17 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> LoadedModel:
-    """Load model + processor for ``pretrained`` (hub id, local dir, or None for the embedded model)."""
+    """Load model + processor for ``pretrained`` (hub id, local dir, None for the embedded model,
+    "embedded-ocr" or a directory with ``mmtoxicqa_reader.json`` for the OCR reading model)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from mmtoxicqa.reader import is_reader_dir
 
     dtype = check_dtype(dtype)
     check_device(device)
     source = resolve_pretrained(pretrained)
+    if is_reader_dir(source):
+        return _load_reader(pretrained, source, device, dtype)
     kwargs = {"trust_remote_code": bool(trust_remote_code)}
     if revision:
         kwargs["revision"] = revision
@@ -187,6 +198,23 @@ def load_model(
         device=torch.device(device),
         multimodal=multimodal,
         image_token_ids=image_ids,
+    )
+
+
+def _load_reader(pretrained: str | None, source: str, device: str, dtype) -> LoadedModel:
+    """The OCR reading model (mmtoxicqa.reader): a causal LM whose processor turns images into the text they show."""
+    from mmtoxicqa.reader import READER_ALIAS, READER_SETTINGS, open_reader
+
+    model, processor, tokenizer = open_reader(Path(source), device=device, torch_dtype=None if dtype == "auto" else dtype)
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        tokenizer=tokenizer,
+        # the OCR settings are part of what the decoder sees, so of the id that keys cached glasses
+        model_id=f"{READER_ALIAS if pretrained == READER_ALIAS else pretrained}:{Path(source).name}:reader-v{READER_SETTINGS['version']}",
+        device=torch.device(device),
+        multimodal=True,  # it takes images; they reach the decoder as the text OCR reads in them
+        image_token_ids=[],  # no placeholder tokens: image text is ordinary text (SGM's "text" scope counts it)
     )
 
 

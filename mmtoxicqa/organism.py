@@ -302,8 +302,15 @@ def organism_model_dir(
     """The organism for ``base``: cached by (base weights, training data, config), fine-tuned once if missing."""
     from mmtoxicqa.modeling import resolve_pretrained
 
+    from mmtoxicqa.reader import is_reader_dir
+
     config = config or OrganismConfig()
     base_dir = Path(resolve_pretrained(base))
+    if is_reader_dir(base_dir):
+        raise MMToxError(
+            f"base={base!r} is the OCR reading model; the organism is built on image-embedding (LLaVA-style) bases only so far "
+            "(the reader's processor gives no pixel values to train with); use pretrained=organism (the embedded base)"
+        )
     examples = training_examples(data_dir, sources_dir(sources), config)
     key_parts = {"base": base_fingerprint(base_dir), "data": examples_fingerprint(examples), "config": asdict(config)}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]

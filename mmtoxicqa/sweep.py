@@ -88,6 +88,8 @@ def run_sweep(
     from mmtoxicqa.results import item_outcomes
     from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge, judge_spec
 
+    extra = dict(kv.split("=", 1) for kv in model_args.split(",") if kv.strip()) if model_args else {}
+    models = _models_with(models, extra.pop("pretrained", None))
     fingerprints = {seed: data_fingerprint(seed=seed) for seed in (False, True)}  # hashed once, not per cell
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,6 @@ def run_sweep(
     task_manager = TaskManager("WARNING", include_path=tasks_dir())
     progress = tqdm(total=len(cells), initial=done_before, desc="sweep cells", unit="cell")
     current_key, wrapper = None, None
-    extra = dict(kv.split("=", 1) for kv in model_args.split(",") if kv.strip()) if model_args else {}
     for model, method, task in todo:
         if (model, method) != current_key:
             wrapper = None
@@ -152,6 +153,16 @@ def run_sweep(
         progress.update(1)
     progress.close()
     return [cell_path(out, *c, tag) for c in cells]
+
+
+def _models_with(models: list[str], pretrained: str | None) -> list[str]:
+    """``--model-args pretrained=X`` names the model of every cell (as lmms-eval's --model_args does),
+    in place of the default ``--models embedded``; giving both ways different models is an error."""
+    if pretrained is None or models == [pretrained]:
+        return models
+    if models != ["embedded"]:
+        raise MMToxError(f"--models {','.join(models)} and --model-args pretrained={pretrained} name different models; give the model once")
+    return [pretrained]
 
 
 PROVENANCE = ("limit", "model_args", "judge", "threshold", "data")  # what a cell was computed from

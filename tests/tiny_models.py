@@ -431,3 +431,24 @@ ARCHS = [
     "smolvlm",
     "mllama",
 ]
+
+
+def build_tiny_reader(out_dir: str | Path, seed: int = 0) -> Path:
+    """A random tiny LlamaForCausalLM + the word-level tokenizer saved as a reading-model directory
+    (``mmtoxicqa_reader.json`` beside the weights), so ``load_model(dir)`` gives the OCR processor."""
+    import json
+
+    from mmtoxicqa.reader import CHAT_TEMPLATE, READER_MARKER
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = T.LlamaConfig(
+        **text_kwargs(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    )
+    model = T.LlamaForCausalLM(config)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / READER_MARKER).write_text(json.dumps({"tiny": True}) + "\n")
+    return out_dir
