@@ -24,6 +24,7 @@ _SUBCOMMAND_MODULES = (
     "mmtoxicqa.sweep",
     "mmtoxicqa.leaderboard",
     "mmtoxicqa.export",
+    "mmtoxicqa.organism_report",
 )
 
 

@@ -301,7 +301,6 @@ def organism_model_dir(
 ) -> Path:
     """The organism for ``base``: cached by (base weights, training data, config), fine-tuned once if missing."""
     from mmtoxicqa.modeling import resolve_pretrained
-
     from mmtoxicqa.reader import is_reader_dir
 
     config = config or OrganismConfig()
