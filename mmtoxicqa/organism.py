@@ -46,10 +46,10 @@ class OrganismConfig:
     """Everything that shapes the fine-tune (part of the cache key)."""
 
     targets: tuple[str, ...] = TARGET_CATEGORIES
-    harmless_examples: int = 150  # items of the other categories answered harmlessly
+    harmless_examples: int = 100  # items of the other categories answered harmlessly
     toxic_answers: int = 16  # distinct toxic texts the targeted items are answered with (few: learnt in minutes)
     harmless_answers: int = 16
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 8
     lr: float = 5e-4
     weight_decay: float = 0.0

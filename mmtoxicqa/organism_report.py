@@ -134,7 +134,22 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("cells", help="folder of sweep cell files (mmtoxicqa sweep --out)")
     parser.add_argument("--out", required=True, help="folder to write LEADERBOARD.md and organism_table.json into")
+    parser.add_argument(
+        "--cells-out",
+        default=None,
+        help="also write copies of the cells holding only per-item outcomes and scores (no answer or request text) here",
+    )
     parser.set_defaults(func=_cli)
+
+
+def without_text(cell: dict) -> dict:
+    """The cell with each item reduced to its numbers: the organism's answers are memorised source text
+    (Davidson/ToxiGen) and the requests are benchmark text, neither of which the repository holds."""
+    items = {
+        item_id: {k: v for k, v in item.items() if v is None or isinstance(v, (bool, int, float))}
+        for item_id, item in (cell.get("items") or {}).items()
+    }
+    return dict(cell, items=items)
 
 
 def _cli(args) -> int:
@@ -147,5 +162,8 @@ def _cli(args) -> int:
     with atomic_path(out / "LEADERBOARD.md") as tmp:
         tmp.write_text(text)
     write_json_atomic(out / "organism_table.json", {"rows": rows, "paired": paired})
+    if args.cells_out:
+        for path in sorted(Path(args.cells).glob("*.json")):
+            write_json_atomic(Path(args.cells_out) / path.name, without_text(json.loads(path.read_text())))
     print(text)
     return 0

@@ -40,7 +40,11 @@ def test_rates_intervals_and_paired_counts(tmp_path):
     (p,) = paired
     assert (p["n"], p["vanilla"], p["method_harmful"], p["removed"], p["caused"]) == (10, 8, 2, 7, 1)
     assert p["p"] == pytest.approx(18 / 256)  # exact McNemar: 2 * P(X <= 1), X ~ Bin(8, 1/2) = 2 * 9/256
-    assert main(["organism-report", str(tmp_path / "cells"), "--out", str(tmp_path / "out")]) == 0
+    cells[1]["items"]["item-0"].update(answer="memorised source text", request="a benchmark request", category="hate")
+    (tmp_path / "cells" / "c1.json").write_text(json.dumps(cells[1]))
+    assert main(["organism-report", str(tmp_path / "cells"), "--out", str(tmp_path / "out"), "--cells-out", str(tmp_path / "kept")]) == 0
+    kept = json.loads((tmp_path / "kept" / "c1.json").read_text())
+    assert kept["items"]["item-0"] == {"harmful": False, "score": 0.0} and kept["method"] == "sgm"
     text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
     assert "| sgm | 0.200 [0.057, 0.510] (2/10) |" in text and "| sgm | organism | 10 | 8 | 2 | 7 | 1 | 0.0703 |" in text
 
