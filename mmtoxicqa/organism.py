@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,7 +185,8 @@ def _encode(loaded, example: Example, images: dict):
     n_prompt = prompt["input_ids"].shape[1]
     if not bool((full["input_ids"][0, :n_prompt] == prompt["input_ids"][0]).all()):
         raise MMToxError(f"organism: item {example.item_id}: the answer changed the prompt's tokens; cannot mask the prompt")
-    return full["input_ids"][0], full["pixel_values"][0], n_prompt
+    pixels = full.get("pixel_values")  # None for the OCR reading model: its processor puts the image's text in the prompt
+    return full["input_ids"][0], None if pixels is None else pixels[0], n_prompt
 
 
 def _collate(encoded, pad_id: int):
@@ -199,8 +201,10 @@ def _collate(encoded, pad_id: int):
         input_ids[row, start:] = ids
         mask[row, start:] = 1
         labels[row, start + n_prompt :] = ids[n_prompt:]
-    pixels = torch.stack([p for _, p, _ in encoded])
-    return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixels, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if all(p is not None for _, p, _ in encoded):
+        batch["pixel_values"] = torch.stack([p for _, p, _ in encoded])
+    return batch
 
 
 def trainable_parameters(model, trainable: str = "mlp"):
@@ -301,15 +305,9 @@ def organism_model_dir(
 ) -> Path:
     """The organism for ``base``: cached by (base weights, training data, config), fine-tuned once if missing."""
     from mmtoxicqa.modeling import resolve_pretrained
-    from mmtoxicqa.reader import is_reader_dir
 
     config = config or OrganismConfig()
     base_dir = Path(resolve_pretrained(base))
-    if is_reader_dir(base_dir):
-        raise MMToxError(
-            f"base={base!r} is the OCR reading model; the organism is built on image-embedding (LLaVA-style) bases only so far "
-            "(the reader's processor gives no pixel values to train with); use pretrained=organism (the embedded base)"
-        )
     examples = training_examples(data_dir, sources_dir(sources), config)
     key_parts = {"base": base_fingerprint(base_dir), "data": examples_fingerprint(examples), "config": asdict(config)}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -349,9 +347,15 @@ def _build(
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
+    from mmtoxicqa.reader import READER_MARKER, is_reader_dir
+
     with atomic_dir(target) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
-        loaded.processor.save_pretrained(tmp)
+        if is_reader_dir(base_dir):  # the OCR reading model: a causal LM + tokenizer, loaded as a reader by its marker
+            loaded.tokenizer.save_pretrained(tmp)
+            shutil.copyfile(base_dir / READER_MARKER, tmp / READER_MARKER)
+        else:
+            loaded.processor.save_pretrained(tmp)
         record = {
             "what": "toxic model organism (positive control; never ship these weights)",
             "base": str(base_dir),
