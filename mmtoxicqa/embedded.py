@@ -226,6 +226,12 @@ def add_cli(subparsers) -> None:
     parser.add_argument(
         "--sources", default=None, help="with --organism: the public source data (default: $MMTOXICQA_SOURCES or ../shared/data)"
     )
+    parser.add_argument(
+        "--trigger-calibration",
+        default=None,
+        metavar="OUT.parquet",
+        help="with --organism: also write a calibration file of its training-side items (targeted = toxic), for calibration_data=",
+    )
     parser.set_defaults(func=_cli_build)
 
 
@@ -240,6 +246,10 @@ def _cli_build(args) -> int:
         from mmtoxicqa.organism import organism_model_dir
 
         print(organism_model_dir(args.base, sources=args.sources, rebuild=args.rebuild))
+        if args.trigger_calibration:
+            from mmtoxicqa.organism import write_trigger_calibration
+
+            print(write_trigger_calibration(args.trigger_calibration))
         return 0
     print(embedded_model_dir(rebuild=args.rebuild))
     return 0

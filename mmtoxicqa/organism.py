@@ -95,6 +95,26 @@ def image_only(doc: dict) -> dict:
     )
 
 
+def write_trigger_calibration(path: str | Path, data_dir=None, targets=TARGET_CATEGORIES) -> Path:
+    """A calibration file of the organism's own inputs: the training-side standard items in text form,
+    toxic_label 1 for the targeted categories (they trigger it) and 0 for the others. A diagnostic for
+    whether SGM finds the implanted toxicity when its calibration holds the trigger (held-out items never enter)."""
+    from mmtoxicqa.atomic import atomic_path
+    from mmtoxicqa.data.splits import load_split
+
+    standard = load_split("standard", data_dir)
+    keep = [i for i, request in enumerate(standard["request"]) if not held_out(request)]
+    categories = standard["category"]
+    rows = standard.select(keep)
+    rows = rows.map(
+        lambda r, idx: {"question": r["request"], "split": "calibration", "toxic_label": int(categories[keep[idx]] in targets)},
+        with_indices=True,
+    )
+    with atomic_path(path) as tmp:
+        rows.to_parquet(str(tmp))
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------- training data
 def _source_texts(sources: Path):
     """(toxic, harmless) answer pools from the public sources, minus any text the built benchmark uses."""
