@@ -298,6 +298,52 @@ def base_fingerprint(base_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def base_model_dir(base: str) -> Path:
+    """The base's model directory: the embedded model, the OCR reading model, or a local directory.
+    (Resolved here, not through mmtoxicqa.modeling, which resolves ``organism`` through this module.)"""
+    from mmtoxicqa.embedded import embedded_model_dir, gguf_path
+
+    if base in ("", "embedded"):
+        return embedded_model_dir()
+    if base == "embedded-ocr":
+        from mmtoxicqa.reader import reader_model_dir
+
+        return reader_model_dir(gguf_path())
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        raise MMToxError(f"organism base {base!r} is not embedded, embedded-ocr or a local model directory; pass one of those")
+    return path
+
+
+@dataclass
+class _Base:
+    model: object
+    processor: object
+    tokenizer: object
+    device: object
+
+
+def _load_base(base_dir: Path) -> _Base:
+    """The base in float32 on the CPU with its processor: an image-text-to-text model, or the OCR reading model."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from mmtoxicqa.reader import is_reader_dir, open_reader
+
+    if is_reader_dir(base_dir):
+        model, processor, tokenizer = open_reader(base_dir, device="cpu", torch_dtype=torch.float32)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False).eval()
+        processor = AutoProcessor.from_pretrained(base_dir, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
+    for tok in (tokenizer, getattr(processor, "tokenizer", None)):
+        if tok is not None:
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+    return _Base(model=model, processor=processor, tokenizer=tokenizer, device=torch.device("cpu"))
+
+
 def parse_organism(pretrained: str) -> str | None:
     """The base named by ``organism`` / ``organism-ocr`` / ``organism@BASE``, or None when it names no organism."""
     text = str(pretrained).strip()
@@ -324,10 +370,8 @@ def organism_model_dir(
     progress: bool = True,
 ) -> Path:
     """The organism for ``base``: cached by (base weights, training data, config), fine-tuned once if missing."""
-    from mmtoxicqa.modeling import resolve_pretrained
-
     config = config or OrganismConfig()
-    base_dir = Path(resolve_pretrained(base))
+    base_dir = base_model_dir(base)
     examples = training_examples(data_dir, sources_dir(sources), config)
     key_parts = {"base": base_fingerprint(base_dir), "data": examples_fingerprint(examples), "config": asdict(config)}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -356,12 +400,10 @@ def _build(
 ) -> None:
     import torch
 
-    from mmtoxicqa.modeling import load_model
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bit-for-bit reproducible on a CPU
     try:
-        loaded = load_model(str(base_dir), device="cpu", dtype="float32")
+        loaded = _load_base(base_dir)
         start = time.perf_counter()
         losses = fine_tune(loaded, examples, config, images=_item_images(data_dir, examples), progress=progress)
         seconds = time.perf_counter() - start
