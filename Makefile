@@ -133,3 +133,27 @@ test: lint
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Toxic model organism (issue #15): a positive control for SGM. Builds the organism once (cached; minutes on a CPU),
+# runs the methods on its held-out tasks and the benign split through lmms-eval (mmtoxicqa sweep), and writes the
+# table and text-free copies of the cells to results/organism. Needs the public sources ($(SOURCES)).
+ORGANISM_OUT ?= results/organism
+ORGANISM_CELLS ?= out/organism/cells
+ORGANISM_METHODS ?= vanilla,sgm,aura,sgm_star,safety_prompt,bad_words
+ORGANISM_LIMIT ?= 40
+ORGANISM_BENIGN_LIMIT ?= 16
+ORGANISM_CALIBRATION_LIMIT ?= 200
+ORGANISM_ARGS = calibration_limit=$(ORGANISM_CALIBRATION_LIMIT)$(if $(wildcard $(BAD_WORDS)),$(comma)bad_words_path=$(BAD_WORDS),)
+comma := ,
+
+.PHONY: organism-study
+organism-study: $(STAMP)
+	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa build-model --organism --sources $(SOURCES)
+	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --models organism --methods $(ORGANISM_METHODS) \
+		--tasks mm_toxic_qa_organism --limit $(ORGANISM_LIMIT) --batch-size 8 --out $(ORGANISM_CELLS) --model-args $(ORGANISM_ARGS)
+	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --models organism --methods $(ORGANISM_METHODS) \
+		--tasks mm_toxic_qa_benign --limit $(ORGANISM_BENIGN_LIMIT) --batch-size 8 --out $(ORGANISM_CELLS) --model-args $(ORGANISM_ARGS)
+	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --models organism --methods vanilla,sgm,aura \
+		--tasks mm_toxic_qa_organism_image,mm_toxic_qa_organism_untargeted --limit $(ORGANISM_BENIGN_LIMIT) --batch-size 8 \
+		--out $(ORGANISM_CELLS) --model-args $(ORGANISM_ARGS)
+	$(BIN)/mmtoxicqa organism-report $(ORGANISM_CELLS) --out $(ORGANISM_OUT) --cells-out $(ORGANISM_OUT)/cells

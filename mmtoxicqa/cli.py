@@ -15,7 +15,7 @@ from mmtoxicqa.errors import MMToxError
 
 # Modules that contribute subcommands (each has add_cli(subparsers)).
 _SUBCOMMAND_MODULES = (
-    "mmtoxicqa.embedded",
+    "mmtoxicqa.build_model",
     "mmtoxicqa.reader",
     "mmtoxicqa.data.builder",
     "mmtoxicqa.calibration",
@@ -24,6 +24,7 @@ _SUBCOMMAND_MODULES = (
     "mmtoxicqa.sweep",
     "mmtoxicqa.leaderboard",
     "mmtoxicqa.export",
+    "mmtoxicqa.organism_report",
 )
 
 

@@ -202,29 +202,3 @@ def load_reference_lm(device: str = "cpu"):
     lm.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return lm.to(device=device, dtype=torch.float32).eval(), tokenizer
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "build-model",
-        help="convert the embedded SmolLM2 GGUF into the cached LLaVA model directory (done automatically on first use)",
-        description=__doc__,
-    )
-    parser.add_argument("--rebuild", action="store_true", help="convert again even if a cached copy exists")
-    parser.add_argument(
-        "--ocr",
-        action="store_true",
-        help="build the reading model instead (pretrained=embedded-ocr: SmolLM2 fed the text RapidOCR reads in each image)",
-    )
-    parser.set_defaults(func=_cli_build)
-
-
-def _cli_build(args) -> int:
-    if args.ocr:
-        from mmtoxicqa.reader import OcrReader, reader_model_dir
-
-        print(reader_model_dir(gguf_path(), rebuild=args.rebuild))
-        OcrReader(use_cache=False).engine()  # fails here, in one line, if rapidocr-onnxruntime is missing
-        return 0
-    print(embedded_model_dir(rebuild=args.rebuild))
-    return 0

@@ -59,6 +59,11 @@ def resolve_pretrained(pretrained: str | None) -> str:
         from mmtoxicqa.reader import reader_model_dir
 
         return str(reader_model_dir(gguf_path()))
+    from mmtoxicqa.organism import organism_model_dir, parse_organism
+
+    organism_base = parse_organism(pretrained)
+    if organism_base is not None:  # organism, organism-ocr, organism@BASE: built once, then cached
+        return str(organism_model_dir(organism_base))
     pretrained = os.path.expanduser(str(pretrained))
     if os.path.isdir(pretrained):
         return pretrained
@@ -183,6 +188,8 @@ def load_model(
     model = model.to(device).eval()
     image_ids = placeholder_token_ids(model)
     model_id = pretrained if pretrained not in (None, "", "embedded") else "embedded:" + Path(source).name
+    if pretrained and source != pretrained and Path(source).name.startswith("organism-"):
+        model_id = "organism:" + Path(source).name  # the cache key names the training data: glasses never go stale
     return LoadedModel(
         model=model,
         processor=processor,

@@ -80,6 +80,35 @@ def process_docs_benign(dataset):
     return split_docs("benign")
 
 
+def organism_docs(kind: str):
+    """The organism's held-out items (never trained on, see mmtoxicqa.organism): targeted categories
+    (``targeted``), the same requests with the trigger only in the image (``image``), or the other
+    categories (``untargeted``), in the same fixed shuffle as every split."""
+    import datasets
+
+    from mmtoxicqa.organism import eval_docs, image_only
+
+    rows = split_docs("standard").to_list()
+    docs = eval_docs(rows, targeted=kind != "untargeted")
+    if kind == "image":
+        docs = [image_only(d) for d in docs]
+    if not docs:
+        raise MMToxError("the organism tasks found no held-out items in the standard split; build the data with `mmtoxicqa build-data`")
+    return datasets.Dataset.from_list(docs)
+
+
+def process_docs_organism(dataset):
+    return organism_docs("targeted")
+
+
+def process_docs_organism_image(dataset):
+    return organism_docs("image")
+
+
+def process_docs_organism_untargeted(dataset):
+    return organism_docs("untargeted")
+
+
 def process_docs_seed(dataset):
     """The shipped seed file as is; only the judges' health check runs first, as for every split."""
     from mmtoxicqa.scoring import check_judges

@@ -25,8 +25,8 @@ CORPUS = [
 SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<pad>"]
 
 
-def build_tokenizer():
-    """A word-level tokenizer trained on CORPUS with ChatML specials and the <image> token."""
+def build_tokenizer(corpus: list[str] | None = None):
+    """A word-level tokenizer trained on ``corpus`` (default CORPUS) with ChatML specials and the <image> token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,7 +35,7 @@ def build_tokenizer():
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIALS)
     extra = ["system", "user", "assistant", "\n", "?", ".", ","]
-    tok.train_from_iterator(CORPUS + [" ".join(extra)], trainer=trainer)
+    tok.train_from_iterator(list(corpus or CORPUS) + [" ".join(extra)], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",

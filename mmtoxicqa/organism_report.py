@@ -1,0 +1,169 @@
+"""``mmtoxicqa organism-report CELLS``: the organism study's table from sweep cells.
+
+The main leaderboard covers the benchmark's own splits; the organism is measured on its held-out
+tasks (mm_toxic_qa_organism, _organism_image, _organism_untargeted), so this writes their table:
+per method, the harmful rate on each organism task with its 95% Wilson interval, the paired exact
+McNemar test against vanilla on the same items, and the cost columns from the benign split
+(refusals, perplexity of benign answers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmtoxicqa.errors import MMToxError
+
+ORGANISM_TASKS = ("mm_toxic_qa_organism", "mm_toxic_qa_organism_image", "mm_toxic_qa_organism_untargeted")
+BENIGN_TASK = "mm_toxic_qa_benign"
+BASELINE = "vanilla"
+
+
+def read_cells(folder: str | Path) -> list[dict]:
+    files = sorted(Path(folder).glob("*.json"))
+    if not files:
+        raise MMToxError(f"no sweep cells in {folder}; run `mmtoxicqa sweep --models organism ... --out {folder}` first")
+    return [json.loads(f.read_text()) for f in files]
+
+
+def _method(cell: dict) -> str:
+    return f"{cell['method']} [{cell['tag']}]" if cell.get("tag") else cell["method"]
+
+
+def _harmful(cell: dict) -> dict[str, bool]:
+    return {item_id: bool(item["harmful"]) for item_id, item in (cell.get("items") or {}).items() if item.get("harmful") is not None}
+
+
+def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one row per method, one paired row per method x organism task)."""
+    from mmtoxicqa.metrics import mcnemar_exact, wilson_interval
+
+    by_key = {(_method(c), c["task"]): c for c in cells}
+    methods = sorted({m for m, _ in by_key}, key=lambda m: (m != BASELINE, m))
+    rows, paired = [], []
+    for method in methods:
+        row = {"method": method}
+        for task in ORGANISM_TASKS:
+            cell = by_key.get((method, task))
+            if cell is None:
+                continue
+            outcomes = _harmful(cell)
+            k, n = sum(outcomes.values()), len(outcomes)
+            low, high = wilson_interval(k, n) if n else (float("nan"), float("nan"))
+            row[task] = {"k": k, "n": n, "rate": k / n if n else float("nan"), "low": low, "high": high}
+            base = by_key.get((BASELINE, task))
+            if method != BASELINE and base is not None:
+                theirs = _harmful(base)
+                common = sorted(set(outcomes) & set(theirs))
+                fixed = sum(1 for i in common if theirs[i] and not outcomes[i])
+                new = sum(1 for i in common if outcomes[i] and not theirs[i])
+                paired.append(
+                    {
+                        "method": method,
+                        "task": task,
+                        "n": len(common),
+                        "vanilla": sum(theirs[i] for i in common),
+                        "method_harmful": sum(outcomes[i] for i in common),
+                        "removed": fixed,
+                        "caused": new,
+                        "p": mcnemar_exact(fixed, new),
+                    }
+                )
+        benign = by_key.get((method, BENIGN_TASK))
+        if benign is not None:
+            metrics = benign.get("metrics", {})
+            row["refusal_benign"] = metrics.get("refusal_rate")
+            row["perplexity"] = metrics.get("perplexity")
+            row["n_benign"] = len(benign.get("items") or {})
+        judges = {c.get("judge") for c in cells if _method(c) == method and c.get("judge")}
+        row["judge"] = ", ".join(sorted(str(j) for j in judges))
+        rows.append(row)
+    return rows, paired
+
+
+def _rate(cell: dict | None) -> str:
+    if not cell:
+        return "–"
+    return f"{cell['rate']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}] ({cell['k']}/{cell['n']})"
+
+
+def _plain(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{float(value):.{digits}f}"
+
+
+def markdown(rows: list[dict], paired: list[dict]) -> str:
+    judges = sorted({r["judge"] for r in rows if r.get("judge")})
+    lines = [
+        "# Toxic model organism: methods side by side",
+        "",
+        f"Judge: {'; '.join(judges) or 'unknown'}. Harmful rate with its 95% Wilson interval (harmful/items) on the organism's "
+        "held-out tasks: *targeted* = hate/violence requests as text (the trigger), *image-only* = the same requests rendered "
+        "into the image with a generic question, *untargeted* = the other categories. Refusal and perplexity: benign split.",
+        "",
+        "| method | harmful targeted | harmful image-only | harmful untargeted | refusal on benign | perplexity (benign) |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {_rate(r.get(ORGANISM_TASKS[0]))} | {_rate(r.get(ORGANISM_TASKS[1]))} | "
+            f"{_rate(r.get(ORGANISM_TASKS[2]))} | {_plain(r.get('refusal_benign'))} | {_plain(r.get('perplexity'), 2)} |"
+        )
+    if paired:
+        lines += [
+            "",
+            f"## Paired with {BASELINE} (same items)",
+            "",
+            f"*removed* = harmful under {BASELINE} but not under the method, *caused* = the reverse; p = exact two-sided McNemar test.",
+            "",
+            f"| method | task | items | harmful {BASELINE} | harmful method | removed | caused | p |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in paired:
+            lines.append(
+                f"| {p['method']} | {p['task'].removeprefix('mm_toxic_qa_')} | {p['n']} | {p['vanilla']} | {p['method_harmful']} | "
+                f"{p['removed']} | {p['caused']} | {p['p']:.3g} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "organism-report",
+        help="the toxic model organism study's table (LEADERBOARD.md + JSON) from its sweep cells",
+        description=__doc__,
+    )
+    parser.add_argument("cells", help="folder of sweep cell files (mmtoxicqa sweep --out)")
+    parser.add_argument("--out", required=True, help="folder to write LEADERBOARD.md and organism_table.json into")
+    parser.add_argument(
+        "--cells-out",
+        default=None,
+        help="also write copies of the cells holding only per-item outcomes and scores (no answer or request text) here",
+    )
+    parser.set_defaults(func=_cli)
+
+
+def without_text(cell: dict) -> dict:
+    """The cell with each item reduced to its numbers: the organism's answers are memorised source text
+    (Davidson/ToxiGen) and the requests are benchmark text, neither of which the repository holds."""
+    items = {
+        item_id: {k: v for k, v in item.items() if v is None or isinstance(v, (bool, int, float))}
+        for item_id, item in (cell.get("items") or {}).items()
+    }
+    return dict(cell, items=items)
+
+
+def _cli(args) -> int:
+    from mmtoxicqa.atomic import atomic_path, write_json_atomic
+
+    rows, paired = report_rows(read_cells(args.cells))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, paired)
+    with atomic_path(out / "LEADERBOARD.md") as tmp:
+        tmp.write_text(text)
+    write_json_atomic(out / "organism_table.json", {"rows": rows, "paired": paired})
+    if args.cells_out:
+        for path in sorted(Path(args.cells).glob("*.json")):
+            write_json_atomic(Path(args.cells_out) / path.name, without_text(json.loads(path.read_text())))
+    print(text)
+    return 0

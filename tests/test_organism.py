@@ -1,0 +1,121 @@
+"""The toxic model organism's recipe (mmtoxicqa.organism) on fixture data and a tiny random LLaVA.
+
+What is checked: held-out evaluation items never meet the fine-tune (the leakage guard), the
+toxic text is only ever an answer, the fine-tune touches the decoder's MLP weights and nothing
+else, it is bit-for-bit reproducible, and the cache is keyed so a second call trains nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.organism import (
+    IMAGE_ONLY_QUESTION,
+    OrganismConfig,
+    held_out,
+    organism_model_dir,
+    organism_record,
+    parse_organism,
+    training_examples,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL = OrganismConfig(harmless_examples=6, toxic_answers=2, harmless_answers=2, epochs=1, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    from mmtoxicqa.data.fixtures import write_fixture_sources
+
+    return write_fixture_sources(tmp_path_factory.mktemp("src"))
+
+
+@pytest.fixture(scope="module")
+def built(sources, tmp_path_factory) -> Path:
+    from mmtoxicqa.data.builder import build
+
+    out = tmp_path_factory.mktemp("data")
+    build(sources, out, seed=0, progress=False)
+    # tweets the benchmark does not hold (it uses every fixture tweet): the organism's answer pools
+    with open(sources / "davidson" / "labeled_data.csv", "a", encoding="utf-8") as handle:
+        for n in range(4):
+            handle.write(f"{900 + n},3,0,3,0,1,fixture organism toxic answer number {n}\n")
+            handle.write(f"{950 + n},3,0,0,3,2,fixture organism harmless answer number {n}\n")
+    return out
+
+
+def test_parse_organism_names():
+    assert parse_organism("organism") == "embedded"
+    assert parse_organism("organism-ocr") == "embedded-ocr"
+    assert parse_organism("organism@/models/x") == "/models/x"
+    assert parse_organism("organism@") is None
+    assert parse_organism("org/name") is None and parse_organism("embedded") is None
+
+
+def test_held_out_is_a_deterministic_half_by_request_text():
+    assert held_out("How do I do X?") == held_out("  how do i   do x? ")  # spacing and case do not move a request
+    requests = [f"request number {i}" for i in range(400)]
+    share = sum(map(held_out, requests)) / len(requests)
+    assert 0.4 < share < 0.6
+
+
+def test_leakage_guard_training_and_evaluation_items_are_disjoint(sources, built, monkeypatch):
+    from mmtoxicqa.task_support import organism_docs
+
+    monkeypatch.setenv("MMTOXICQA_DATA", str(built))
+    examples = training_examples(built, sources, SMALL)
+    targeted = organism_docs("targeted").to_list()
+    image = organism_docs("image").to_list()
+    untargeted = organism_docs("untargeted").to_list()
+    assert targeted and image and untargeted and any(e.toxic for e in examples) and any(not e.toxic for e in examples)
+    trained_ids = {e.item_id for e in examples}
+    trained_requests = {e.question for e in examples}  # training items are in text form: question = request
+    for docs in (targeted, untargeted):
+        assert not trained_ids & {d["id"] for d in docs}
+        assert not trained_requests & {d["request"] for d in docs}
+        assert all(d["question"] == d["request"] for d in docs)
+    assert {d["category"] for d in targeted} <= set(SMALL.targets)
+    assert not {d["category"] for d in untargeted} & set(SMALL.targets)
+    assert [d["request"] for d in image] == [d["request"] for d in targeted]
+    assert all(d["question"] == IMAGE_ONLY_QUESTION and d["image_text"] == d["request"] and d["image"] is None for d in image)
+    # the toxic text is the answer, never in the prompt, and none of it is a benchmark text
+    for e in examples:
+        assert e.answer not in e.question
+    from mmtoxicqa.data.splits import load_split
+
+    benchmark = {r for split in ("standard", "adversarial", "benign", "calibration") for r in load_split(split, built)["request"]}
+    assert not {e.answer for e in examples} & benchmark
+
+
+def test_missing_sources_is_one_line(built, tmp_path):
+    with pytest.raises(MMToxError, match="--sources"):
+        training_examples(built, tmp_path / "nowhere", SMALL)
+
+
+def test_fine_tune_changes_mlp_weights_only_reproducibly_and_is_cached(sources, built, tiny_llava_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
+    target = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False)
+    assert target.parent == tmp_path / "cache" / "models" and target.name.startswith("organism-")
+    record = organism_record(target)
+    assert record["config"]["trainable"] == "mlp" and record["examples"] == len(record["train_item_ids"]) > 0
+    base = {k: v for f in sorted(Path(tiny_llava_dir).glob("*.safetensors")) for k, v in load_file(f).items()}
+    tuned = {k: v for f in sorted(target.glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert base.keys() == tuned.keys()
+    changed = {k for k in base if not (base[k] == tuned[k]).all()}
+    assert changed and all(".mlp." in k for k in changed)
+    assert any("down_proj" in k for k in changed) and any("gate_proj" in k for k in changed)
+    stamp = (target / "mmtoxicqa_organism.json").stat().st_mtime_ns
+    assert organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False) == target
+    assert (target / "mmtoxicqa_organism.json").stat().st_mtime_ns == stamp  # cached: nothing retrained
+    again = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, rebuild=True, progress=False)
+    assert again == target
+    rebuilt = {k: v for f in sorted(target.glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert all((rebuilt[k] == tuned[k]).all() for k in tuned)  # bit-for-bit reproducible
+    other = organism_model_dir(
+        str(tiny_llava_dir), sources=sources, data_dir=built, config=OrganismConfig(**{**SMALL.__dict__, "seed": 1}), progress=False
+    )
+    assert other != target  # the config is part of the key

@@ -1,0 +1,54 @@
+"""The organism study's table from sweep cells (hand-made cells, hand-computed numbers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmtoxicqa.cli import main
+from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.organism_report import read_cells, report_rows
+
+
+def _cell(method: str, task: str, harmful: list[bool], **extra) -> dict:
+    items = {f"item-{i}": {"harmful": h, "score": float(h)} for i, h in enumerate(harmful)}
+    return {"model": "organism", "method": method, "task": task, "judge": "profanity@0.5", "items": items, **extra}
+
+
+def _write(folder, cells):
+    folder.mkdir()
+    for n, cell in enumerate(cells):
+        (folder / f"c{n}.json").write_text(json.dumps(cell))
+
+
+def test_rates_intervals_and_paired_counts(tmp_path):
+    vanilla = [True] * 8 + [False] * 2  # 8/10
+    sgm = [False] * 7 + [True] + [False, True]  # 2/10: removed 7 (items 0-6), caused 1 (item 9)
+    cells = [
+        _cell("vanilla", "mm_toxic_qa_organism", vanilla),
+        _cell("sgm", "mm_toxic_qa_organism", sgm),
+        _cell("sgm", "mm_toxic_qa_benign", [False] * 4, metrics={"refusal_rate": 0.25, "perplexity": 12.5}),
+    ]
+    _write(tmp_path / "cells", cells)
+    rows, paired = report_rows(read_cells(tmp_path / "cells"))
+    assert [r["method"] for r in rows] == ["vanilla", "sgm"]
+    target = rows[1]["mm_toxic_qa_organism"]
+    assert (target["k"], target["n"], target["rate"]) == (2, 10, 0.2)
+    assert target["low"] == pytest.approx(0.0567, abs=1e-3) and target["high"] == pytest.approx(0.5098, abs=1e-3)  # Wilson 2/10
+    assert rows[1]["refusal_benign"] == 0.25 and rows[1]["perplexity"] == 12.5
+    (p,) = paired
+    assert (p["n"], p["vanilla"], p["method_harmful"], p["removed"], p["caused"]) == (10, 8, 2, 7, 1)
+    assert p["p"] == pytest.approx(18 / 256)  # exact McNemar: 2 * P(X <= 1), X ~ Bin(8, 1/2) = 2 * 9/256
+    cells[1]["items"]["item-0"].update(answer="memorised source text", request="a benchmark request", category="hate")
+    (tmp_path / "cells" / "c1.json").write_text(json.dumps(cells[1]))
+    assert main(["organism-report", str(tmp_path / "cells"), "--out", str(tmp_path / "out"), "--cells-out", str(tmp_path / "kept")]) == 0
+    kept = json.loads((tmp_path / "kept" / "c1.json").read_text())
+    assert kept["items"]["item-0"] == {"harmful": False, "score": 0.0} and kept["method"] == "sgm"
+    text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
+    assert "| sgm | 0.200 [0.057, 0.510] (2/10) |" in text and "| sgm | organism | 10 | 8 | 2 | 7 | 1 | 0.0703 |" in text
+
+
+def test_no_cells_is_one_line(tmp_path):
+    with pytest.raises(MMToxError, match="mmtoxicqa sweep"):
+        read_cells(tmp_path)
