@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmtoxicqa.atomic import atomic_dir, write_json_atomic
+from mmtoxicqa.embedded import CHAT_TEMPLATE as EMBEDDED_CHAT_TEMPLATE
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.hashing import sha256_bytes, sha256_file
 from mmtoxicqa.image_io import strict_decoding
@@ -52,22 +53,8 @@ MAX_SIDE = 1600  # larger images are downscaled: detection cost grows with the p
 MIN_SCORE = 0.5  # recognition confidence below which a detected line is dropped
 READER_SETTINGS = {"version": 1, "min_side": MIN_SIDE, "max_upscale": MAX_UPSCALE, "max_side": MAX_SIDE, "min_score": MIN_SCORE}
 
-# ChatML (SmolLM2's own format) with an ``<image>`` marker per image part, as the embedded model writes it.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>\n' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# The embedded model's ChatML template with an ``<image>`` marker per image part; the processor fills each slot.
+CHAT_TEMPLATE = EMBEDDED_CHAT_TEMPLATE
 
 
 def image_slot(text: str) -> str:
