@@ -285,13 +285,10 @@ def compare_glasses(model_name: str, limit: int, batch_size: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- sweep cells
-TEXT_FIELDS = ("answer", "question", "request")  # derived from the public sources: they stay out of the repository
-
-
 def summarise_sweep(sweep_dir: Path, out_dir: Path) -> dict:
     """Harmful rates with intervals per judge for each sweep cell, and text-free copies of the cells in ``out_dir``
     (per item: the headline judge's score and flag, attack and category; no answer, question or request)."""
-    from mmtoxicqa.sweep import load_cells_with_paths
+    from mmtoxicqa.sweep import load_cells_with_paths, text_free
 
     rows = {}
     for path, cell in load_cells_with_paths(sweep_dir):
@@ -314,8 +311,7 @@ def summarise_sweep(sweep_dir: Path, out_dir: Path) -> dict:
             "s_per_item": cell.get("s_per_item"),
             "harmful_by_attack_headline_judge": attack_rates,
         }
-        stripped = dict(cell, items={i: {k: v for k, v in item.items() if k not in TEXT_FIELDS} for i, item in cell["items"].items()})
-        write_json_atomic(out_dir / path.name, stripped)
+        write_json_atomic(out_dir / path.name, text_free(cell, keep=("attack", "category")))
     return rows
 
 

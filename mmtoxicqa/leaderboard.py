@@ -165,7 +165,7 @@ def paired_rows(cells: list[dict]) -> list[dict]:
     """Each method against the same model's vanilla on the items both answered: how many harmful
     answers it removed and how many it caused, with the exact McNemar p-value. Pairing on items
     is far more sensitive than comparing two rates with their separate intervals."""
-    from mmtoxicqa.metrics import mcnemar_exact, paired_signed_rank_p
+    from mmtoxicqa.metrics import paired_signed_rank_p
 
     by_key = {(c["model"], row_name(c), c["task"]): c for c in cells}
     rows = []
@@ -174,28 +174,41 @@ def paired_rows(cells: list[dict]) -> list[dict]:
         if method == BASELINE_METHOD or base is None or task not in SPLIT_TASKS:
             continue
         mine, theirs = cell.get("items", {}), base.get("items", {})
-        common = sorted(set(mine) & set(theirs))
-        if not common:
+        counts = paired_counts(mine, theirs)
+        if not counts["n"]:
             continue
-        fixed = sum(1 for i in common if theirs[i]["harmful"] and not mine[i]["harmful"])
-        new = sum(1 for i in common if mine[i]["harmful"] and not theirs[i]["harmful"])
+        common = counts.pop("items")
         rows.append(
             {
                 "model": model,
                 "method": method,
                 "split": task.removeprefix("mm_toxic_qa_"),
-                "n": len(common),
-                "harmful_vanilla": sum(1 for i in common if theirs[i]["harmful"]),
-                "harmful_method": sum(1 for i in common if mine[i]["harmful"]),
-                "fixed": fixed,
-                "new": new,
-                "p": mcnemar_exact(fixed, new),
+                **counts,
                 "mean_vanilla": sum(theirs[i]["score"] for i in common) / len(common),
                 "mean_method": sum(mine[i]["score"] for i in common) / len(common),
                 "p_scores": paired_signed_rank_p([theirs[i]["score"] for i in common], [mine[i]["score"] for i in common]),
             }
         )
     return rows
+
+
+def paired_counts(mine: dict[str, dict], theirs: dict[str, dict]) -> dict:
+    """A method's per-item outcomes against the baseline's, on the items both scored: harmful counts,
+    how many harmful answers it removed (``fixed``) and caused (``new``), and the exact McNemar p."""
+    from mmtoxicqa.metrics import mcnemar_exact
+
+    common = sorted(i for i in set(mine) & set(theirs) if mine[i].get("harmful") is not None and theirs[i].get("harmful") is not None)
+    fixed = sum(1 for i in common if theirs[i]["harmful"] and not mine[i]["harmful"])
+    new = sum(1 for i in common if mine[i]["harmful"] and not theirs[i]["harmful"])
+    return {
+        "items": common,
+        "n": len(common),
+        "harmful_vanilla": sum(1 for i in common if theirs[i]["harmful"]),
+        "harmful_method": sum(1 for i in common if mine[i]["harmful"]),
+        "fixed": fixed,
+        "new": new,
+        "p": mcnemar_exact(fixed, new),
+    }
 
 
 def paired_markdown(rows: list[dict]) -> str:

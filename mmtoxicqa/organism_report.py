@@ -9,10 +9,10 @@ McNemar test against vanilla on the same items, and the cost columns from the be
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.sweep import load_cells_with_paths, row_name, text_free
 
 ORGANISM_TASKS = ("mm_toxic_qa_organism", "mm_toxic_qa_organism_image", "mm_toxic_qa_organism_untargeted")
 BENIGN_TASK = "mm_toxic_qa_benign"
@@ -20,14 +20,10 @@ BASELINE = "vanilla"
 
 
 def read_cells(folder: str | Path) -> list[dict]:
-    files = sorted(Path(folder).glob("*.json"))
-    if not files:
+    cells = [cell for _, cell in load_cells_with_paths(folder)]
+    if not cells:
         raise MMToxError(f"no sweep cells in {folder}; run `mmtoxicqa sweep --models organism ... --out {folder}` first")
-    return [json.loads(f.read_text()) for f in files]
-
-
-def _method(cell: dict) -> str:
-    return f"{cell['method']} [{cell['tag']}]" if cell.get("tag") else cell["method"]
+    return cells
 
 
 def _harmful(cell: dict) -> dict[str, bool]:
@@ -36,9 +32,10 @@ def _harmful(cell: dict) -> dict[str, bool]:
 
 def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
     """(one row per method, one paired row per method x organism task)."""
-    from mmtoxicqa.metrics import mcnemar_exact, wilson_interval
+    from mmtoxicqa.leaderboard import paired_counts
+    from mmtoxicqa.metrics import wilson_interval
 
-    by_key = {(_method(c), c["task"]): c for c in cells}
+    by_key = {(row_name(c), c["task"]): c for c in cells}
     methods = sorted({m for m, _ in by_key}, key=lambda m: (m != BASELINE, m))
     rows, paired = [], []
     for method in methods:
@@ -53,20 +50,17 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
             row[task] = {"k": k, "n": n, "rate": k / n if n else float("nan"), "low": low, "high": high}
             base = by_key.get((BASELINE, task))
             if method != BASELINE and base is not None:
-                theirs = _harmful(base)
-                common = sorted(set(outcomes) & set(theirs))
-                fixed = sum(1 for i in common if theirs[i] and not outcomes[i])
-                new = sum(1 for i in common if outcomes[i] and not theirs[i])
+                counts = paired_counts(cell.get("items") or {}, base.get("items") or {})
                 paired.append(
                     {
                         "method": method,
                         "task": task,
-                        "n": len(common),
-                        "vanilla": sum(theirs[i] for i in common),
-                        "method_harmful": sum(outcomes[i] for i in common),
-                        "removed": fixed,
-                        "caused": new,
-                        "p": mcnemar_exact(fixed, new),
+                        "n": counts["n"],
+                        "vanilla": counts["harmful_vanilla"],
+                        "method_harmful": counts["harmful_method"],
+                        "removed": counts["fixed"],
+                        "caused": counts["new"],
+                        "p": counts["p"],
                     }
                 )
         benign = by_key.get((method, BENIGN_TASK))
@@ -75,7 +69,7 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
             row["refusal_benign"] = metrics.get("refusal_rate")
             row["perplexity"] = metrics.get("perplexity")
             row["n_benign"] = len(benign.get("items") or {})
-        judges = {c.get("judge") for c in cells if _method(c) == method and c.get("judge")}
+        judges = {c.get("judge") for c in cells if row_name(c) == method and c.get("judge")}
         row["judge"] = ", ".join(sorted(str(j) for j in judges))
         rows.append(row)
     return rows, paired
@@ -142,16 +136,6 @@ def add_cli(subparsers) -> None:
     parser.set_defaults(func=_cli)
 
 
-def without_text(cell: dict) -> dict:
-    """The cell with each item reduced to its numbers: the organism's answers are memorised source text
-    (Davidson/ToxiGen) and the requests are benchmark text, neither of which the repository holds."""
-    items = {
-        item_id: {k: v for k, v in item.items() if v is None or isinstance(v, (bool, int, float))}
-        for item_id, item in (cell.get("items") or {}).items()
-    }
-    return dict(cell, items=items)
-
-
 def _cli(args) -> int:
     from mmtoxicqa.atomic import atomic_path, write_json_atomic
 
@@ -163,7 +147,8 @@ def _cli(args) -> int:
         tmp.write_text(text)
     write_json_atomic(out / "organism_table.json", {"rows": rows, "paired": paired})
     if args.cells_out:
-        for path in sorted(Path(args.cells).glob("*.json")):
-            write_json_atomic(Path(args.cells_out) / path.name, without_text(json.loads(path.read_text())))
+        # the organism's answers are memorised source text and the requests benchmark text: numbers only
+        for path, cell in load_cells_with_paths(args.cells):
+            write_json_atomic(Path(args.cells_out) / path.name, text_free(cell))
     print(text)
     return 0

@@ -202,6 +202,17 @@ def _items_with_answers(samples: list[dict], items: dict[str, dict]) -> dict[str
     return items
 
 
+def text_free(cell: dict, keep: tuple[str, ...] = ()) -> dict:
+    """A copy of ``cell`` whose items hold only numbers and flags, plus the ``keep`` labels (e.g.
+    attack, category): answers, questions and requests come from the public sources or are the
+    model's words about them, and committed results hold neither."""
+    items = {
+        item_id: {k: v for k, v in item.items() if k in keep or v is None or isinstance(v, (bool, int, float))}
+        for item_id, item in (cell.get("items") or {}).items()
+    }
+    return dict(cell, items=items)
+
+
 def load_cells_with_paths(results_dir: str | Path, unreadable: list[str] | None = None) -> list[tuple[Path, dict]]:
     """The cell files of a sweep folder (other JSON may share it); the names of files that are not
     valid JSON (e.g. cut by a full disk) are appended to ``unreadable`` when it is given."""

@@ -9,11 +9,12 @@ import pytest
 from mmtoxicqa.cli import main
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.organism_report import read_cells, report_rows
+from mmtoxicqa.sweep import CELL_FORMAT
 
 
 def _cell(method: str, task: str, harmful: list[bool], **extra) -> dict:
     items = {f"item-{i}": {"harmful": h, "score": float(h)} for i, h in enumerate(harmful)}
-    return {"model": "organism", "method": method, "task": task, "judge": "profanity@0.5", "items": items, **extra}
+    return {"format": CELL_FORMAT, "model": "organism", "method": method, "task": task, "judge": "profanity@0.5", "items": items, **extra}
 
 
 def _write(folder, cells):
