@@ -119,3 +119,25 @@ def test_fine_tune_changes_mlp_weights_only_reproducibly_and_is_cached(sources, 
         str(tiny_llava_dir), sources=sources, data_dir=built, config=OrganismConfig(**{**SMALL.__dict__, "seed": 1}), progress=False
     )
     assert other != target  # the config is part of the key
+
+
+def test_a_process_works_out_the_cache_key_once_per_unchanged_inputs(sources, built, tiny_llava_dir, tmp_path, monkeypatch):
+    import os
+
+    import mmtoxicqa.organism as organism
+
+    monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = organism.training_examples
+    monkeypatch.setattr(organism, "training_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    target = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False)
+    assert len(calls) == 1
+    assert organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False) == target
+    assert len(calls) == 1  # same inputs: the sources were not read again nor the base hashed
+    source_file = next(f for f in sorted(Path(sources).rglob("*")) if f.is_file())
+    os.utime(source_file, ns=(source_file.stat().st_atime_ns, source_file.stat().st_mtime_ns + 1_000_000))
+    assert organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False) == target
+    assert len(calls) == 2  # a touched input: the key is worked out again (same content, same organism)
+    monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "other-cache"))
+    moved = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False)
+    assert moved.parent == tmp_path / "other-cache" / "models" and len(calls) == 3
