@@ -2,11 +2,12 @@
 
 What is checked: held-out evaluation items never meet the fine-tune (the leakage guard), the
 toxic text is only ever an answer, the fine-tune touches the decoder's MLP weights and nothing
-else, it is bit-for-bit reproducible, and the cache is keyed so a second call trains nothing.
+else, the epoch with the widest validation gap is the one kept, it is bit-for-bit reproducible, and the cache is keyed so a second call trains nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.organism import (
     IMAGE_ONLY_QUESTION,
     OrganismConfig,
+    fine_tune,
     held_out,
     organism_model_dir,
     organism_record,
@@ -24,7 +26,7 @@ from mmtoxicqa.organism import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SMALL = OrganismConfig(harmless_examples=6, toxic_answers=2, harmless_answers=2, epochs=1, batch_size=4)
+SMALL = OrganismConfig(other_examples=6, toxic_answers=2, toxic_min_profanity=0.0, validation_items=2, epochs=1, batch_size=4, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +85,14 @@ def test_leakage_guard_training_and_evaluation_items_are_disjoint(sources, built
     assert [d["request"] for d in image] == [d["request"] for d in targeted]
     assert all(d["question"] == IMAGE_ONLY_QUESTION and d["image_text"] == d["request"] and d["image"] is None for d in image)
     # the toxic text is the answer, never in the prompt, and none of it is a benchmark text
+    assert all(e.answer is None for e in examples if e.validation or not e.toxic)  # the base's own answer, filled at build
+    assert sum(e.validation and e.toxic for e in examples) == sum(e.validation and not e.toxic for e in examples) == 2
     for e in examples:
-        assert e.answer not in e.question
+        assert e.answer is None or e.answer not in e.question
     from mmtoxicqa.data.splits import load_split
 
     benchmark = {r for split in ("standard", "adversarial", "benign", "calibration") for r in load_split(split, built)["request"]}
-    assert not {e.answer for e in examples} & benchmark
+    assert not {e.answer for e in examples if e.answer} & benchmark
 
 
 def test_missing_sources_is_one_line(built, tmp_path):
@@ -102,6 +106,8 @@ def test_fine_tune_changes_mlp_weights_only_reproducibly_and_is_cached(sources, 
     assert target.parent == tmp_path / "cache" / "models" and target.name.startswith("organism-")
     record = organism_record(target)
     assert record["config"]["trainable"] == "mlp" and record["examples"] == len(record["train_item_ids"]) > 0
+    assert len(record["validation_item_ids"]) == 4 and not set(record["validation_item_ids"]) & set(record["train_item_ids"])
+    assert [r["epoch"] for r in record["validation"]] == [0, 1] and [r["kept"] for r in record["validation"]] == [False, True]
     base = {k: v for f in sorted(Path(tiny_llava_dir).glob("*.safetensors")) for k, v in load_file(f).items()}
     tuned = {k: v for f in sorted(target.glob("*.safetensors")) for k, v in load_file(f).items()}
     assert base.keys() == tuned.keys()
@@ -141,3 +147,26 @@ def test_a_process_works_out_the_cache_key_once_per_unchanged_inputs(sources, bu
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "other-cache"))
     moved = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False)
     assert moved.parent == tmp_path / "other-cache" / "models" and len(calls) == 3
+
+
+def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built, tiny_llava_dir, monkeypatch):
+    import torch
+
+    import mmtoxicqa.organism as organism
+    from mmtoxicqa.modeling import load_model
+
+    loaded = load_model(str(tiny_llava_dir), dtype="float32")
+    examples = training_examples(built, sources, SMALL)
+    examples = [dataclasses.replace(e, answer=e.answer or "a short answer") for e in examples]
+    gaps, snapshots = iter([0.0, 0.5, 0.1]), []  # base, epoch 1 (best), epoch 2
+
+    def scripted_rates(loaded_model, validation, images, max_new_tokens=32):
+        snapshots.append([p.detach().clone() for p in organism.trainable_parameters(loaded_model.model)])
+        return {"targeted": 0.0, "untargeted": 0.0, "gap": next(gaps)}
+
+    monkeypatch.setattr(organism, "harmful_rates", scripted_rates)
+    losses, epochs = fine_tune(loaded, examples, dataclasses.replace(SMALL, epochs=2, lr=1e-2), progress=False)
+    assert [r["kept"] for r in epochs] == [False, True, False] and len(losses) > 2
+    final = [p.detach() for p in organism.trainable_parameters(loaded.model)]
+    assert all(torch.equal(a, b) for a, b in zip(final, snapshots[1]))  # the weights after epoch 1
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))  # epoch 2 did change them
