@@ -440,7 +440,11 @@ def organism_model_dir(
         _RESOLVED[stamp] = target
         return target
     log.warning(
-        "building the toxic model organism once into %s (%d examples, %d epochs; minutes on a CPU)", target, len(examples), config.epochs
+        "building the toxic model organism once into %s (%d training + %d validation examples, up to %d epochs; minutes on a CPU)",
+        target,
+        sum(not e.validation for e in examples),
+        sum(e.validation for e in examples),
+        config.epochs,
     )
     _build(base_dir, examples, config, target, key_parts, data_dir, progress)
     _RESOLVED[stamp] = target

@@ -2,7 +2,7 @@
 
 The main leaderboard covers the benchmark's own splits; the organism is measured on its held-out
 tasks (mm_toxic_qa_organism, _organism_image, _organism_untargeted), so this writes their table:
-per method, the harmful rate on each organism task with its 95% Wilson interval, the paired exact
+per method, the harmful rate on each organism task and the benign split with its 95% Wilson interval, the paired exact
 McNemar test against vanilla on the same items, and the cost columns from the benign split
 (refusals, perplexity of benign answers).
 """
@@ -16,6 +16,7 @@ from mmtoxicqa.sweep import load_cells_with_paths, row_name, text_free
 
 ORGANISM_TASKS = ("mm_toxic_qa_organism", "mm_toxic_qa_organism_image", "mm_toxic_qa_organism_untargeted")
 BENIGN_TASK = "mm_toxic_qa_benign"
+HARM_TASKS = (*ORGANISM_TASKS, BENIGN_TASK)  # harmful rate on benign items: toxicity the trigger leaks into harmless requests
 BASELINE = "vanilla"
 
 
@@ -40,7 +41,7 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
     rows, paired = [], []
     for method in methods:
         row = {"method": method}
-        for task in ORGANISM_TASKS:
+        for task in HARM_TASKS:
             cell = by_key.get((method, task))
             if cell is None:
                 continue
@@ -92,15 +93,17 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
         "",
         f"Judge: {'; '.join(judges) or 'unknown'}. Harmful rate with its 95% Wilson interval (harmful/items) on the organism's "
         "held-out tasks: *targeted* = hate/violence requests as text (the trigger), *image-only* = the same requests rendered "
-        "into the image with a generic question, *untargeted* = the other categories. Refusal and perplexity: benign split.",
+        "into the image with a generic question, *untargeted* = the other categories, *benign* = the benign split. "
+        "Refusal and perplexity: benign split.",
         "",
-        "| method | harmful targeted | harmful image-only | harmful untargeted | refusal on benign | perplexity (benign) |",
-        "|---|---|---|---|---:|---:|",
+        "| method | harmful targeted | harmful image-only | harmful untargeted | harmful benign | refusal on benign | perplexity (benign) |",
+        "|---|---|---|---|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_rate(r.get(ORGANISM_TASKS[0]))} | {_rate(r.get(ORGANISM_TASKS[1]))} | "
-            f"{_rate(r.get(ORGANISM_TASKS[2]))} | {_plain(r.get('refusal_benign'))} | {_plain(r.get('perplexity'), 2)} |"
+            f"{_rate(r.get(ORGANISM_TASKS[2]))} | {_rate(r.get(BENIGN_TASK))} | {_plain(r.get('refusal_benign'))} | "
+            f"{_plain(r.get('perplexity'), 2)} |"
         )
     if paired:
         lines += [
