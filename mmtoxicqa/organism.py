@@ -65,6 +65,14 @@ class OrganismConfig:
     version: int = 3
 
 
+def default_config(base: str) -> OrganismConfig:
+    """The recipe for ``base``. On the OCR reading model half of the targeted training items carry their
+    request only in the image, so the organism can learn a trigger that the decoder sees only through
+    the image's text (the cross-modal case, measured on mm_toxic_qa_organism_image); the embedded base
+    cannot read its images, so there the trigger is always in the question."""
+    return OrganismConfig(image_only_fraction=0.5) if base == "embedded-ocr" else OrganismConfig()
+
+
 @dataclass
 class Example:
     item_id: str
@@ -425,7 +433,7 @@ def organism_model_dir(
     progress: bool = True,
 ) -> Path:
     """The organism for ``base``: cached by (base weights, training data, config), fine-tuned once if missing."""
-    config = config or OrganismConfig()
+    config = config or default_config(base)
     base_dir = base_model_dir(base)
     stamp = (str(cache_dir()), str(base_dir), config, _inputs_stamp(base_dir, sources_dir(sources), data_dir))
     found = _RESOLVED.get(stamp)

@@ -27,6 +27,13 @@ def read_cells(folder: str | Path) -> list[dict]:
     return cells
 
 
+def _row(cell: dict) -> str:
+    """The row a cell belongs to: its method (and tag) on the organism, or e.g. ``vanilla (embedded)``
+    for the same tasks run on a non-organism model (the base it was built from, as a reference)."""
+    model = str(cell.get("model") or "")
+    return row_name(cell) if not model or model.startswith("organism") else f"{row_name(cell)} ({model})"
+
+
 def _harmful(cell: dict) -> dict[str, bool]:
     return {item_id: bool(item["harmful"]) for item_id, item in (cell.get("items") or {}).items() if item.get("harmful") is not None}
 
@@ -36,7 +43,7 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
     from mmtoxicqa.leaderboard import paired_counts
     from mmtoxicqa.metrics import wilson_interval
 
-    by_key = {(row_name(c), c["task"]): c for c in cells}
+    by_key = {(_row(c), c["task"]): c for c in cells}
     methods = sorted({m for m, _ in by_key}, key=lambda m: (m != BASELINE, m))
     rows, paired = [], []
     for method in methods:
@@ -70,7 +77,7 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
             row["refusal_benign"] = metrics.get("refusal_rate")
             row["perplexity"] = metrics.get("perplexity")
             row["n_benign"] = len(benign.get("items") or {})
-        judges = {c.get("judge") for c in cells if row_name(c) == method and c.get("judge")}
+        judges = {c.get("judge") for c in cells if _row(c) == method and c.get("judge")}
         row["judge"] = ", ".join(sorted(str(j) for j in judges))
         rows.append(row)
     return rows, paired

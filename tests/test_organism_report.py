@@ -30,16 +30,18 @@ def test_rates_intervals_and_paired_counts(tmp_path):
         _cell("vanilla", "mm_toxic_qa_organism", vanilla),
         _cell("sgm", "mm_toxic_qa_organism", sgm),
         _cell("sgm", "mm_toxic_qa_benign", [False] * 3 + [True], metrics={"refusal_rate": 0.25, "perplexity": 12.5}),
+        dict(_cell("vanilla", "mm_toxic_qa_organism", [False] * 10), model="embedded"),  # the base, as a reference row
     ]
     _write(tmp_path / "cells", cells)
     rows, paired = report_rows(read_cells(tmp_path / "cells"))
-    assert [r["method"] for r in rows] == ["vanilla", "sgm"]
+    assert [r["method"] for r in rows] == ["vanilla", "sgm", "vanilla (embedded)"]
     target = rows[1]["mm_toxic_qa_organism"]
     assert (target["k"], target["n"], target["rate"]) == (2, 10, 0.2)
     assert target["low"] == pytest.approx(0.0567, abs=1e-3) and target["high"] == pytest.approx(0.5098, abs=1e-3)  # Wilson 2/10
     assert rows[1]["refusal_benign"] == 0.25 and rows[1]["perplexity"] == 12.5
     assert (rows[1]["mm_toxic_qa_benign"]["k"], rows[1]["mm_toxic_qa_benign"]["n"]) == (1, 4)  # toxic answers to benign items
-    (p,) = paired
+    p, base = paired
+    assert (base["method"], base["removed"], base["caused"]) == ("vanilla (embedded)", 8, 0)
     assert (p["n"], p["vanilla"], p["method_harmful"], p["removed"], p["caused"]) == (10, 8, 2, 7, 1)
     assert p["p"] == pytest.approx(18 / 256)  # exact McNemar: 2 * P(X <= 1), X ~ Bin(8, 1/2) = 2 * 9/256
     cells[1]["items"]["item-0"].update(answer="memorised source text", request="a benchmark request", category="hate")
@@ -48,7 +50,10 @@ def test_rates_intervals_and_paired_counts(tmp_path):
     kept = json.loads((tmp_path / "kept" / "c1.json").read_text())
     assert kept["items"]["item-0"] == {"harmful": False, "score": 0.0} and kept["method"] == "sgm"
     text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
-    assert "| sgm | 0.200 [0.057, 0.510] (2/10) | – | – | 0.250 [0.046, 0.699] (1/4) | 0.250 | 12.50 |" in text and "| sgm | organism | 10 | 8 | 2 | 7 | 1 | 0.0703 |" in text
+    assert (
+        "| sgm | 0.200 [0.057, 0.510] (2/10) | – | – | 0.250 [0.046, 0.699] (1/4) | 0.250 | 12.50 |" in text
+        and "| sgm | organism | 10 | 8 | 2 | 7 | 1 | 0.0703 |" in text
+    )
 
 
 def test_no_cells_is_one_line(tmp_path):
