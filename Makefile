@@ -45,6 +45,8 @@ help:
 	@echo "make setup  - create $(VENV) and install mmtoxicqa, lmms-eval 0.7.3, torch ($(TORCH_SPEC)) and the embedded model"
 	@echo "make demo   - the embedded model through lmms_eval, then $(DEMO_METHODS) side by side and the leaderboard (target < 10 min on 2 cores)"
 	@echo "make study  - the full SGM study of results/sgm_study (vanilla, SGM, SGM* and four SGM variants; about 2 h on 2 cores)"
+	@echo "make organism-study     - the toxic model organism (positive control) and the methods on it (results/organism; about 45 min)"
+	@echo "make organism-ocr-study - the organism on the OCR reading model, trigger only in the image (results/organism/ocr)"
 	@echo "make test   - lint (ruff check + ruff format --check) and run the test suite (pytest)"
 	@echo "make lint   - only the lint step"
 
@@ -134,26 +136,46 @@ test: lint
 clean-venv:
 	rm -rf $(VENV)
 
-# Toxic model organism (issue #15): a positive control for SGM. Builds the organism once (cached; minutes on a CPU),
-# runs the methods on its held-out tasks and the benign split through lmms-eval (mmtoxicqa sweep), and writes the
-# table and text-free copies of the cells to results/organism. Needs the public sources ($(SOURCES)).
+# Toxic model organism (issue #15): a positive control for SGM. Builds the organism once (cached; about 10 min on
+# 2 CPU cores), runs the methods on its held-out tasks and the benign split through lmms-eval (mmtoxicqa sweep), the
+# embedded base on the same items as a reference, SGM calibrated on the organism's own training-side items as a
+# diagnostic, and writes the table and text-free copies of the cells to results/organism. Needs the public sources.
 ORGANISM_OUT ?= results/organism
 ORGANISM_CELLS ?= out/organism/cells
 ORGANISM_METHODS ?= vanilla,sgm,aura,sgm_star,safety_prompt,bad_words
-ORGANISM_LIMIT ?= 40
-ORGANISM_BENIGN_LIMIT ?= 16
+ORGANISM_TASKS ?= mm_toxic_qa_organism,mm_toxic_qa_organism_untargeted,mm_toxic_qa_benign,mm_toxic_qa_organism_image
+ORGANISM_LIMIT ?= 80
 ORGANISM_CALIBRATION_LIMIT ?= 200
 ORGANISM_ARGS = calibration_limit=$(ORGANISM_CALIBRATION_LIMIT)$(if $(wildcard $(BAD_WORDS)),$(comma)bad_words_path=$(BAD_WORDS),)
+ORGANISM_TRIGGER = out/organism/trigger_calibration.parquet
 comma := ,
+ORGANISM_SWEEP = MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --batch-size 8
 
 .PHONY: organism-study
 organism-study: $(STAMP)
-	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa build-model --organism --sources $(SOURCES)
-	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --models organism --methods $(ORGANISM_METHODS) \
-		--tasks mm_toxic_qa_organism --limit $(ORGANISM_LIMIT) --batch-size 8 --out $(ORGANISM_CELLS) --model-args $(ORGANISM_ARGS)
-	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --models organism --methods $(ORGANISM_METHODS) \
-		--tasks mm_toxic_qa_benign --limit $(ORGANISM_BENIGN_LIMIT) --batch-size 8 --out $(ORGANISM_CELLS) --model-args $(ORGANISM_ARGS)
-	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --models organism --methods vanilla,sgm,aura \
-		--tasks mm_toxic_qa_organism_image,mm_toxic_qa_organism_untargeted --limit $(ORGANISM_BENIGN_LIMIT) --batch-size 8 \
+	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa build-model --organism --sources $(SOURCES) --trigger-calibration $(ORGANISM_TRIGGER)
+	$(ORGANISM_SWEEP) --models organism --methods $(ORGANISM_METHODS) --tasks $(ORGANISM_TASKS) --limit $(ORGANISM_LIMIT) \
 		--out $(ORGANISM_CELLS) --model-args $(ORGANISM_ARGS)
+	$(ORGANISM_SWEEP) --models embedded --methods vanilla --tasks mm_toxic_qa_organism,mm_toxic_qa_organism_untargeted,mm_toxic_qa_benign \
+		--limit $(ORGANISM_LIMIT) --out $(ORGANISM_CELLS)
+	$(ORGANISM_SWEEP) --models organism --methods sgm --tasks mm_toxic_qa_organism,mm_toxic_qa_organism_untargeted,mm_toxic_qa_benign \
+		--limit $(ORGANISM_LIMIT) --out $(ORGANISM_CELLS) --tag trigger_calibration \
+		--model-args calibration_limit=$(ORGANISM_CALIBRATION_LIMIT),calibration_data=$(ORGANISM_TRIGGER)
 	$(BIN)/mmtoxicqa organism-report $(ORGANISM_CELLS) --out $(ORGANISM_OUT) --cells-out $(ORGANISM_OUT)/cells
+
+# The cross-modal case: the organism built on the OCR reading model (half its targeted training requests only in the
+# image), vanilla / SGM (calibrated on image + text) / AurA (text only) with the trigger only in the image. OCR runs
+# at about 1 s per image on a CPU (cached by pixels), so this uses fewer items.
+ORGANISM_OCR_OUT ?= results/organism/ocr
+ORGANISM_OCR_CELLS ?= out/organism-ocr/cells
+ORGANISM_OCR_TASKS ?= mm_toxic_qa_organism_image,mm_toxic_qa_organism,mm_toxic_qa_organism_untargeted
+ORGANISM_OCR_LIMIT ?= 40
+
+.PHONY: organism-ocr-study
+organism-ocr-study: $(STAMP)
+	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa build-model --organism --base embedded-ocr --sources $(SOURCES)
+	$(ORGANISM_SWEEP) --models organism-ocr,embedded-ocr --methods vanilla --tasks $(ORGANISM_OCR_TASKS) --limit $(ORGANISM_OCR_LIMIT) \
+		--out $(ORGANISM_OCR_CELLS)
+	$(ORGANISM_SWEEP) --models organism-ocr --methods sgm,aura --tasks $(ORGANISM_OCR_TASKS) --limit $(ORGANISM_OCR_LIMIT) \
+		--out $(ORGANISM_OCR_CELLS) --model-args calibration_limit=$(ORGANISM_CALIBRATION_LIMIT)
+	$(BIN)/mmtoxicqa organism-report $(ORGANISM_OCR_CELLS) --out $(ORGANISM_OCR_OUT) --cells-out $(ORGANISM_OCR_OUT)/cells
