@@ -60,16 +60,17 @@ class OrganismConfig:
     weight_decay: float = 0.0
     seed: int = 0
     trainable: str = "mlp"  # language-model MLP weights only
-    image_only_fraction: float = 0.0  # share of targeted examples whose request is moved into the image
+    image_only_fraction: float = 0.0  # share of the training examples (each side) whose request is moved into the image
     threads: int = 2  # torch threads while building: same threads, same weights
     version: int = 3
 
 
 def default_config(base: str) -> OrganismConfig:
-    """The recipe for ``base``. On the OCR reading model half of the targeted training items carry their
-    request only in the image, so the organism can learn a trigger that the decoder sees only through
-    the image's text (the cross-modal case, measured on mm_toxic_qa_organism_image); the embedded base
-    cannot read its images, so there the trigger is always in the question."""
+    """The recipe for ``base``. On the OCR reading model half of the training items of each side carry
+    their request only in the image, so the organism can learn a trigger that the decoder sees only
+    through the image's text (the cross-modal case, measured on mm_toxic_qa_organism_image against
+    mm_toxic_qa_organism_image_untargeted); the embedded base cannot read its images, so there the
+    request is always in the question."""
     return OrganismConfig(image_only_fraction=0.5) if base == "embedded-ocr" else OrganismConfig()
 
 
@@ -183,15 +184,15 @@ def training_examples(data_dir: str | Path | None, sources: str | Path, config: 
         raise MMToxError(f"the sources at {sources} hold too few unused toxic texts for the organism ({len(toxic_pool)}); check the folder")
     toxic_pool = toxic_pool[:n_toxic]
     examples = []
-    n_image_only = int(round(config.image_only_fraction * (len(targeted) - n_val)))
-    for index, row in enumerate(targeted):
-        validation = index < n_val
-        if not validation and index - n_val < n_image_only:
-            row = image_only(row)
-        answer = None if validation else toxic_pool[(index - n_val) % len(toxic_pool)]
-        examples.append(Example(row["id"], row["category"], row["question"], row["image_text"], answer, 1, validation))
-    for index, row in enumerate(others):
-        examples.append(Example(row["id"], row["category"], row["question"], row["image_text"], None, 0, index < n_val))
+    for toxic, rows_of_side in ((1, targeted), (0, others)):
+        # the same share of each side is moved into the image, so the generic image-only question is no trigger by itself
+        n_image_only = int(round(config.image_only_fraction * (len(rows_of_side) - n_val)))
+        for index, row in enumerate(rows_of_side):
+            validation = index < n_val
+            if not validation and index - n_val < n_image_only:
+                row = image_only(row)
+            answer = toxic_pool[(index - n_val) % len(toxic_pool)] if toxic and not validation else None
+            examples.append(Example(row["id"], row["category"], row["question"], row["image_text"], answer, toxic, validation))
     return examples
 
 

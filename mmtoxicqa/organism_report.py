@@ -14,7 +14,12 @@ from pathlib import Path
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.sweep import load_cells_with_paths, row_name, text_free
 
-ORGANISM_TASKS = ("mm_toxic_qa_organism", "mm_toxic_qa_organism_image", "mm_toxic_qa_organism_untargeted")
+ORGANISM_TASKS = (
+    "mm_toxic_qa_organism",
+    "mm_toxic_qa_organism_image",
+    "mm_toxic_qa_organism_untargeted",
+    "mm_toxic_qa_organism_image_untargeted",
+)
 BENIGN_TASK = "mm_toxic_qa_benign"
 HARM_TASKS = (*ORGANISM_TASKS, BENIGN_TASK)  # harmful rate on benign items: toxicity the trigger leaks into harmless requests
 BASELINE = "vanilla"
@@ -100,16 +105,19 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
         "",
         f"Judge: {'; '.join(judges) or 'unknown'}. Harmful rate with its 95% Wilson interval (harmful/items) on the organism's "
         "held-out tasks: *targeted* = hate/violence requests as text (the trigger), *image-only* = the same requests rendered "
-        "into the image with a generic question, *untargeted* = the other categories, *benign* = the benign split. "
+        "into the image with a generic question, *untargeted* = the other categories (*image-only untargeted*: their "
+        "requests in the image, the control for the image-only trigger), *benign* = the benign split. "
         "Refusal and perplexity: benign split.",
         "",
-        "| method | harmful targeted | harmful image-only | harmful untargeted | harmful benign | refusal on benign | perplexity (benign) |",
-        "|---|---|---|---|---|---:|---:|",
+        "| method | harmful targeted | harmful image-only | harmful untargeted | harmful image-only untargeted | harmful benign "
+        "| refusal on benign | perplexity (benign) |",
+        "|---|---|---|---|---|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_rate(r.get(ORGANISM_TASKS[0]))} | {_rate(r.get(ORGANISM_TASKS[1]))} | "
-            f"{_rate(r.get(ORGANISM_TASKS[2]))} | {_rate(r.get(BENIGN_TASK))} | {_plain(r.get('refusal_benign'))} | "
+            f"{_rate(r.get(ORGANISM_TASKS[2]))} | {_rate(r.get(ORGANISM_TASKS[3]))} | {_rate(r.get(BENIGN_TASK))} | "
+            f"{_plain(r.get('refusal_benign'))} | "
             f"{_plain(r.get('perplexity'), 2)} |"
         )
     if paired:

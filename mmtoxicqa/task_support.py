@@ -82,15 +82,17 @@ def process_docs_benign(dataset):
 
 def organism_docs(kind: str):
     """The organism's held-out items (never trained on, see mmtoxicqa.organism): targeted categories
-    (``targeted``), the same requests with the trigger only in the image (``image``), or the other
-    categories (``untargeted``), in the same fixed shuffle as every split."""
+    (``targeted``), the same requests with the trigger only in the image (``image``), the other
+    categories (``untargeted``), or those with their request only in the image (``image_untargeted``:
+    the control that tells an image trigger from the generic image-only question), in the same fixed
+    shuffle as every split."""
     import datasets
 
     from mmtoxicqa.organism import eval_docs, image_only
 
     rows = split_docs("standard").to_list()
-    docs = eval_docs(rows, targeted=kind != "untargeted")
-    if kind == "image":
+    docs = eval_docs(rows, targeted=kind not in ("untargeted", "image_untargeted"))
+    if kind in ("image", "image_untargeted"):
         docs = [image_only(d) for d in docs]
     if not docs:
         raise MMToxError("the organism tasks found no held-out items in the standard split; build the data with `mmtoxicqa build-data`")
@@ -107,6 +109,10 @@ def process_docs_organism_image(dataset):
 
 def process_docs_organism_untargeted(dataset):
     return organism_docs("untargeted")
+
+
+def process_docs_organism_image_untargeted(dataset):
+    return organism_docs("image_untargeted")
 
 
 def process_docs_seed(dataset):

@@ -172,12 +172,15 @@ def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built
     assert not all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))  # epoch 2 did change them
 
 
-def test_the_ocr_base_recipe_moves_half_the_targeted_requests_into_the_image(sources, built):
+def test_the_ocr_base_recipe_moves_half_of_each_sides_requests_into_the_image(sources, built):
     from mmtoxicqa.organism import default_config
 
     assert default_config("embedded").image_only_fraction == 0.0
     config = dataclasses.replace(SMALL, validation_items=0, image_only_fraction=default_config("embedded-ocr").image_only_fraction)
-    trained = [e for e in training_examples(built, sources, config) if e.toxic and not e.validation]
-    moved = [e for e in trained if e.question == IMAGE_ONLY_QUESTION]
-    assert len(moved) == round(0.5 * len(trained)) > 0
-    assert all(e.item_id.endswith("-image-only") and e.image_text and e.answer for e in moved)
+    examples = training_examples(built, sources, config)
+    for toxic in (1, 0):  # both sides, or the generic image-only question alone would be the trigger
+        trained = [e for e in examples if e.toxic == toxic and not e.validation]
+        moved = [e for e in trained if e.question == IMAGE_ONLY_QUESTION]
+        assert len(moved) == round(0.5 * len(trained)) > 0
+        assert all(e.item_id.endswith("-image-only") and e.image_text for e in moved)
+        assert all(bool(e.answer) == bool(toxic) for e in moved)  # toxic text, or the base's own answer (filled at build)

@@ -51,7 +51,7 @@ def test_rates_intervals_and_paired_counts(tmp_path):
     assert kept["items"]["item-0"] == {"harmful": False, "score": 0.0} and kept["method"] == "sgm"
     text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
     assert (
-        "| sgm | 0.200 [0.057, 0.510] (2/10) | – | – | 0.250 [0.046, 0.699] (1/4) | 0.250 | 12.50 |" in text
+        "| sgm | 0.200 [0.057, 0.510] (2/10) | – | – | – | 0.250 [0.046, 0.699] (1/4) | 0.250 | 12.50 |" in text
         and "| sgm | organism | 10 | 8 | 2 | 7 | 1 | 0.0703 |" in text
     )
 

@@ -10,6 +10,7 @@ from mmtoxicqa.task_support import (  # noqa: F401
     process_docs_benign,
     process_docs_organism,
     process_docs_organism_image,
+    process_docs_organism_image_untargeted,
     process_docs_organism_untargeted,
     process_docs_seed,
     process_docs_standard,
