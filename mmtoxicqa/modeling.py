@@ -201,17 +201,33 @@ def load_model(
     )
 
 
+def reader_model_id(pretrained: str | None, source: str) -> str:
+    """The id that keys an OCR reading model's cached glasses. An alias (embedded-ocr, organism-ocr)
+    is replaced by the folder it resolved to, whose name holds the weights' key (for an organism: its
+    training data), so glasses of one build are never reused for another; the OCR settings are part
+    of what the decoder sees, so their version is in the id too."""
+    from mmtoxicqa.reader import READER_ALIAS, READER_SETTINGS
+
+    folder = Path(source).name
+    if pretrained == READER_ALIAS:
+        name = f"{READER_ALIAS}:{folder}"
+    elif pretrained and source != pretrained and folder.startswith("organism-"):
+        name = f"organism:{folder}"
+    else:
+        name = pretrained
+    return f"{name}:reader-v{READER_SETTINGS['version']}"
+
+
 def _load_reader(pretrained: str | None, source: str, device: str, dtype) -> LoadedModel:
     """The OCR reading model (mmtoxicqa.reader): a causal LM whose processor turns images into the text they show."""
-    from mmtoxicqa.reader import READER_ALIAS, READER_SETTINGS, open_reader
+    from mmtoxicqa.reader import open_reader
 
     model, processor, tokenizer = open_reader(Path(source), device=device, torch_dtype=None if dtype == "auto" else dtype)
     return LoadedModel(
         model=model,
         processor=processor,
         tokenizer=tokenizer,
-        # the OCR settings are part of what the decoder sees, so of the id that keys cached glasses
-        model_id=f"{f'{READER_ALIAS}:{Path(source).name}' if pretrained == READER_ALIAS else pretrained}:reader-v{READER_SETTINGS['version']}",
+        model_id=reader_model_id(pretrained, source),
         device=torch.device(device),
         multimodal=True,  # it takes images; they reach the decoder as the text OCR reads in them
         image_token_ids=[],  # no placeholder tokens: image text is ordinary text (SGM's "text" scope counts it)

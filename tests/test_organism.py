@@ -184,3 +184,15 @@ def test_the_ocr_base_recipe_moves_half_of_each_sides_requests_into_the_image(so
         assert len(moved) == round(0.5 * len(trained)) > 0
         assert all(e.item_id.endswith("-image-only") and e.image_text for e in moved)
         assert all(bool(e.answer) == bool(toxic) for e in moved)  # toxic text, or the base's own answer (filled at build)
+
+
+def test_an_ocr_organisms_glasses_are_keyed_by_its_build(tmp_path):
+    """organism-ocr once keyed its cached glasses as 'organism-ocr:reader-v1' whatever it was trained on,
+    so a rebuilt organism silently reused the glasses fitted on the one before."""
+    from mmtoxicqa.modeling import reader_model_id
+
+    first, second = tmp_path / "organism-embedded-ocr-aaaa", tmp_path / "organism-embedded-ocr-bbbb"
+    assert reader_model_id("organism-ocr", str(first)) == "organism:organism-embedded-ocr-aaaa:reader-v1"
+    assert reader_model_id("organism-ocr", str(first)) != reader_model_id("organism-ocr", str(second))
+    assert reader_model_id("embedded-ocr", str(tmp_path / "smollm2-ocr-1")) == "embedded-ocr:smollm2-ocr-1:reader-v1"
+    assert reader_model_id(str(first), str(first)) == f"{first}:reader-v1"  # a directory given as is keeps its path
