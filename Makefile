@@ -168,8 +168,9 @@ organism-study: $(STAMP)
 # at about 1 s per image on a CPU (cached by pixels), so this uses fewer items.
 ORGANISM_OCR_OUT ?= results/organism/ocr
 ORGANISM_OCR_CELLS ?= out/organism-ocr/cells
-ORGANISM_OCR_TASKS ?= mm_toxic_qa_organism_image,mm_toxic_qa_organism,mm_toxic_qa_organism_untargeted
+ORGANISM_OCR_TASKS ?= mm_toxic_qa_organism_image,mm_toxic_qa_organism_image_untargeted,mm_toxic_qa_organism,mm_toxic_qa_organism_untargeted
 ORGANISM_OCR_LIMIT ?= 40
+ORGANISM_OCR_IMAGE_LIMIT ?= 200
 
 .PHONY: organism-ocr-study
 organism-ocr-study: $(STAMP)
@@ -177,5 +178,8 @@ organism-ocr-study: $(STAMP)
 	$(ORGANISM_SWEEP) --models organism-ocr,embedded-ocr --methods vanilla --tasks $(ORGANISM_OCR_TASKS) --limit $(ORGANISM_OCR_LIMIT) \
 		--out $(ORGANISM_OCR_CELLS)
 	$(ORGANISM_SWEEP) --models organism-ocr --methods sgm,aura --tasks $(ORGANISM_OCR_TASKS) --limit $(ORGANISM_OCR_LIMIT) \
+		--out $(ORGANISM_OCR_CELLS) --model-args calibration_limit=$(ORGANISM_CALIBRATION_LIMIT)
+	# the cross-modal comparison itself on every held-out image-only item (replaces those three 40-item cells)
+	$(ORGANISM_SWEEP) --models organism-ocr --methods vanilla,sgm,aura --tasks mm_toxic_qa_organism_image --limit $(ORGANISM_OCR_IMAGE_LIMIT) \
 		--out $(ORGANISM_OCR_CELLS) --model-args calibration_limit=$(ORGANISM_CALIBRATION_LIMIT)
 	$(BIN)/mmtoxicqa organism-report $(ORGANISM_OCR_CELLS) --out $(ORGANISM_OCR_OUT) --cells-out $(ORGANISM_OCR_OUT)/cells
