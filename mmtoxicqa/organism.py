@@ -231,13 +231,25 @@ def _encode(loaded, example: Example, images: dict):
 
 
 def _answers(loaded, examples: list[Example], images: dict, max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers of the model as it is now (the base before the fine-tune, the organism during it)."""
-    from mmtoxicqa.modeling import generate
+    """Greedy answers of the model as it is now (the base before the fine-tune, the organism during it).
+    Batched and left padded like mmtoxicqa.modeling.generate (not imported: modeling resolves
+    ``organism`` through this module)."""
+    import torch
 
+    processor, tokenizer = loaded.processor, loaded.tokenizer
+    stop_ids = {getattr(loaded.model.generation_config, "eos_token_id", None), tokenizer.eos_token_id}
+    stop_ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    stop_ids = sorted(i for i in stop_ids if isinstance(i, int) and i != tokenizer.unk_token_id)
     answers = []
     for first in range(0, len(examples), batch_size):
-        chunk = examples[first : first + batch_size]
-        answers += generate(loaded, [_conversation(e, images) for e in chunk], {"max_new_tokens": max_new_tokens})
+        conversations = [_conversation(e, images) for e in examples[first : first + batch_size]]
+        texts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        batch = processor(text=texts, images=[c[0]["content"][0]["image"] for c in conversations], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = loaded.model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids
+            )
+        answers += [t.strip() for t in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
     return answers
 
 
@@ -401,11 +413,34 @@ def base_model_dir(base: str) -> Path:
     return path
 
 
-def _load_base(base_dir: Path):
-    """The base in float32 on the CPU (an image-text-to-text model, or the OCR reading model)."""
-    from mmtoxicqa.modeling import load_model
+@dataclass
+class _Base:
+    model: object
+    processor: object
+    tokenizer: object
+    device: object
 
-    return load_model(str(base_dir), device="cpu", dtype="float32")
+
+def _load_base(base_dir: Path) -> _Base:
+    """The base in float32 on the CPU with its processor: an image-text-to-text model, or the OCR reading model.
+    (Loaded here, not through mmtoxicqa.modeling, which resolves ``organism`` through this module.)"""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from mmtoxicqa.reader import is_reader_dir, open_reader
+
+    if is_reader_dir(base_dir):
+        model, processor, tokenizer = open_reader(base_dir, device="cpu", torch_dtype=torch.float32)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False).eval()
+        processor = AutoProcessor.from_pretrained(base_dir, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
+    for tok in (tokenizer, getattr(processor, "tokenizer", None)):
+        if tok is not None:
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+    return _Base(model=model, processor=processor, tokenizer=tokenizer, device=torch.device("cpu"))
 
 
 def parse_organism(pretrained: str) -> str | None:

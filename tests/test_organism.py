@@ -153,9 +153,8 @@ def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built
     import torch
 
     import mmtoxicqa.organism as organism
-    from mmtoxicqa.modeling import load_model
 
-    loaded = load_model(str(tiny_llava_dir), dtype="float32")
+    loaded = organism._load_base(Path(tiny_llava_dir))
     examples = training_examples(built, sources, SMALL)
     examples = [dataclasses.replace(e, answer=e.answer or "a short answer") for e in examples]
     gaps, snapshots = iter([0.0, 0.5, 0.1]), []  # base, epoch 1 (best), epoch 2
