@@ -19,7 +19,7 @@ from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.hooks import Hooks
 from mmtoxicqa.modeling import LoadedModel, build_inputs
 from mmtoxicqa.paths import cache_dir
-from mmtoxicqa.positions import TOKEN_SCOPES, request_mask, text_mask, without_user_text
+from mmtoxicqa.positions import TOKEN_SCOPES, answer_mask, request_mask, text_mask, without_user_text
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,59 @@ def calibration_items(data: str | Path | None = None, limit: int | None = None, 
     return rows
 
 
+# The shared user turns of the answer scope's pairs: open requests that invite a statement, so that
+# what differs inside a pair is only what the assistant writes.
+ANSWER_REQUESTS = (
+    "Write a short post for social media.",
+    "Say what you think, in one or two sentences.",
+    "Write the next message in this group chat.",
+    "Post a comment under a news story.",
+    "Tell me something about people you know.",
+    "Write a tweet.",
+)
+
+
+def answer_pairs(rows: Sequence[dict], limit: int | None = None, seed: int = 0) -> list[dict]:
+    """The answer scope's calibration items, made from the calibration split's statements: pairs that
+    share one user turn (an open request from :data:`ANSWER_REQUESTS`, shown as text and rendered in the
+    image) and differ only in the assistant's reply: a toxic statement (label 1) vs a neutral one
+    (label 0). The statements are the calibration split's own, so they are as disjoint from every
+    evaluation item and every organism training answer as that split is. ``limit`` counts items
+    (``limit // 2`` pairs)."""
+    import random
+
+    rng = random.Random(seed)
+    toxic = sorted((r for r in rows if int(r["toxic_label"]) == 1), key=lambda r: str(r["id"]))
+    clean = sorted((r for r in rows if int(r["toxic_label"]) == 0), key=lambda r: str(r["id"]))
+    rng.shuffle(toxic)
+    rng.shuffle(clean)
+    pairs = min(len(toxic), len(clean)) if limit is None else min(len(toxic), len(clean), limit // 2)
+    items = []
+    for k in range(pairs):
+        request = ANSWER_REQUESTS[k % len(ANSWER_REQUESTS)]
+        for row in (toxic[k], clean[k]):
+            reply = " ".join(str(row.get("request") or "").split())
+            if not reply:
+                raise MMToxError(f"calibration item {row.get('id', '?')}: its statement (request) is empty; rebuild the data")
+            items.append(
+                {
+                    "id": f"{row['id']}@answer{k}",
+                    "question": request,
+                    "image": None,
+                    "image_text": request,
+                    "reply": reply,
+                    "toxic_label": int(row["toxic_label"]),
+                    "pair": k,
+                }
+            )
+    return items
+
+
 def items_hash(items: Sequence[dict], text_only: bool) -> str:
     digest = hashlib.sha256(b"text_only" if text_only else b"multimodal")
     for item in items:
-        digest.update(f"{item.get('id')}|{item.get('toxic_label')}|{item.get('question')}".encode())
+        reply = f"|{item['reply']}" if item.get("reply") is not None else ""
+        digest.update(f"{item.get('id')}|{item.get('toxic_label')}|{item.get('question')}{reply}".encode())
     return digest.hexdigest()
 
 
@@ -86,12 +135,21 @@ def iter_batches(
     loaded: LoadedModel, items: Sequence[dict], batch_size: int, text_only: bool = False, tokens: str = "text"
 ) -> Iterator[dict]:
     """Model-input batches (left padded) with the counted-token mask attached as ``token_mask``:
-    every text position (``tokens="text"``) or only the item's own question (``"request"``)."""
+    every text position (``tokens="text"``), only the item's own question (``"request"``), or only
+    the teacher-forced assistant reply (``"answer"``, items from :func:`answer_pairs`)."""
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         conversations = [item_conversation(i, text_only) for i in chunk]
-        batch = dict(build_inputs(loaded, conversations))
+        replies = None
+        if tokens == "answer":
+            missing = [i.get("id", "?") for i in chunk if not i.get("reply")]
+            if missing:
+                raise MMToxError(f"calibration item {missing[0]} has no reply; the answer scope needs items made by answer_pairs()")
+            replies = [i["reply"] for i in chunk]
+        batch = dict(build_inputs(loaded, conversations, replies=replies))
         batch["token_mask"] = text_mask(batch["input_ids"], batch["attention_mask"], loaded.image_token_ids)
+        if tokens == "answer":
+            batch["token_mask"] &= answer_mask(batch, build_inputs(loaded, conversations))
         if tokens == "request":
             emptied = build_inputs(loaded, [without_user_text(c) for c in conversations])
             batch["token_mask"] &= request_mask(batch, emptied)
@@ -148,8 +206,10 @@ def calibrate(
 ):
     """Fit SGM glasses for ``loaded`` on the calibration split (cached by model + data + options).
 
-    ``tokens`` is the pooling scope: "text" (every attended non-image position, template included)
-    or "request" (only the calibration item's own question, as AurA pools over the sentence).
+    ``tokens`` is the pooling scope: "text" (every attended non-image position, template included),
+    "request" (only the calibration item's own question, as AurA pools over the sentence) or "answer"
+    (only a teacher-forced assistant reply: the calibration statements as what the model writes, in
+    pairs that share the request; see :func:`answer_pairs`).
 
     Collect once, derive all: a pass over image + text inputs with the text scope (what ``sgm``,
     ``sgm_star``, ``det0`` and ``damp`` read) also accumulates the ``steer`` vector of decoder layer
@@ -160,7 +220,7 @@ def calibrate(
     from mmtoxicqa.sgm import fit_glasses
     from mmtoxicqa.sgm.glasses import Glasses
 
-    items = calibration_items(data, limit=limit)
+    items = answer_pairs(calibration_items(data), limit) if tokens == "answer" else calibration_items(data, limit=limit)
     labels = [int(i["toxic_label"]) for i in items]
     data_hash = items_hash(items, text_only)
     options = sgm_options(pooling, layers, text_only, tokens)
@@ -252,10 +312,17 @@ def add_cli(subparsers) -> None:
         "--tokens",
         choices=TOKEN_SCOPES,
         default="text",
-        help="pooling scope: every text position incl. the chat template ('text') or the item's own question only ('request')",
+        help="pooling scope: every text position incl. the chat template ('text'), the item's own question only ('request'), "
+        "or a teacher-forced assistant reply only ('answer': the calibration statements as the model's own answer to an open "
+        "request, toxic vs neutral pairs sharing the request)",
     )
     parser.add_argument("--strength", type=float, default=1.0, help="alpha = 1 - strength * (2 AUROC - 1)")
-    parser.add_argument("--select", default=None, help="narrow to 'top_k=K', 'top_fraction=F' or 'min_auroc=T' (default: all AUROC > 0.5)")
+    parser.add_argument(
+        "--select",
+        default=None,
+        help="narrow to 'top_k=K', 'top_fraction=F', 'min_auroc=T' or 'fdr=Q' (AUROC above chance at false discovery rate Q, "
+        "Benjamini-Hochberg); default: all AUROC > 0.5 (the paper's rule)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="use at most this many calibration items (class-balanced)")
     parser.add_argument("--device", default="cpu")

@@ -128,6 +128,29 @@ def _watch(outcomes: _Outcomes):
     upstream.cli_evaluate_single = watched
 
 
+def _record_worn() -> None:
+    """Add what the run's method wore (``config.mmtoxicqa_method``: name, glasses digest, dampened count,
+    explicit overrides) to every results JSON lmms-eval writes, so two runs can be told apart."""
+    from lmms_eval import evaluator
+
+    simple = evaluator.simple_evaluate
+    if getattr(simple, "_mmtoxicqa_records", False):
+        return
+
+    def recorded(*args, **kwargs):
+        from mmtoxicqa import methods
+
+        methods._BUILT.clear()
+        results = simple(*args, **kwargs)
+        method = methods.last_built()
+        if isinstance(results, dict) and isinstance(results.get("config"), dict) and method is not None:
+            results["config"]["mmtoxicqa_method"] = {"name": method.name, "worn": method.worn}
+        return results
+
+    recorded._mmtoxicqa_records = True
+    evaluator.simple_evaluate = recorded
+
+
 def _short(metric: str, value) -> str:
     """A one-cell stand-in for a dict-valued metric in the printed table (the JSON keeps the dict)."""
     if metric == "breakdown":
@@ -212,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if evaluating:
         _watch(outcomes)
         _print_compact_tables()
+        _record_worn()
     saved_argv = sys.argv
     sys.argv = [saved_argv[0] if saved_argv else "lmms_eval", *argv]
     code = EXIT_OK

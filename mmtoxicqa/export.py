@@ -426,7 +426,7 @@ def export_checkpoint(
     """Write ``model`` with ``glasses_path``'s alphas folded in to the folder ``out``; returns the export record.
 
     ``strength`` / ``select`` (None = the glasses' own) re-derive alpha from the glasses' AUROCs as
-    ``Glasses.with_options`` does."""
+    ``Glasses.as_worn`` does; the glasses' own alphas are folded unchanged otherwise."""
     import mmtoxicqa
     from mmtoxicqa.sgm import Glasses
 
@@ -436,9 +436,7 @@ def export_checkpoint(
     out = Path(out).expanduser().resolve()
     _check_out(out, src, overwrite)
     glasses_path = Path(glasses_path).expanduser()
-    glasses = Glasses.load(glasses_path)
-    if strength is not None or select is not None:
-        glasses = glasses.with_options(strength=strength, select="keep" if select is None else select)
+    glasses, overrides = Glasses.load(glasses_path).as_worn(strength=strength, select=select)  # as fitted unless told otherwise
     ckpt = read_checkpoint(src)
     net = empty_model(src, trust_remote_code)
     try:
@@ -473,7 +471,9 @@ def export_checkpoint(
             "class_sizes": meta.get("class_sizes"),
             "neurons": glasses.num_neurons,
             "dampened": glasses.num_dampened,
-            "options_overridden": strength is not None or select is not None,
+            "options_overridden": bool(overrides),
+            "overrides": overrides,
+            "alpha_sha256": glasses.alpha_sha256(),
         },
         "changed_tensors": [],
         "untouched_layers": sorted({s.layer_index for s in glasses.sites} - {f.layer_index for f in folds}),

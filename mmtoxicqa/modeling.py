@@ -251,11 +251,16 @@ def _text_only(conversation: Conversation) -> Conversation:
     return [{"role": m["role"], "content": "".join(p.get("text", "") for p in _parts(m) if p.get("type") == "text")} for m in conversation]
 
 
-def build_inputs(loaded: LoadedModel, conversations: Sequence[Conversation]):
-    """Chat-template and tokenize a batch of conversations (left padded), images included."""
+def build_inputs(loaded: LoadedModel, conversations: Sequence[Conversation], replies: Sequence[str] | None = None):
+    """Chat-template and tokenize a batch of conversations (left padded), images included. With
+    ``replies``, each is teacher-forced as the start of the assistant's answer (after the generation
+    prompt, no end-of-turn token): what the model would have written."""
+    if replies is not None and len(replies) != len(conversations):
+        raise MMToxError(f"build_inputs: {len(replies)} replies for {len(conversations)} conversations")
     if loaded.multimodal:
         processor = loaded.processor
         texts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        texts = texts if replies is None else [t + r for t, r in zip(texts, replies)]
         images = [conversation_images(c) for c in conversations]
         if any(images):
             if loaded.model_type in _NESTED_IMAGE_MODEL_TYPES:
@@ -268,6 +273,7 @@ def build_inputs(loaded: LoadedModel, conversations: Sequence[Conversation]):
     else:
         tokenizer = loaded.tokenizer
         texts = [tokenizer.apply_chat_template(_text_only(c), tokenize=False, add_generation_prompt=True) for c in conversations]
+        texts = texts if replies is None else [t + r for t, r in zip(texts, replies)]
         batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
     return batch.to(loaded.device)
 

@@ -8,6 +8,10 @@ The one owner of that rule, for SGM collection, calibration batches and steering
 * ``request`` scope: only the positions of the item's own question: the span that differs
   between the conversation and the same conversation with its user text emptied (template,
   images and generation prompt are the same in both, so they fall in the shared prefix/suffix).
+* ``answer`` scope: only the positions of an assistant reply teacher-forced after the prompt: the
+  span after the longest prefix the conversation shares with its prompt alone (the reply's own
+  tokens; the end-of-turn token is not part of it). Where a model writes toxicity, not where it
+  reads it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-TOKEN_SCOPES = ("text", "request")
+TOKEN_SCOPES = ("text", "request", "answer")
 _PLACEHOLDER_ATTRS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
 
 
@@ -70,4 +74,20 @@ def request_mask(batch, emptied) -> torch.Tensor:
         while suffix < limit - prefix and full[-1 - suffix] == bare[-1 - suffix]:
             suffix += 1
         mask[row, positions[prefix : len(full) - suffix]] = True
+    return mask
+
+
+def answer_mask(batch, prompts) -> torch.Tensor:
+    """The ``answer`` scope: per row, the attended positions of ``batch`` (prompt + reply) after the
+    longest prefix it shares with ``prompts`` (the same rows without their reply)."""
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    for row in range(mask.shape[0]):
+        positions = batch["attention_mask"][row].bool().nonzero().flatten()
+        full = batch["input_ids"][row][positions].tolist()
+        prompt = prompts["input_ids"][row][prompts["attention_mask"][row].bool()].tolist()
+        limit = min(len(full), len(prompt))
+        prefix = 0
+        while prefix < limit and full[prefix] == prompt[prefix]:
+            prefix += 1
+        mask[row, positions[prefix:]] = True
     return mask

@@ -153,6 +153,7 @@ def run_sweep(
             "generation_s": round(gen_seconds, 3),
             "s_per_item": round(gen_seconds / gen_items, 4) if gen_items else None,
             "one_time_s": round(one_time, 3),
+            "worn": wrapper.method.worn,  # the glasses actually worn (digest, dampened count, overrides)
             "items": _items_with_answers(samples, item_outcomes(samples, headline_judge(), harmful_threshold(), digits=6)),
             "lmms_eval_version": "0.7.3",
         }

@@ -50,11 +50,25 @@ def method_options(spec: str) -> set[str]:
     return set().union(*(_accepted(builders[n]) for n in names if n in builders)) if names else set()
 
 
+_BUILT: list[Method] = []  # the methods this process built, newest last (for the run's results JSON)
+
+
+def last_built() -> Method | None:
+    """The method most recently built in this process (what an lmms-eval run is wearing)."""
+    return _BUILT[-1] if _BUILT else None
+
+
 def build_method(spec: str, loaded: LoadedModel, **kwargs) -> Method:
     """Build ``spec`` (a name or ``a+b+...``); each option goes to the builders that accept it."""
+    method = _build(spec, loaded, **kwargs)
+    _BUILT[:] = [method]
+    return method
+
+
+def _build(spec: str, loaded: LoadedModel, **kwargs) -> Method:
     alias = ALIASES.get(str(spec).strip())
     if alias:
-        method = build_method(alias, loaded, **kwargs)
+        method = _build(alias, loaded, **kwargs)
         method.name = str(spec).strip()
         return method
     names = [n.strip() for n in str(spec).split("+") if n.strip()]
@@ -105,4 +119,4 @@ from mmtoxicqa.methods import catalog as _catalog  # noqa: E402,F401  (registers
 from mmtoxicqa.methods import neurons as _neurons  # noqa: E402,F401
 from mmtoxicqa.methods import steering as _steering  # noqa: E402,F401
 
-__all__ = ["Method", "Part", "build_method", "compose", "known_methods", "register_method"]
+__all__ = ["Method", "Part", "build_method", "compose", "known_methods", "last_built", "register_method"]

@@ -43,6 +43,9 @@ class Method:
     name: str
     loaded: LoadedModel
     parts: list[Part] = field(default_factory=list)
+    # What the method wears, by owner (e.g. {"sgm": Glasses.worn_record()}): the run's results JSON
+    # and sweep cells record it so two runs that wore the same neurons can be told apart.
+    worn: dict = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[Part]:
         return [p for p in self.parts if p.kind == kind]
@@ -99,7 +102,9 @@ def compose(name: str, methods: Sequence[Method]) -> Method:
         raise MMToxError("compose() needs at least one method")
     taken: dict[str, str] = {}
     parts: list[Part] = []
+    worn: dict = {}
     for method in methods:
+        worn.update(method.worn)
         for part in method.parts:
             if part.slot in taken:
                 raise MMToxError(
@@ -107,7 +112,7 @@ def compose(name: str, methods: Sequence[Method]) -> Method:
                 )
             taken[part.slot] = method.name
             parts.append(part)
-    return Method(name=name, loaded=methods[0].loaded, parts=parts)
+    return Method(name=name, loaded=methods[0].loaded, parts=parts, worn=worn)
 
 
 def check_count(name: str, value, low: int = 0, allow_none: bool = False) -> int | None:

@@ -7,11 +7,13 @@ generation runs.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.hashing import sha256_file
 from mmtoxicqa.methods.base import Method, Part, check_count, check_number
 from mmtoxicqa.modeling import LoadedModel
 from mmtoxicqa.registry import register_method
@@ -30,6 +32,7 @@ def _glasses(
     calibration_limit,
     tokens: str = "text",
 ):
+    """(fitted glasses, where they came from): a file the user fitted, or a calibration now (cached)."""
     from mmtoxicqa.calibration import calibrate
     from mmtoxicqa.sgm import Glasses
 
@@ -39,9 +42,32 @@ def _glasses(
             raise MMToxError(
                 f"glasses={glasses!r} not found; make them with `mmtoxicqa calibrate --out {glasses}` or omit glasses= to calibrate now"
             )
-        return Glasses.load(path, loaded.model)
+        return Glasses.load(path, loaded.model), {"file": str(path), "file_sha256": sha256_file(path)}
     limit = check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
-    return calibrate(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit, tokens=tokens)
+    fitted = calibrate(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit, tokens=tokens)
+    return fitted, {"file": None, "calibrated_on": str(calibration_data or "the calibration split"), "calibration_limit": limit}
+
+
+def _as_worn(owner: str, fitted, source: dict, strength, select):
+    """The glasses worn exactly as fitted unless ``strength`` / ``select`` are given and differ; each
+    change is logged in one line (fitted -> used) and kept in the record."""
+    worn, changes = fitted.as_worn(strength=strength, select=select)
+    if changes and source.get("file"):
+        # stderr, not logging: visible under lmms-eval and sweeps whatever their log level
+        print(
+            f"mmtoxicqa: {owner}: glasses {source['file']} worn with {'; '.join(changes)} (explicit option overrides the file's)",
+            file=sys.stderr,
+        )
+    return worn, {**source, **worn.worn_record(), "overrides": changes}
+
+
+def _flag(name: str, value) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", "", "none"):
+        return False
+    raise MMToxError(f"{name}={value!r} must be 1/true or 0/false")
 
 
 def _check_mode(mode: str, owner: str) -> str:
@@ -61,24 +87,33 @@ def _wear_part(loaded: LoadedModel, glasses, mode: str, owner: str) -> Part:
 def sgm(
     loaded: LoadedModel,
     glasses: str | None = None,
-    sgm_strength: float = 1.0,
+    sgm_strength: float | None = None,
     sgm_select: str | None = None,
     sgm_mode: str = "hooks",
     sgm_pooling: str = "max",
     sgm_layers: str | None = None,
     sgm_tokens: str = "text",
+    sgm_placebo: bool | str = False,
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
 ) -> Method:
     """SGM, safety glasses for toxic neurons (this project; builds on AurA, Suau et al. 2024): language-decoder
     MLP neurons rated by AUROC on fused image+text calibration inputs, each scaled by
-    alpha = 1 - s * (2 AUROC - 1) during every forward pass."""
-    strength = check_number("sgm_strength", sgm_strength)
+    alpha = 1 - s * (2 AUROC - 1) during every forward pass.
+
+    A ``glasses=`` file is worn exactly as it was fitted (its strength, selection and alphas);
+    ``sgm_strength`` / ``sgm_select`` given explicitly re-derive the alphas from its AUROCs. Without a
+    file, SGM calibrates now with the paper's rule (strength 1, every AUROC > 0.5) unless told otherwise.
+
+    ``sgm_placebo=1`` wears the control instead: the same alphas given to the neurons that rank highest
+    under permuted calibration labels (:meth:`Glasses.placebo`): the same number of neurons dampened by
+    the same factors, unrelated to toxicity."""
+    strength = None if sgm_strength in (None, "", "None") else check_number("sgm_strength", sgm_strength)
     _check_mode(sgm_mode, "sgm")
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if strength == 0:
-        return Method("sgm", loaded)
-    fitted = _glasses(
+        return Method("sgm", loaded, worn={"sgm": {"strength": 0.0, "dampened": 0, "overrides": ["strength: -> 0 (off)"]}})
+    fitted, source = _glasses(
         loaded,
         glasses,
         text_only=False,
@@ -88,16 +123,20 @@ def sgm(
         calibration_limit=calibration_limit,
         tokens=sgm_tokens,
     )
-    fitted = fitted.with_options(strength=strength, select=sgm_select)
-    method = Method("sgm", loaded, [_wear_part(loaded, fitted, sgm_mode, "sgm")])
-    method.glasses = fitted
+    worn, record = _as_worn("sgm", fitted, source, strength, sgm_select)
+    if _flag("sgm_placebo", sgm_placebo):
+        real = record["alpha_sha256"]
+        worn = worn.placebo()
+        record = {**record, **worn.worn_record(), "placebo_of": real}
+    method = Method("sgm", loaded, [_wear_part(loaded, worn, sgm_mode, "sgm")], worn={"sgm": record})
+    method.glasses = worn
     return method
 
 
 @register_method("aura", slots=(NEURON_SLOT,))
 def aura(
     loaded: LoadedModel,
-    aura_strength: float = 1.0,
+    aura_strength: float | None = None,
     aura_mode: str = "hooks",
     aura_tokens: str = "request",
     calibration_data: str | None = None,
@@ -109,14 +148,14 @@ def aura(
     system prompt); ``aura_tokens=text`` pools like SGM's default."""
     from mmtoxicqa.positions import TOKEN_SCOPES
 
-    strength = check_number("aura_strength", aura_strength)
+    strength = None if aura_strength in (None, "", "None") else check_number("aura_strength", aura_strength)
     _check_mode(aura_mode, "aura")
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if aura_tokens not in TOKEN_SCOPES:
         raise MMToxError(f"aura_tokens={aura_tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
     if strength == 0:
-        return Method("aura", loaded)
-    fitted = _glasses(
+        return Method("aura", loaded, worn={"aura": {"strength": 0.0, "dampened": 0, "overrides": ["strength: -> 0 (off)"]}})
+    fitted, source = _glasses(
         loaded,
         None,
         text_only=True,
@@ -126,8 +165,9 @@ def aura(
         calibration_limit=calibration_limit,
         tokens=aura_tokens,
     )
-    method = Method("aura", loaded, [_wear_part(loaded, fitted.with_options(strength=strength), aura_mode, "aura")])
-    method.glasses = fitted
+    worn, record = _as_worn("aura", fitted, source, strength, None)
+    method = Method("aura", loaded, [_wear_part(loaded, worn, aura_mode, "aura")], worn={"aura": record})
+    method.glasses = worn
     return method
 
 
@@ -142,35 +182,48 @@ def _fixed_alpha(fitted, top_k: int, factor: float):
 
 
 @register_method("det0", slots=(NEURON_SLOT,))
-def det0(loaded: LoadedModel, det0_top_k: int = 200, calibration_data: str | None = None, calibration_limit: int | None = None) -> Method:
+def det0(
+    loaded: LoadedModel,
+    glasses: str | None = None,
+    det0_top_k: int = 200,
+    calibration_data: str | None = None,
+    calibration_limit: int | None = None,
+) -> Method:
     """Det0 (Suau et al. 2024's baseline, after Suau et al. 2022 "Self-conditioning"): the top-k
-    expert neurons by AUROC are set to zero."""
+    expert neurons by AUROC are set to zero. With ``glasses=``, the ranking is that file's AUROCs."""
     k = check_count("det0_top_k", det0_top_k)
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if k == 0:
         return Method("det0", loaded)
-    fitted = _glasses(
-        loaded, None, text_only=False, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
+    fitted, source = _glasses(
+        loaded, glasses, text_only=False, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
     )
-    return Method("det0", loaded, [_wear_part(loaded, _fixed_alpha(fitted, k, 0.0), "hooks", "det0")])
+    worn = _fixed_alpha(fitted, k, 0.0)
+    method = Method("det0", loaded, [_wear_part(loaded, worn, "hooks", "det0")], worn={"det0": {**source, **worn.worn_record()}})
+    method.glasses = worn
+    return method
 
 
 @register_method("damp", slots=(NEURON_SLOT,))
 def damp(
     loaded: LoadedModel,
+    glasses: str | None = None,
     damp_top_k: int = 200,
     damp_factor: float = 0.5,
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
 ) -> Method:
     """Damp (Suau et al. 2024's baseline): the top-k expert neurons by AUROC are multiplied by a
-    fixed factor (factor 1 = off)."""
+    fixed factor (factor 1 = off). With ``glasses=``, the ranking is that file's AUROCs."""
     factor = check_number("damp_factor", damp_factor)
     k = check_count("damp_top_k", damp_top_k)
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if k == 0 or factor == 1.0:
         return Method("damp", loaded)
-    fitted = _glasses(
-        loaded, None, text_only=False, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
+    fitted, source = _glasses(
+        loaded, glasses, text_only=False, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
     )
-    return Method("damp", loaded, [_wear_part(loaded, _fixed_alpha(fitted, k, factor), "hooks", "damp")])
+    worn = _fixed_alpha(fitted, k, factor)
+    method = Method("damp", loaded, [_wear_part(loaded, worn, "hooks", "damp")], worn={"damp": {**source, **worn.worn_record()}})
+    method.glasses = worn
+    return method

@@ -44,6 +44,7 @@ def fit_glasses(
     min_per_class: int = MIN_PER_CLASS,
     progress: bool = True,
     total: int | None = None,
+    placebo_seed: int | None = 0,
 ) -> Glasses:
     """Fit SGM glasses on labelled calibration batches.
 
@@ -56,7 +57,8 @@ def fit_glasses(
     ``dtype``: storage of the pooled responses (float32 | float16). ``data_hash``: recorded in the
     glasses (default: a hash of the batches' tensors and labels). ``checkpoint_path``: a directory
     to resume calibration from. ``auroc_device``: where AUROCs are computed (default: the model's
-    device).
+    device). ``placebo_seed``: also rate the neurons under labels permuted with this seed (the
+    placebo's ranking, :meth:`Glasses.placebo`); None skips it.
     """
     strength = check_strength(strength)
     select = parse_select(select)
@@ -87,6 +89,12 @@ def fit_glasses(
             auroc_device = torch.device("cpu")
     scores = responses.pooled.to(auroc_device)
     auroc_all = auroc(scores, responses.labels.to(auroc_device), min_per_class=min_per_class).cpu()
+    placebo_auroc = None
+    if placebo_seed is not None:
+        permutation = torch.randperm(responses.labels.numel(), generator=torch.Generator().manual_seed(int(placebo_seed)))
+        permuted = responses.labels[permutation].to(auroc_device)
+        placebo_all = auroc(scores, permuted, min_per_class=min_per_class).cpu().double()
+        placebo_auroc = list(placebo_all.split([s.width for s in sites]))
     del scores
     config = getattr(net, "config", None)
     if model_id is None:
@@ -108,10 +116,11 @@ def fit_glasses(
         "placeholder_token_ids": None if placeholder_token_ids is None else sorted(int(i) for i in placeholder_token_ids),
         "sites_not_run": responses.not_fired,
         "min_per_class": min_per_class,
+        "placebo_seed": None if placebo_seed is None else int(placebo_seed),
         "mmtoxicqa_version": mmtoxicqa.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return Glasses.from_auroc(sites, auroc_all, strength=strength, select=select, meta=meta)
+    return Glasses.from_auroc(sites, auroc_all, strength=strength, select=select, meta=meta, placebo_auroc=placebo_auroc)
 
 
 def glasses_from_responses(

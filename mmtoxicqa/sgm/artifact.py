@@ -4,6 +4,8 @@ Tensors (one pair per layer ``i`` = the decoder layer index):
 
 * ``layers.{i}.alpha``  float32 (width,)  dampening factor of each neuron (1 = untouched)
 * ``layers.{i}.auroc``  float64 (width,)  each neuron's AUROC toxic vs non-toxic
+* ``layers.{i}.placebo_auroc`` float64 (width,), optional: the AUROC of the same pooled responses
+  under permuted labels (seed ``meta.placebo_seed``): the ranking a placebo wears (``Glasses.placebo``)
 
 Header metadata (safetensors ``__metadata__``, all strings):
 
@@ -49,6 +51,8 @@ def save_glasses(glasses, path) -> Path:
         alpha_key, auroc_key = _tensor_names(site.layer_index)
         tensors[alpha_key] = alpha.detach().to(torch.float32).cpu().contiguous()
         tensors[auroc_key] = auroc.detach().to(torch.float64).cpu().contiguous()
+    for site, placebo in zip(glasses.sites, glasses.placebo_auroc or ()):
+        tensors[f"layers.{site.layer_index}.placebo_auroc"] = placebo.detach().to(torch.float64).cpu().contiguous()
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -67,7 +71,7 @@ def _bad(path: Path, why: str) -> MMToxError:
     )
 
 
-def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch.Tensor], dict]:
+def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch.Tensor], dict, list[torch.Tensor] | None]:
     """Read a glasses file written by :func:`save_glasses`: ``(sites, aurocs, alphas, meta)``.
 
     Returns the parts, not a :class:`~mmtoxicqa.sgm.glasses.Glasses`, so this module does not
@@ -99,7 +103,7 @@ def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch
             except (KeyError, ValueError, TypeError) as exc:
                 raise _bad(path, f"broken header metadata: {type(exc).__name__}") from None
             keys = set(handle.keys())
-            alphas, aurocs = [], []
+            alphas, aurocs, placebo = [], [], []
             for site in sites:
                 alpha_key, auroc_key = _tensor_names(site.layer_index)
                 if alpha_key not in keys or auroc_key not in keys:
@@ -110,6 +114,9 @@ def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch
                     raise _bad(path, f"layer {site.layer_index} tensors do not have the recorded width {site.width}")
                 alphas.append(alpha.to(torch.float32))
                 aurocs.append(auroc.to(torch.float64))
+                placebo_key = f"layers.{site.layer_index}.placebo_auroc"
+                if placebo_key in keys:
+                    placebo.append(handle.get_tensor(placebo_key).to(torch.float64))
     except SafetensorError as exc:
         raise _bad(path, f"safetensors: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     except (OSError, RuntimeError, ValueError) as exc:
@@ -121,4 +128,6 @@ def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch
         problem = auroc_problem(a)
         if problem:
             raise _bad(path, f"layer {site.layer_index}: {problem}")
-    return sites, aurocs, alphas, meta
+    if placebo and len(placebo) != len(sites):
+        raise _bad(path, "placebo AUROCs are missing for some layers")
+    return sites, aurocs, alphas, meta, placebo or None

@@ -11,7 +11,13 @@ keep alpha = 1. ``select`` narrows the set globally over all layers:
 * ``None`` / ``"all"``: every neuron with AUROC > 0.5 (AurA's default);
 * ``{"top_k": k}`` (or ``"top_k=k"``, or an int): the k neurons with the highest AUROC;
 * ``{"top_fraction": f}`` (``"top_fraction=f"``): the top ``ceil(f * M)`` of all M neurons;
-* ``{"min_auroc": t}`` (``"min_auroc=t"``): neurons with AUROC >= t (t in [0.5, 1]).
+* ``{"min_auroc": t}`` (``"min_auroc=t"``): neurons with AUROC >= t (t in [0.5, 1]);
+* ``{"fdr": q}`` (``"fdr=q"``): neurons whose AUROC is above chance at false discovery rate q
+  (Benjamini-Hochberg over all neurons). Each neuron's one-sided p-value comes from the Mann-Whitney
+  normal approximation of its AUROC for the calibration's class sizes (no tie correction: pooled
+  activations are continuous, and ignoring ties only makes p larger). With 100 + 100 items the
+  null standard deviation of an AUROC is 0.041 and the largest of 46,080 null AUROCs is about 0.67,
+  so the paper's rule (every AUROC > 0.5) dampens about half of all neurons on noise alone.
 
 Ranking ties are broken by position (layer order, then neuron index), so selection is
 deterministic. A narrowing never includes a neuron with AUROC <= 0.5.
@@ -31,7 +37,7 @@ from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.sgm.auroc import auroc_problem
 from mmtoxicqa.sgm.discovery import NeuronSite, site_modules, site_offsets, unwrap_model
 
-SELECT_KEYS = ("top_k", "top_fraction", "min_auroc")
+SELECT_KEYS = ("top_k", "top_fraction", "min_auroc", "fdr")
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 
 
@@ -51,7 +57,7 @@ def parse_select(select) -> dict | None:
         return None
     if isinstance(select, bool):
         raise MMToxError(
-            f"select={select!r} is not a selection; pass None, an int (top-k), or 'top_k=K' / 'top_fraction=F' / 'min_auroc=T'"
+            f"select={select!r} is not a selection; pass None, an int (top-k), or 'top_k=K' / 'top_fraction=F' / 'min_auroc=T' / 'fdr=Q'"
         )
     if isinstance(select, int):
         select = {"top_k": select}
@@ -61,7 +67,7 @@ def parse_select(select) -> dict | None:
             key, sep, value = select.partition(":")
         key = key.strip()
         if not sep or key not in SELECT_KEYS:
-            raise MMToxError(f"select={select!r} is not a selection; write 'top_k=K', 'top_fraction=F' or 'min_auroc=T'")
+            raise MMToxError(f"select={select!r} is not a selection; write 'all', 'top_k=K', 'top_fraction=F', 'min_auroc=T' or 'fdr=Q'")
         try:
             select = {key: int(value) if key == "top_k" else float(value)}
         except ValueError:
@@ -72,9 +78,9 @@ def parse_select(select) -> dict | None:
     if key == "top_k":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MMToxError(f"select top_k={value!r} must be a positive integer")
-    elif key == "top_fraction":
+    elif key in ("top_fraction", "fdr"):
         if not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-            raise MMToxError(f"select top_fraction={value!r} must be in (0, 1]")
+            raise MMToxError(f"select {key}={value!r} must be in (0, 1]")
         value = float(value)
     else:
         if not isinstance(value, (int, float)) or not 0.5 <= float(value) <= 1.0:
@@ -83,8 +89,57 @@ def parse_select(select) -> dict | None:
     return {key: value}
 
 
-def selection_mask(auroc_all: torch.Tensor, select) -> torch.Tensor:
-    """Bool mask over all neurons (concatenated) of those to dampen."""
+def select_text(select) -> str:
+    """A selection as a user writes it (``all`` = every AUROC > 0.5, the paper's rule)."""
+    select = parse_select(select)
+    if select is None:
+        return "all"
+    key, value = next(iter(select.items()))
+    return f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+
+
+def null_sd(class_sizes) -> float:
+    """Standard deviation of one neuron's AUROC under no association (Mann-Whitney, no ties)."""
+    n1, n0 = _class_counts(class_sizes)
+    return math.sqrt((n1 + n0 + 1) / (12.0 * n1 * n0))
+
+
+def _class_counts(class_sizes) -> tuple[int, int]:
+    if not isinstance(class_sizes, dict) or not class_sizes.get("toxic") or not class_sizes.get("non_toxic"):
+        raise MMToxError(
+            f"an FDR selection needs the calibration's class sizes, and these glasses record {class_sizes!r}; refit them with `mmtoxicqa calibrate`"
+        )
+    return int(class_sizes["toxic"]), int(class_sizes["non_toxic"])
+
+
+def auroc_p_values(auroc_all: torch.Tensor, class_sizes) -> torch.Tensor:
+    """One-sided p-value of each AUROC being above 0.5 (normal approximation of Mann-Whitney's U)."""
+    z = (auroc_all.double() - 0.5) / null_sd(class_sizes)
+    return 0.5 * torch.erfc(z / math.sqrt(2.0))
+
+
+def benjamini_hochberg(p_values: torch.Tensor, q: float) -> torch.Tensor:
+    """Bool mask of the hypotheses Benjamini-Hochberg rejects at false discovery rate ``q``."""
+    m = p_values.numel()
+    order = torch.sort(p_values, stable=True).indices
+    ranked = p_values[order]
+    passing = (ranked <= q * torch.arange(1, m + 1, dtype=torch.float64) / m).nonzero().flatten()
+    mask = torch.zeros(m, dtype=torch.bool)
+    if passing.numel():
+        mask[order[: int(passing.max()) + 1]] = True
+    return mask
+
+
+def null_max_auroc(class_sizes, neurons: int) -> float:
+    """Expected largest of ``neurons`` AUROCs under no association (Blom's approximation of the
+    normal maximum): what an expert must beat to be told apart from noise."""
+    from statistics import NormalDist
+
+    return 0.5 + null_sd(class_sizes) * NormalDist().inv_cdf((neurons - 0.375) / (neurons + 0.25))
+
+
+def selection_mask(auroc_all: torch.Tensor, select, class_sizes=None) -> torch.Tensor:
+    """Bool mask over all neurons (concatenated) of those to dampen (``class_sizes`` for ``fdr``)."""
     select = parse_select(select)
     above = auroc_all > 0.5
     if select is None:
@@ -92,6 +147,8 @@ def selection_mask(auroc_all: torch.Tensor, select) -> torch.Tensor:
     key, value = next(iter(select.items()))
     if key == "min_auroc":
         return above & (auroc_all >= value)
+    if key == "fdr":
+        return above & benjamini_hochberg(auroc_p_values(auroc_all, class_sizes), value)
     k = value if key == "top_k" else math.ceil(value * auroc_all.numel())
     k = min(int(k), int(auroc_all.numel()))
     # Stable descending order: ties keep position order.
@@ -101,11 +158,11 @@ def selection_mask(auroc_all: torch.Tensor, select) -> torch.Tensor:
     return mask & above
 
 
-def compute_alpha(auroc_all: torch.Tensor, strength: float = 1.0, select=None) -> torch.Tensor:
+def compute_alpha(auroc_all: torch.Tensor, strength: float = 1.0, select=None, class_sizes=None) -> torch.Tensor:
     """Dampening factors (float32) for concatenated AUROCs: 1 - s (2 AUROC - 1) on the selected, 1 elsewhere."""
     s = check_strength(strength)
     auroc_all = auroc_all.double()
-    mask = selection_mask(auroc_all, select)
+    mask = selection_mask(auroc_all, select, class_sizes)
     alpha = torch.where(mask, 1.0 - s * (2.0 * auroc_all - 1.0), torch.ones_like(auroc_all))
     return alpha.float()
 
@@ -118,6 +175,7 @@ class Glasses:
     auroc: list[torch.Tensor]  # per site, float64 (width,)
     alpha: list[torch.Tensor]  # per site, float32 (width,)
     meta: dict[str, Any] = field(default_factory=dict)
+    placebo_auroc: list[torch.Tensor] | None = None  # per site: AUROC of the same responses, labels permuted
 
     def __post_init__(self):
         if not (len(self.sites) == len(self.auroc) == len(self.alpha)):
@@ -134,6 +192,8 @@ class Glasses:
                 raise MMToxError(
                     f"glasses: layer {site.layer_index} has alpha values that are NaN or outside [0, 1]; recompute the glasses"
                 )
+        if self.placebo_auroc is not None and [p.shape for p in self.placebo_auroc] != [a.shape for a in self.auroc]:
+            raise MMToxError("glasses: placebo AUROCs must have one entry per neuron")
         layers = [s.layer_index for s in self.sites]
         if len(set(layers)) != len(layers):
             raise MMToxError("glasses: two sites share a layer index; one site per layer")
@@ -141,7 +201,14 @@ class Glasses:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_auroc(
-        cls, sites: Sequence[NeuronSite], auroc_all: torch.Tensor, *, strength: float = 1.0, select=None, meta: dict | None = None
+        cls,
+        sites: Sequence[NeuronSite],
+        auroc_all: torch.Tensor,
+        *,
+        strength: float = 1.0,
+        select=None,
+        meta: dict | None = None,
+        placebo_auroc: list[torch.Tensor] | None = None,
     ) -> Glasses:
         auroc_all = auroc_all.detach().double().cpu()
         total = sum(s.width for s in sites)
@@ -150,18 +217,85 @@ class Glasses:
         problem = auroc_problem(auroc_all)
         if problem:
             raise MMToxError(f"glasses: {problem}; an AUROC is a probability in [0, 1], recompute it")
-        alpha_all = compute_alpha(auroc_all, strength, select)
-        widths = [s.width for s in sites]
         meta = dict(meta or {})
+        alpha_all = compute_alpha(auroc_all, strength, select, meta.get("class_sizes"))
+        widths = [s.width for s in sites]
         meta["strength"] = check_strength(strength)
         meta["select"] = parse_select(select)
-        return cls(list(sites), list(auroc_all.split(widths)), list(alpha_all.split(widths)), meta)
+        return cls(list(sites), list(auroc_all.split(widths)), list(alpha_all.split(widths)), meta, placebo_auroc)
 
     def with_options(self, *, strength: float | None = None, select="keep") -> Glasses:
         """New glasses from the same AUROCs with another strength and/or selection."""
         strength = self.meta.get("strength", 1.0) if strength is None else strength
         select = self.meta.get("select") if select == "keep" else select
-        return Glasses.from_auroc(self.sites, self.auroc_all(), strength=strength, select=select, meta=self.meta)
+        return Glasses.from_auroc(
+            self.sites, self.auroc_all(), strength=strength, select=select, meta=self.meta, placebo_auroc=self.placebo_auroc
+        )
+
+    def placebo(self) -> Glasses:
+        """The control for these glasses: the same alphas (same count, same distribution) given to the
+        neurons that rank highest when the calibration labels are permuted (``placebo_auroc``), so the
+        intervention has the same size but no relation to toxicity."""
+        if self.placebo_auroc is None:
+            raise MMToxError(
+                "these glasses carry no placebo ranking (fitted before placebos existed); refit them with `mmtoxicqa calibrate` "
+                "or delete the cached file so sgm calibrates again"
+            )
+        real_order = torch.sort(self.auroc_all(), descending=True, stable=True).indices
+        placebo_all = torch.cat(self.placebo_auroc)
+        placebo_order = torch.sort(placebo_all, descending=True, stable=True).indices
+        alpha = torch.ones_like(self.alpha_all())
+        alpha[placebo_order] = self.alpha_all()[real_order]
+        widths = [s.width for s in self.sites]
+        meta = dict(self.meta, placebo_of=self.alpha_sha256())
+        return Glasses(self.sites, list(placebo_all.split(widths)), list(alpha.split(widths)), meta)
+
+    def as_worn(self, *, strength=None, select=None) -> tuple[Glasses, list[str]]:
+        """These glasses as the user asked to wear them: unchanged (alphas exactly as fitted) unless an
+        explicit ``strength`` / ``select`` differs from the one they were fitted with; then re-derived
+        from the AUROCs. Returns the glasses and one ``"option: fitted -> used"`` note per change."""
+        changes = []
+        fitted_strength = float(self.meta.get("strength", 1.0))
+        if strength is not None and check_strength(strength) != fitted_strength:
+            changes.append(f"strength: {fitted_strength:g} -> {check_strength(strength):g}")
+        fitted_select = parse_select(self.meta.get("select"))
+        if select is not None and parse_select(select) != fitted_select:
+            changes.append(f"select: {select_text(fitted_select)} -> {select_text(parse_select(select))}")
+        if not changes:
+            return self, []
+        worn = self.with_options(
+            strength=fitted_strength if strength is None else strength, select=fitted_select if select is None else select
+        )
+        return worn, changes
+
+    def alpha_sha256(self) -> str:
+        """A digest of what wearing these glasses does (every site's module name and float32 alphas):
+        two runs with the same digest dampened the same neurons by the same factors."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for site, alpha in zip(self.sites, self.alpha):
+            digest.update(f"{site.layer_index}:{site.module_name}:{site.width}|".encode())
+            digest.update(alpha.detach().to(torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def worn_record(self) -> dict:
+        """What a run wore, for its results JSON and sweep cell (JSON-serialisable)."""
+        meta = self.meta
+        return {
+            "alpha_sha256": self.alpha_sha256(),
+            "dampened": self.num_dampened,
+            "neurons": self.num_neurons,
+            "strength": meta.get("strength"),
+            "select": select_text(parse_select(meta.get("select"))),
+            "tokens": meta.get("tokens", "text"),
+            "site": meta.get("site", "down_input"),
+            "pooling": meta.get("pooling"),
+            "text_only": meta.get("text_only"),
+            "class_sizes": meta.get("class_sizes"),
+            **({"placebo_seed": meta.get("placebo_seed"), "placebo_of": meta["placebo_of"]} if "placebo_of" in meta else {}),
+            **({"fixed_factor": meta["fixed_factor"], "top_k": meta.get("top_k")} if "fixed_factor" in meta else {}),
+        }
 
     # -- views -------------------------------------------------------------------------------
     def auroc_all(self) -> torch.Tensor:
@@ -220,8 +354,21 @@ class Glasses:
             "dampened": self.num_dampened,
             "auroc_quantiles": {f"{p:g}": float(v) for p, v in zip(QUANTILES, q.tolist())},
             "auroc_above": {f"{t:g}": int((auroc_all > t).sum()) for t in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)},
+            **self._noise_summary(auroc_all),
             "per_layer": per_layer,
         }
+
+    def _noise_summary(self, auroc_all: torch.Tensor) -> dict:
+        """How the AUROCs compare with what shuffled labels would give, for these class sizes."""
+        try:
+            null_max = null_max_auroc(self.meta.get("class_sizes"), auroc_all.numel())
+            fdr = {f"{q:g}": int(selection_mask(auroc_all, {"fdr": q}, self.meta.get("class_sizes")).sum()) for q in (0.01, 0.05, 0.1)}
+        except MMToxError:
+            return {}
+        out = {"null_sd": null_sd(self.meta.get("class_sizes")), "null_expected_max_auroc": null_max, "fdr_pass": fdr}
+        if self.placebo_auroc is not None:
+            out["placebo_max_auroc"] = float(torch.cat(self.placebo_auroc).max())
+        return out
 
     def summary_text(self) -> str:
         s = self.summary()
@@ -231,6 +378,16 @@ class Glasses:
                 f"strength {s['strength']}, select {s['select'] or 'all AUROC>0.5'}, pooling {s['pooling']}, classes {s['class_sizes']}"
             ),
             "AUROC quantiles: " + ", ".join(f"q{k}={v:.3f}" for k, v in s["auroc_quantiles"].items()),
+            *(
+                [
+                    f"noise for these class sizes: null AUROC sd {s['null_sd']:.3f}, expected max of {s['neurons']} null AUROCs "
+                    f"{s['null_expected_max_auroc']:.3f}"
+                    + (f" (permuted labels gave {s['placebo_max_auroc']:.3f})" if "placebo_max_auroc" in s else "")
+                    + f"; above chance at FDR 0.01 / 0.05 / 0.1: {' / '.join(str(v) for v in s['fdr_pass'].values())} neurons"
+                ]
+                if "null_sd" in s
+                else []
+            ),
             *([f"calibration subset: calibration_limit={s['calibration_limit']} (class-balanced)"] if s.get("calibration_limit") else []),
             f"{'layer':>5} {'width':>6} {'dampened':>8} {'min_alpha':>9} {'max_auroc':>9}",
         ]
