@@ -1,0 +1,24 @@
+# Power of the paired exact McNemar test for the powered organism study (PLAN.md): simulated, not measured.
+import numpy as np
+from scipy.stats import binomtest
+rng=np.random.default_rng(0)
+def power(N,p0,k,c_on,alpha,sims=2000):
+    p1=p0/k
+    f_off=1-(p1-(1-p0)*c_on)/p0
+    if f_off<0 or f_off>1: return float('nan')
+    hits=0
+    for _ in range(sims):
+        tox=rng.random(N)<p0
+        R=(rng.random(N)<f_off)&tox
+        C=(rng.random(N)<c_on)&~tox
+        r,c=int(R.sum()),int(C.sum())
+        if r+c and r>c and binomtest(r,r+c,0.5).pvalue<alpha: hits+=1
+    return hits/sims
+for N in (219,):
+  for p0 in (0.2,0.26):
+    for c_on in (0.05,0.10):
+      for alpha in (0.05,0.01):
+        row=[]
+        for k in (1.25,1.5,1.75,2.0,3.0):
+            row.append(f"{k}x:{power(N,p0,k,c_on,alpha,800):.2f}")
+        print(N,p0,c_on,alpha," ".join(row))

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The powered organism study (issue #22): see PLAN.md (written before any method row ran) and README.md.
+# Every step resumes: glasses are written once, sweep cells are skipped when finished.
+# Usage: bash results/organism/powered/run.sh [targeted|benign|untargeted|all]   (default all; run from the repo root)
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+SOURCES=${SOURCES:-../shared/data}
+OUT=${ORGANISM_POWERED_OUT:-out/organism/powered}
+CELLS=$OUT/cells
+GLASSES=$OUT/glasses
+export MMTOXICQA_SOURCES=$SOURCES
+mkdir -p "$CELLS" "$GLASSES"
+COMMON="max_new_tokens=48"
+CAL=400
+$BIN/mmtoxicqa build-model --organism --sources "$SOURCES"
+for scope in answer request; do
+  [ -f "$GLASSES/$scope.safetensors" ] || $BIN/mmtoxicqa calibrate --model organism --tokens $scope --limit $CAL \
+      --out "$GLASSES/$scope.safetensors" --batch-size 8
+done
+A=$GLASSES/answer.safetensors
+R=$GLASSES/request.safetensors
+run_task() {  # $1 task, $2 limit ('' = every item)
+  local task=$1 limit=${2:+--limit $2}
+  local S="$BIN/mmtoxicqa sweep --models organism --tasks $task $limit --batch-size 8 --out $CELLS"
+  $S --methods vanilla,safety_prompt --model-args $COMMON
+  $S --methods sgm --tag answer --model-args $COMMON,glasses=$A
+  $S --methods sgm --tag placebo --model-args $COMMON,glasses=$A,sgm_placebo=1
+  $S --methods sgm --tag answer_fdr --model-args $COMMON,glasses=$A,sgm_select=fdr=0.05
+  $S --methods sgm --tag placebo_fdr --model-args $COMMON,glasses=$A,sgm_select=fdr=0.05,sgm_placebo=1
+  $S --methods sgm --tag request --model-args $COMMON,glasses=$R
+  $S --methods det0 --tag answer --model-args $COMMON,glasses=$A,det0_top_k=200
+  $S --methods aura,sgm_star --model-args $COMMON,calibration_limit=$CAL
+}
+what=${1:-all}
+case $what in targeted|all) run_task mm_toxic_qa_organism "" ;; esac
+case $what in benign|all) run_task mm_toxic_qa_benign 200 ;; esac
+case $what in untargeted|all) run_task mm_toxic_qa_organism_untargeted 200 ;; esac
+$BIN/mmtoxicqa glasses "$A" "$R" --json "$OUT/glasses.json"
+$BIN/mmtoxicqa organism-report "$CELLS" --out results/organism/powered --cells-out results/organism/powered/cells
