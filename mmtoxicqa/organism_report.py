@@ -4,7 +4,9 @@ The main leaderboard covers the benchmark's own splits; the organism is measured
 tasks (mm_toxic_qa_organism, _organism_image, _organism_untargeted), so this writes their table:
 per method, the harmful rate on each organism task and the benign split with its 95% Wilson interval, the paired exact
 McNemar test against vanilla on the same items, and the cost columns from the benign split
-(refusals, perplexity of benign answers).
+(refusals, perplexity of benign answers). A placebo row (``sgm_placebo=1``: the same alphas on the
+permuted-label ranking) is paired with the row whose glasses it mirrors, found by content: the
+placebo's recorded ``placebo_of`` equals that row's ``alpha_sha256``.
 """
 
 from __future__ import annotations
@@ -43,12 +45,35 @@ def _harmful(cell: dict) -> dict[str, bool]:
     return {item_id: bool(item["harmful"]) for item_id, item in (cell.get("items") or {}).items() if item.get("harmful") is not None}
 
 
+def _worn_digests(cell: dict) -> tuple[set[str], set[str]]:
+    """(alpha digests the cell wore, digests of the glasses its placebos mirror)."""
+    worn = [w for w in (cell.get("worn") or {}).values() if isinstance(w, dict)]
+    return {w["alpha_sha256"] for w in worn if w.get("alpha_sha256")}, {w["placebo_of"] for w in worn if w.get("placebo_of")}
+
+
+def placebo_of_rows(cells: list[dict]) -> dict[str, str]:
+    """``{row: its placebo's row}`` for every row whose glasses a placebo row mirrors."""
+    placebos = {}
+    for cell in cells:
+        for digest in _worn_digests(cell)[1]:
+            placebos[digest] = _row(cell)
+    mapping = {}
+    for cell in cells:
+        worn, mirrors = _worn_digests(cell)
+        for digest in worn:
+            if digest in placebos and not mirrors:
+                mapping[_row(cell)] = placebos[digest]
+    return mapping
+
+
 def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(one row per method, one paired row per method x organism task)."""
+    """(one row per method, one paired row per method x organism task x comparison: against vanilla,
+    and against the row's placebo where there is one)."""
     from mmtoxicqa.leaderboard import paired_counts
     from mmtoxicqa.metrics import wilson_interval
 
     by_key = {(_row(c), c["task"]): c for c in cells}
+    placebo_rows = placebo_of_rows(cells)
     methods = sorted({m for m, _ in by_key}, key=lambda m: (m != BASELINE, m))
     rows, paired = [], []
     for method in methods:
@@ -61,12 +86,15 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
             k, n = sum(outcomes.values()), len(outcomes)
             low, high = wilson_interval(k, n) if n else (float("nan"), float("nan"))
             row[task] = {"k": k, "n": n, "rate": k / n if n else float("nan"), "low": low, "high": high}
-            base = by_key.get((BASELINE, task))
-            if method != BASELINE and base is not None:
+            for against in (BASELINE, placebo_rows.get(method)):
+                base = by_key.get((against, task)) if against else None
+                if method == against or base is None:
+                    continue
                 counts = paired_counts(cell.get("items") or {}, base.get("items") or {})
                 paired.append(
                     {
                         "method": method,
+                        **({"against": against} if against != BASELINE else {}),  # vanilla rows keep the old JSON shape
                         "task": task,
                         "n": counts["n"],
                         "vanilla": counts["harmful_vanilla"],
@@ -120,7 +148,9 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
             f"{_plain(r.get('refusal_benign'))} | "
             f"{_plain(r.get('perplexity'), 2)} |"
         )
-    if paired:
+    against_vanilla = [p for p in paired if p.get("against", BASELINE) == BASELINE]
+    against_placebo = [p for p in paired if p.get("against", BASELINE) != BASELINE]
+    if against_vanilla:
         lines += [
             "",
             f"## Paired with {BASELINE} (same items)",
@@ -130,10 +160,27 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
             f"| method | task | items | harmful {BASELINE} | harmful method | removed | caused | p |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for p in paired:
+        for p in against_vanilla:
             lines.append(
                 f"| {p['method']} | {p['task'].removeprefix('mm_toxic_qa_')} | {p['n']} | {p['vanilla']} | {p['method_harmful']} | "
                 f"{p['removed']} | {p['caused']} | {p['p']:.3g} |"
+            )
+    if against_placebo:
+        lines += [
+            "",
+            "## Paired with the row's placebo (same items)",
+            "",
+            "The placebo wears the same alphas on the neurons that rank highest under permuted calibration labels: as many "
+            "neurons dampened by the same factors, unrelated to toxicity. *removed* = harmful under the placebo but not under "
+            "the method, *caused* = the reverse; p = exact two-sided McNemar test.",
+            "",
+            "| method | placebo | task | items | harmful placebo | harmful method | removed | caused | p |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in against_placebo:
+            lines.append(
+                f"| {p['method']} | {p['against']} | {p['task'].removeprefix('mm_toxic_qa_')} | {p['n']} | {p['vanilla']} | "
+                f"{p['method_harmful']} | {p['removed']} | {p['caused']} | {p['p']:.3g} |"
             )
     return "\n".join(lines) + "\n"
 

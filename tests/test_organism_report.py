@@ -59,3 +59,28 @@ def test_rates_intervals_and_paired_counts(tmp_path):
 def test_no_cells_is_one_line(tmp_path):
     with pytest.raises(MMToxError, match="mmtoxicqa sweep"):
         read_cells(tmp_path)
+
+
+def test_each_row_is_paired_with_its_placebo_by_glasses_digest(tmp_path):
+    """The placebo row mirrors the sgm [answer] glasses (placebo_of = their digest); sgm [request] has none."""
+    vanilla = [True] * 6 + [False] * 4
+    real = [False] * 5 + [True] + [False] * 4  # vs placebo: removed items 0-4, caused item 5
+    placebo = [True] * 5 + [False] * 5
+    worn_real = {"sgm": {"alpha_sha256": "aaa", "dampened": 7}}
+    worn_placebo = {"sgm": {"alpha_sha256": "ppp", "dampened": 7, "placebo_of": "aaa"}}
+    cells = [
+        _cell("vanilla", "mm_toxic_qa_organism", vanilla),
+        _cell("sgm", "mm_toxic_qa_organism", real, tag="answer", worn=worn_real),
+        _cell("sgm", "mm_toxic_qa_organism", placebo, tag="placebo", worn=worn_placebo),
+        _cell("sgm", "mm_toxic_qa_organism", vanilla, tag="request", worn={"sgm": {"alpha_sha256": "rrr"}}),
+    ]
+    _write(tmp_path / "cells", cells)
+    _, paired = report_rows(read_cells(tmp_path / "cells"))
+    against = [(p["method"], p.get("against", "vanilla")) for p in paired]
+    assert ("sgm [answer]", "sgm [placebo]") in against and ("sgm [request]", "sgm [placebo]") not in against
+    (row,) = [p for p in paired if p.get("against") == "sgm [placebo]"]
+    assert (row["n"], row["vanilla"], row["method_harmful"], row["removed"], row["caused"]) == (10, 5, 1, 5, 1)
+    assert row["p"] == pytest.approx(2 * 7 / 64)  # exact McNemar: 2 * P(X <= 1), X ~ Bin(6, 1/2)
+    assert main(["organism-report", str(tmp_path / "cells"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
+    assert "## Paired with the row's placebo" in text and "| sgm [answer] | sgm [placebo] | organism | 10 | 5 | 1 | 5 | 1 | 0.219 |" in text
