@@ -25,6 +25,7 @@ _SUBCOMMAND_MODULES = (
     "mmtoxicqa.leaderboard",
     "mmtoxicqa.export",
     "mmtoxicqa.organism_report",
+    "mmtoxicqa.sgm.planted",
 )
 
 
