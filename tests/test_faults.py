@@ -178,7 +178,9 @@ def test_a_1mb_question_is_cut_to_the_context_with_one_warning(tiny_llava_dir):
     lm = MMTox(pretrained=str(tiny_llava_dir), device="cpu", batch_size=3)
     lm.task_dict = {"t": {"test": docs}}
     requests = [
-        Instance("generate_until", ("", doc_to_messages, {"max_new_tokens": 4}, i, "t", "test"), 0, {"task": "t", "doc_id": i, "repeats": 1})
+        Instance(
+            "generate_until", ("", doc_to_messages, {"max_new_tokens": 4}, i, "t", "test"), 0, {"task": "t", "doc_id": i, "repeats": 1}
+        )
         for i in range(3)
     ]
     from loguru import logger  # lmms-eval's eval_logger
@@ -211,7 +213,16 @@ def exportable(tmp_path):
     llama = tiny_llama(vocab_size=64, num_hidden_layers=2).eval()
     llama.save_pretrained(tmp_path / "llama")
     make_glasses(llama).save(tmp_path / "llama.g")
-    return lambda out, *extra: ["export", "--model", str(tmp_path / "llama"), "--glasses", str(tmp_path / "llama.g"), "--out", str(out), *extra]
+    return lambda out, *extra: [
+        "export",
+        "--model",
+        str(tmp_path / "llama"),
+        "--glasses",
+        str(tmp_path / "llama.g"),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
