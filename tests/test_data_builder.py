@@ -365,7 +365,10 @@ def test_extra_all_dropped_fails_in_one_line(sources, tmp_path, capsys):
     with pytest.raises(MMToxError) as info:
         args.func(args)
     message = str(info.value)
-    assert "\n" not in message and "mine.jsonl: none of its 100 item(s) is usable (100 unknown_category [first at line 1; e.g. 'harmful'" in message
+    assert (
+        "\n" not in message
+        and "mine.jsonl: none of its 100 item(s) is usable (100 unknown_category [first at line 1; e.g. 'harmful'" in message
+    )
     assert "category must be one of hate," in message
     assert not (tmp_path / "o" / "datasheet.json").exists()
     from mmtoxicqa.cli import main
