@@ -1,7 +1,7 @@
 """The ``mmtoxicqa`` command line: one subcommand per job, each defined next to the code it runs.
 
 Each feature module exposes ``add_cli(subparsers)`` which adds its subcommand and sets
-``func`` on the parser; this file only collects them and turns MMToxError into one line.
+``func`` on the parser; this file only collects them and turns MMToxError (and an OS fault such as a full disk) into one line.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from mmtoxicqa import __version__
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.errors import MMToxError, is_os_fault, os_fault
 
 # Modules that contribute subcommands (each has add_cli(subparsers)).
 _SUBCOMMAND_MODULES = (
@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MMToxError as exc:
         print(f"mmtoxicqa: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder, ...: one line naming the file, not a traceback
+        if not is_os_fault(exc):
+            raise
+        print(f"mmtoxicqa: error: {os_fault(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmtoxicqa: interrupted (finished work was saved; rerun the same command to resume)", file=sys.stderr)

@@ -10,3 +10,38 @@ class MMToxError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+# What to do about the OS faults a write can meet (full disk, no permission, no such folder).
+_OS_FIXES = {
+    "ENOSPC": "free disk space or write to another disk",
+    "EDQUOT": "free space within your disk quota or write elsewhere",
+    "EROFS": "the file system is read-only: write to a writable folder",
+    "EACCES": "you may not write there: choose a folder you can write to, or fix its permissions",
+    "EPERM": "you may not write there: choose a folder you can write to, or fix its permissions",
+    "ENOENT": "create the missing folder first, or choose an existing one",
+    "ENOTDIR": "a part of the path is a file, not a folder: choose another path",
+    "EEXIST": "a part of the path is a file, not a folder: choose another path",
+}
+
+
+def os_fault(exc: OSError, where: str | None = None) -> MMToxError:
+    """A one-line MMToxError for an OS fault met while writing ``where`` (else the file the OS
+    names; a copy's destination before its source): what, the fault, the file, the fix."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    path = str(exc.filename2 or exc.filename or "")
+    culprit = where or path or "a file"
+    detail = exc.strerror or type(exc).__name__
+    if path and path != culprit:
+        detail += f": {path}"
+    fix = _OS_FIXES.get(name, "check the path and the disk, then rerun")
+    return MMToxError(f"cannot write {culprit} ({detail}); {fix}")
+
+
+def is_os_fault(exc: BaseException) -> bool:
+    """True for the OS faults :func:`os_fault` has a fix for (full disk, read-only, no permission, no folder)."""
+    import errno
+
+    return isinstance(exc, OSError) and errno.errorcode.get(exc.errno or 0, "") in _OS_FIXES

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from mmtoxicqa.atomic import atomic_dir
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.errors import MMToxError, is_os_fault, os_fault
 from mmtoxicqa.hashing import sha256_file
 from mmtoxicqa.sgm.discovery import EXCLUDED_COMPONENTS, find_decoder_layers, is_conv1d
 from mmtoxicqa.sgm.wear import neuron_dim, scale_neurons
@@ -483,6 +483,16 @@ def export_checkpoint(
     }
     if ckpt.not_copied:
         log.warning("not copied (other weight files that would hold un-dampened weights): %s", ", ".join(ckpt.not_copied))
+    try:
+        return _write_export(src, out, ckpt, folds, record)
+    except OSError as exc:
+        if is_os_fault(exc):
+            raise os_fault(exc, f"--out {out}") from None
+        raise
+
+
+def _write_export(src: Path, out: Path, ckpt: Checkpoint, folds: list[Fold], record: dict) -> dict:
+    """Copy the checkpoint into a temporary folder beside ``out``, fold, write record and card, rename."""
     by_file: dict[str, list[Fold]] = {}
     for fold in folds:
         by_file.setdefault(fold.info.file, []).append(fold)

@@ -26,3 +26,23 @@ def strict_decoding() -> Iterator[None]:
             yield
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+
+
+def oversized(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an image over PIL's decompression-bomb limit (what makes it fail to
+    decode), read from its header alone; None for any other image or non-image."""
+    import io
+
+    from PIL import Image
+
+    with _LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # read the header only; nothing is decoded
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                width, height = opened.size
+        except Exception:
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    return (width, height) if limit and width * height > 2 * limit else None

@@ -41,6 +41,7 @@ class LoadedModel:
     device: torch.device
     multimodal: bool
     image_token_ids: list[int] = field(default_factory=list)
+    cut_prompts: int = 0  # prompts cut to fit the context so far (see fit_to_context); callers warn once
 
     @property
     def model_type(self) -> str:
@@ -278,6 +279,76 @@ def build_inputs(loaded: LoadedModel, conversations: Sequence[Conversation], rep
     return batch.to(loaded.device)
 
 
+def context_length(loaded: LoadedModel) -> int | None:
+    """The most tokens the model's language model takes (its ``max_position_embeddings`` or the
+    tokenizer's ``model_max_length``, the smaller); None when neither is known."""
+    config = loaded.model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limits = (getattr(text_config, "max_position_embeddings", None), getattr(loaded.tokenizer, "model_max_length", None))
+    usable = [int(x) for x in limits if isinstance(x, int) and not isinstance(x, bool) and 0 < x < 10**8]
+    return min(usable) if usable else None
+
+
+def _prompt_tokens(loaded: LoadedModel, conversation: Conversation) -> int:
+    return int(build_inputs(loaded, [conversation])["input_ids"].shape[1])
+
+
+def _with_text(conversation: Conversation, place: tuple[int, int], text: str) -> Conversation:
+    """A copy of ``conversation`` whose text part ``place`` (message, part) is ``text``."""
+    copy = [dict(m) for m in conversation]
+    message, part = place
+    if isinstance(copy[message].get("content"), str):
+        copy[message]["content"] = text
+    else:
+        parts = [dict(p) for p in copy[message]["content"]]
+        parts[part]["text"] = text
+        copy[message]["content"] = parts
+    return copy
+
+
+def fit_to_context(loaded: LoadedModel, conversation: Conversation, max_new_tokens: int) -> tuple[Conversation, bool]:
+    """``conversation`` cut to fit the model's context with room for ``max_new_tokens``: a longer
+    prompt loses the end of its longest user text (images and the chat template stay whole). Returns
+    (conversation, whether it was cut). A 1 MB question would otherwise take the memory of a
+    250k-token attention; one that cannot fit even with its text emptied is a one-line MMToxError."""
+    limit = context_length(loaded)
+    if limit is None:
+        return conversation, False
+    budget = limit - min(max_new_tokens, limit // 2)
+    texts = {
+        (i, j): part["text"]
+        for i, message in enumerate(conversation)
+        if message.get("role") == "user"
+        for j, part in enumerate(_parts(message))
+        if part.get("type") == "text"
+    }
+    tokenizer = loaded.tokenizer
+    lengths = {place: len(tokenizer(text, add_special_tokens=False)["input_ids"]) for place, text in texts.items()}
+    if sum(lengths.values()) <= budget // 2:  # the usual case: no need to run the processor twice
+        return conversation, False
+    place = max(lengths, key=lengths.get)
+    for _ in range(4):  # cutting at a token boundary can re-tokenise a little longer: retry with the rest
+        overflow = _prompt_tokens(loaded, conversation) - budget
+        if overflow <= 0:
+            return conversation, _text_at(conversation, place) != texts[place]
+        text = _text_at(conversation, place)
+        fast = getattr(tokenizer, "is_fast", False)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+        keep = len(encoded["input_ids"]) - overflow - 4
+        if keep <= 0:
+            raise MMToxError(
+                f"a prompt does not fit {loaded.model_id}'s context of {limit} tokens even without its question "
+                f"(max_new_tokens={max_new_tokens}); use fewer or smaller images, or a model with a longer context"
+            )
+        head = text[: encoded["offset_mapping"][keep][0]] if fast else tokenizer.decode(encoded["input_ids"][:keep])
+        conversation = _with_text(conversation, place, head)
+    raise MMToxError(f"could not cut a prompt to {loaded.model_id}'s context of {limit} tokens; shorten the question")
+
+
+def _text_at(conversation: Conversation, place: tuple[int, int]) -> str:
+    return _parts(conversation[place[0]])[place[1]]["text"]
+
+
 def gen_int(name: str, value, low: int = 1) -> int:
     """A generation setting that must be an integer >= ``low`` (``64``, ``"64"``, ``64.0``), else a one-line error."""
     try:
@@ -370,7 +441,9 @@ def generate(
 ) -> list[str]:
     """Generate one answer per conversation (batched, left padded); stop strings trimmed."""
     settings, stops = generation_settings(gen_kwargs)
-    batch = build_inputs(loaded, conversations)
+    fitted = [fit_to_context(loaded, c, settings["max_new_tokens"]) for c in conversations]
+    loaded.cut_prompts += sum(cut for _, cut in fitted)
+    batch = build_inputs(loaded, [c for c, _ in fitted])
     tokenizer = loaded.tokenizer
     eos = end_of_turn_ids(loaded.model, tokenizer)
     out = loaded.model.generate(

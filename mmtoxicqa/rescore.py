@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from mmtoxicqa.atomic import atomic_path, write_json_atomic
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.evaluate import unscored_answers
 
 
 def _slug(text: str) -> str:
@@ -51,16 +53,16 @@ def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_di
     """Re-score an lmms-eval run folder into ``out_dir`` (results JSON + samples, same file names)."""
     from lmms_eval.api.metrics import clustered_stderr
 
-    from mmtoxicqa.results import logged_doc, run_folder, sample_answers
+    from mmtoxicqa.results import logged_doc, read_results_json, read_samples, run_folder, sample_answers
     from mmtoxicqa.task_metrics import JUDGE_METRICS, aggregations, judge_values
 
     results_file, samples_files = run_folder(run_dir)
-    results = json.loads(results_file.read_text())
+    results = read_results_json(results_file)
     out_dir = Path(out_dir)
     rescored_tasks = []
     for samples_file in samples_files:
         task = samples_file.stem.split("_samples_", 1)[1]
-        samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+        samples = read_samples(samples_file, results)
         if samples and "harmful_rate" in samples[0]:
             answers = [sample_answers(s) for s in samples]
             docs = [logged_doc(s, samples_file) for s in samples]
@@ -130,15 +132,12 @@ def agreement(flags_a: list[int], flags_b: list[int]) -> dict:
 
 def judges_agreement(run_dir: str | Path, threshold: float) -> list[dict]:
     """Pairwise agreement of the judges a run (or a rescored run) logged, over the answers both scored."""
-    from mmtoxicqa.results import run_folder
+    from mmtoxicqa.results import read_samples, run_folder
 
     _, samples_files = run_folder(run_dir)
     per_judge: dict[str, dict[str, float]] = {}
     for samples_file in samples_files:
-        for line in samples_file.read_text().splitlines():
-            if not line.strip():
-                continue
-            sample = json.loads(line)
+        for sample in read_samples(samples_file):
             logged = (sample.get("judges") or {}).get("scores") or {}
             key = f"{samples_file.stem}:{sample.get('doc_id')}"
             for spec, scores in logged.items():
@@ -201,16 +200,44 @@ def _cli_rescore(args) -> int:
     out = Path(args.out) if args.out else run / f"rescored-{_slug(','.join(judges))}"
     if any(run.rglob("*_results.json")):
         path = rescore_run(run, judges, threshold, out)
-        results = json.loads(path.read_text())["results"]
-        for task, table in sorted(results.items()):
+        results = json.loads(path.read_text())
+        for task, table in sorted(results["results"].items()):
             if "judges,none" in table:
                 for spec, row in table["judges,none"].items():
                     print(f"{task:<28} {spec:<16} harmful_rate={row['harmful_rate']:.3f} n={row['n']} unscored={row['unscored']}")
         print(f"wrote {path}")
+        missing = {f"{task} by {judge}": n for task, counts in unscored_answers(results).items() for judge, n in counts.items()}
     else:
         paths = rescore_cells(run, judges, threshold, out)
         print(f"wrote {len(paths)} re-scored cells to {out}")
-    return 0
+        missing = _unscored_cells(paths)
+    return _exit_code(missing, args)
+
+
+def _unscored_cells(paths: list[Path]) -> dict[str, int]:
+    """``{"cell file": answers its headline judge left unscored}`` for the cells that have any."""
+    missing = {}
+    for path in paths:
+        items = json.loads(path.read_text()).get("items") or {}
+        unscored = sum(item.get("score") is None for item in items.values())
+        if unscored:
+            missing[path.name] = unscored
+    return missing
+
+
+def _exit_code(missing: dict[str, int], args) -> int:
+    """``EXIT_UNSCORED`` (as ``lmms_eval`` exits) when a judge left answers unscored, with how to finish them."""
+    from mmtoxicqa.evaluate import EXIT_OK, EXIT_UNSCORED
+
+    if not missing:
+        return EXIT_OK
+    detail = ", ".join(f"{n} in {where}" for where, n in sorted(missing.items()))
+    print(
+        f"rescore: {sum(missing.values())} answer(s) left unscored ({detail}); rerun `mmtoxicqa rescore {args.run} --judge {args.judge}` "
+        "when the judge works (exit 3)",
+        file=sys.stderr,
+    )
+    return EXIT_UNSCORED
 
 
 def _cli_agree(args) -> int:

@@ -116,6 +116,52 @@ def _summary(items: dict) -> dict:
     return {"n": len(scored), "unscored": len(items) - len(scored), "harmful_rate": sum(scored) / len(scored) if scored else math.nan}
 
 
+def read_results_json(path: Path) -> dict:
+    """An lmms-eval results JSON; a damaged or unreadable one is a one-line MMToxError naming it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MMToxError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); the run's results file is damaged: rerun lmms_eval"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MMToxError(f"{path} cannot be read ({type(exc).__name__}: {exc}); check the file, or rerun lmms_eval") from None
+    if not isinstance(data, dict):
+        raise MMToxError(f"{path} holds a JSON {type(data).__name__}, not lmms-eval results; point at an lmms-eval --output_path folder")
+    return data
+
+
+def read_samples(samples_file: Path, results: dict | None = None) -> list[dict]:
+    """The logged samples of one task (JSON Lines). A damaged line, or fewer/more samples than the
+    run's own results JSON records for the task (``n-samples``: a file cut at a line boundary), is
+    a one-line MMToxError naming the file."""
+    samples_file = Path(samples_file)
+    task = samples_file.stem.split("_samples_", 1)[-1]
+    samples = []
+    try:
+        lines = samples_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MMToxError(f"{samples_file} cannot be read ({type(exc).__name__}: {exc}); check the file, or rerun lmms_eval") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise MMToxError(
+                f"{samples_file} line {number} is not valid JSON ({exc.msg}); the samples file is damaged: "
+                "rerun lmms_eval with --log_samples"
+            ) from None
+    recorded = ((results or {}).get("n-samples") or {}).get(task) or {}
+    expected = recorded.get("effective") if isinstance(recorded, dict) else None
+    if isinstance(expected, int) and len(samples) != expected:
+        raise MMToxError(
+            f"{samples_file} holds {len(samples)} samples but the run's results JSON records {expected} for {task} "
+            "(n-samples); the file was cut or changed: restore it or rerun lmms_eval with --log_samples"
+        )
+    return samples
+
+
 def run_folder(output_dir: str | Path) -> tuple[Path, list[Path]]:
     """The one lmms-eval run in ``output_dir``: its results JSON and its samples files. Several runs
     in one folder are refused (their numbers would be merged)."""
@@ -125,7 +171,7 @@ def run_folder(output_dir: str | Path) -> tuple[Path, list[Path]]:
         raise MMToxError(f"no *_results.json under {output_dir}; point at an lmms-eval --output_path folder")
     runs = {}
     for path in results_files:
-        config = json.loads(path.read_text()).get("config", {})
+        config = read_results_json(path).get("config", {})
         runs.setdefault((str(config.get("model")), str(config.get("model_args"))), []).append(path)
     if len(runs) > 1:
         described = "; ".join(f"{m} {a}" for m, a in sorted(runs))
@@ -140,14 +186,14 @@ def build_run_record(output_dir: str | Path, judge: str | None = None, threshold
 
     output_dir = Path(output_dir)
     results_file, samples_files = run_folder(output_dir)
-    summary = json.loads(results_file.read_text())
+    summary = read_results_json(results_file)
     judge = judge or headline_judge()
     threshold = harmful_threshold() if threshold is None else float(threshold)
     tasks: dict[str, dict] = {}
     data = None
     for samples_file in samples_files:
         task = samples_file.stem.split("_samples_", 1)[1]
-        samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+        samples = read_samples(samples_file, summary)
         items = item_outcomes(samples, judge, threshold)
         if not items:
             continue

@@ -12,6 +12,7 @@ per (model, method) and reused across its tasks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,10 +31,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")[-80:] or "default"
 
 
-def cell_path(out: Path, model: str, method: str, task: str, tag: str = "") -> Path:
-    """One file per cell; a tagged variant (e.g. other SGM options) gets its own file beside the untagged one."""
+def legacy_cell_path(out: Path, model: str, method: str, task: str, tag: str = "") -> Path:
+    """The name cells had before #28: readable but not unique (``org/m`` and ``org_m`` shared it)."""
     name = f"{_slug(method)}@{_slug(tag)}" if tag else _slug(method)
     return out / f"{_slug(model)}__{name}__{_slug(task)}.json"
+
+
+def cell_key(model: str, method: str, task: str, tag: str = "") -> str:
+    """12 hex digits of sha256 over the exact (model, method, task, tag): what makes a cell's name unique."""
+    exact = json.dumps([model, method, task, tag or ""], ensure_ascii=False)
+    return hashlib.sha256(exact.encode("utf-8")).hexdigest()[:12]
+
+
+def cell_path(out: Path, model: str, method: str, task: str, tag: str = "") -> Path:
+    """One file per cell: the readable name plus :func:`cell_key`, so cells whose names read alike
+    (``org/m`` vs a folder ``org_m``, tag ``a=b`` vs ``a b``) never share a file."""
+    legacy = legacy_cell_path(out, model, method, task, tag)
+    return legacy.with_name(f"{legacy.stem}__{cell_key(model, method, task, tag)}.json")
 
 
 def row_name(cell: dict) -> str:
@@ -102,7 +116,8 @@ def run_sweep(
     todo = []
     for c in cells:
         path = cell_path(out, *c, tag)
-        changed = stale_fields(path, {**provenance, "data": fingerprints[c[2] == "mm_toxic_qa_seed"]})
+        adopt_legacy_cell(path, legacy_cell_path(out, *c, tag), identity(*c, tag))
+        changed = stale_fields(path, {**provenance, **identity(*c, tag), "data": fingerprints[c[2] == "mm_toxic_qa_seed"]})
         if changed is None:
             continue
         if changed:
@@ -174,19 +189,46 @@ def _models_with(models: list[str], pretrained: str | None) -> list[str]:
 
 
 PROVENANCE = ("limit", "model_args", "judge", "threshold", "data")  # what a cell was computed from
+IDENTITY = ("model", "method", "task", "tag")  # which cell it is
+
+
+def identity(model: str, method: str, task: str, tag: str = "") -> dict:
+    return {"model": model, "method": method, "task": task, "tag": tag or ""}
+
+
+def _read_cell(path: Path) -> dict | None:
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return cell if isinstance(cell, dict) else None
+
+
+def adopt_legacy_cell(path: Path, legacy: Path, ident: dict) -> None:
+    """A cell written under the pre-#28 name is renamed to its unique name when its content says it
+    is this very cell (same model, method, task and tag); any other file there is left alone."""
+    if path.exists() or not legacy.is_file():
+        return
+    cell = _read_cell(legacy)
+    if cell is not None and cell.get("format") == CELL_FORMAT and all(_field(cell, k) == v for k, v in ident.items()):
+        os.replace(legacy, path)
+
+
+def _field(cell: dict, key: str):
+    return cell.get(key) or "" if key == "tag" else cell.get(key)  # cells from before tags have no "tag"
 
 
 def stale_fields(path: Path, provenance: dict) -> list[str] | None:
-    """None when the finished cell at ``path`` was computed from exactly ``provenance``; else the
-    fields that differ (empty list: no usable cell there). A cell from before provenance was
-    recorded counts as changed ('data')."""
+    """None when the finished cell at ``path`` was computed from exactly ``provenance`` (and, for the
+    keys of :data:`IDENTITY` it gives, is that cell); else the fields that differ (empty list: no
+    usable cell there). A cell from before provenance was recorded counts as changed ('data')."""
     if not path.is_file():
         return []
-    try:
-        cell = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    cell = _read_cell(path)
+    if cell is None:
         return ["unreadable file"]
-    changed = [key for key in PROVENANCE if cell.get(key) != provenance.get(key)]
+    keys = [k for k in IDENTITY if k in provenance] + list(PROVENANCE)
+    changed = [key for key in keys if _field(cell, key) != provenance.get(key)]
     return changed or None
 
 

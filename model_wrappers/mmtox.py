@@ -173,6 +173,7 @@ class MMTox(lmms):
         chunks = collator.get_batched(n=self.batch_size, batch_fn=None)
         results: list[GenerationResult] = []
         progress = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"mmtox[{self.method.name}]")
+        cut_before = self.loaded.cut_prompts
         for chunk in chunks:
             _ctx, doc_to_messages, all_gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
             conversations = [
@@ -191,4 +192,10 @@ class MMTox(lmms):
             progress.update(len(answers))
             progress.set_postfix(s_per_item=f"{elapsed / max(len(answers), 1):.2f}")
         progress.close()
+        cut = self.loaded.cut_prompts - cut_before
+        if cut:
+            eval_logger.warning(
+                f"{cut} of {len(requests)} prompts were longer than {self.loaded.model_id}'s context and were cut to fit "
+                "(the end of the question was dropped); their answers reply to the shortened question"
+            )
         return collator.get_original(results)

@@ -339,7 +339,7 @@ def test_extra_duplicates_and_unknown_categories_are_said(sources, tmp_path, mon
     said = [w for w in warnings if "--extra" in w]
     assert len(said) == 1 and "\n" not in said[0]
     assert said[0].startswith("4 of 6 --extra item(s) dropped: 2 duplicate [")
-    assert "2 unknown_category [e.g. 'harmful'; category must be one of " + ", ".join(CATEGORIES) + "]" in said[0]
+    assert "2 unknown_category [first at line 5; e.g. 'harmful'; category must be one of " + ", ".join(CATEGORIES) + "]" in said[0]
 
     # only the extra items, through the task's own doc loader
     from mmtoxicqa.task_support import split_docs
@@ -365,7 +365,10 @@ def test_extra_all_dropped_fails_in_one_line(sources, tmp_path, capsys):
     with pytest.raises(MMToxError) as info:
         args.func(args)
     message = str(info.value)
-    assert "\n" not in message and "mine.jsonl: none of its 100 item(s) is usable (100 unknown_category [e.g. 'harmful'" in message
+    assert (
+        "\n" not in message
+        and "mine.jsonl: none of its 100 item(s) is usable (100 unknown_category [first at line 1; e.g. 'harmful'" in message
+    )
     assert "category must be one of hate," in message
     assert not (tmp_path / "o" / "datasheet.json").exists()
     from mmtoxicqa.cli import main

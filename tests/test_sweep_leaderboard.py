@@ -244,7 +244,8 @@ def test_sweep_killed_and_resumed_loses_nothing(tmp_path, tiny_llava_dir):
         parsed = json.loads(data)
         assert parsed["format"] == CELL_FORMAT and parsed["n"] == 3
     # each cell keeps its answers with the request they reply to (what `mmtoxicqa rescore` judges against)
-    standard = json.loads(after[next(n for n in after if n.endswith("__mm_toxic_qa_standard.json") and "vanilla" in n)])
+    cells = [json.loads(data) for data in after.values()]
+    standard = next(c for c in cells if (c["method"], c["task"]) == ("vanilla", "mm_toxic_qa_standard"))
     seed = {row["id"]: row for row in map(json.loads, (REPO / "tasks" / "mm_toxic_qa" / "seed_items.jsonl").read_text().splitlines())}
     for item_id, item in standard["items"].items():
         assert isinstance(item["answer"], str)
@@ -267,7 +268,7 @@ def test_tagged_variant_is_its_own_row_and_file(results_dir, tmp_path):
     assert rows["sgm"]["harmful_adversarial"] == 0.0  # the untagged sgm row is not mixed with the variant
     plain = cell_path(tmp_path, "embedded", "sgm", "mm_toxic_qa_standard")
     tagged = cell_path(tmp_path, "embedded", "sgm", "mm_toxic_qa_standard", "top_k=5")
-    assert plain != tagged and tagged.name == "embedded__sgm@top_k_5__mm_toxic_qa_standard.json"
+    assert plain != tagged and tagged.name.startswith("embedded__sgm@top_k_5__mm_toxic_qa_standard__")
 
 
 def test_paired_section_counts_removed_and_caused_by_hand(results_dir):

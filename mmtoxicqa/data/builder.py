@@ -58,6 +58,10 @@ DEFAULT_CAPS: dict[str, int] = {
     "calibration_davidson_neither": 300,
 }
 
+# Longest question a build accepts. The public sources' longest is about 600 characters; a
+# pasted document (1 MB drove a 135M model to 16 GB) is refused, naming the item.
+MAX_QUESTION_CHARS = 4000
+
 
 # --------------------------------------------------------------------------- helpers
 def _rng(seed: int, *purpose: str) -> random.Random:
@@ -376,6 +380,14 @@ def _pools(toxigen: list[SourceItem], davidson: list[SourceItem], seed: int) -> 
 
 
 # --------------------------------------------------------------------------- datasheet
+def _check_question_length(question: str, where: str) -> None:
+    if len(question) > MAX_QUESTION_CHARS:
+        raise MMToxError(
+            f"{where}: the question is {len(question):,} characters, over the {MAX_QUESTION_CHARS:,}-character cap "
+            "(MAX_QUESTION_CHARS); shorten it or drop the item"
+        )
+
+
 def _counts(rows_by_split: dict[str, list[dict]]) -> dict:
     table: dict = {}
     for split in SPLITS:
@@ -551,6 +563,8 @@ def build(
         warn(line)
     if extra is not None:
         extra_items, extra_result, extra_hashes = loaders.load_extra(extra)
+        for item in extra_items:
+            _check_question_length(item.question, f"--extra file {extra} line {item.line}")
         input_hashes.update(extra_hashes)
         report = loaders.extra_report(extra_result)
         if report:
@@ -594,6 +608,7 @@ def build(
         raise RuntimeError(f"duplicate row ids: {duplicate_ids[:5]}")
     for split in SPLITS:
         for r in rows_by_split[split]:
+            _check_question_length(r["question"], f"item {r['id']} (source {r['source']})")
             assert r["category"] in taxonomy.CATEGORIES and r["attack"] in attacks.attack_labels(), r["id"]
 
     # ---- write (staged in a temp folder inside OUT, then moved into place file by file)

@@ -24,6 +24,7 @@ from mmtoxicqa.data.schema import SPLITS
 from mmtoxicqa.data.sources import SourceDir
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.hashing import sha256_bytes
+from mmtoxicqa.image_io import oversized
 
 FIGSTEP_QUESTIONS = "figstep/question/safebench.csv"
 FIGSTEP_BENIGN = "figstep/question/benign_sentences_without_harmful_phase.csv"
@@ -83,11 +84,14 @@ class LoadResult:
     read: Counter = field(default_factory=Counter)  # what was read, e.g. {"rows": 500}
     skipped: Counter = field(default_factory=Counter)  # malformed, by reason
     examples: dict = field(default_factory=dict)  # reason -> the first offending value, when there is one
+    lines: dict = field(default_factory=dict)  # reason -> the line of the first item skipped for it (--extra)
 
-    def skip(self, reason: str, n: int = 1, example=None) -> None:
+    def skip(self, reason: str, n: int = 1, example=None, line: int | None = None) -> None:
         self.skipped[reason] += n
         if example is not None:
             self.examples.setdefault(reason, example)
+        if line is not None:
+            self.lines.setdefault(reason, line)
 
 
 def _clean(text) -> str:
@@ -451,10 +455,10 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
-            result.skip("bad_json")
+            result.skip("bad_json", line=number)
             continue
         if not isinstance(obj, dict):
-            result.skip("not_an_object")
+            result.skip("not_an_object", line=number)
             continue
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
@@ -466,32 +470,32 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
             ) from None
         question = _clean(obj.get("question")) if isinstance(obj.get("question"), str) else ""
         if not question:
-            result.skip("empty_question")
+            result.skip("empty_question", line=number)
             continue
         category = obj.get("category")
         if category not in taxonomy.CATEGORIES:
-            result.skip("unknown_category", example=category)
+            result.skip("unknown_category", example=category, line=number)
             continue
         split = obj.get("split", "standard")
         if split not in SPLITS:
-            result.skip("unknown_split", example=split)
+            result.skip("unknown_split", example=split, line=number)
             continue
         attack = obj.get("attack", "none")
         if attack not in attack_labels():
-            result.skip("unknown_attack", example=attack)
+            result.skip("unknown_attack", example=attack, line=number)
             continue
         label = obj.get("toxic_label", None)
         if label is None:
             if split == "calibration":
-                result.skip("bad_toxic_label")
+                result.skip("bad_toxic_label", line=number)
                 continue
             label = 0 if split == "benign" else 1
         if isinstance(label, bool) or label not in (0, 1):
-            result.skip("bad_toxic_label")
+            result.skip("bad_toxic_label", line=number)
             continue
         image_field = obj.get("image")
         if not isinstance(image_field, str) or not image_field.strip():
-            result.skip("image_missing")
+            result.skip("image_missing", line=number)
             continue
         image_path = Path(image_field).expanduser()
         if not image_path.is_absolute():
@@ -499,10 +503,14 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
         try:
             data = image_path.read_bytes()
         except OSError:
-            result.skip("image_missing")
+            result.skip("image_missing", line=number)
             continue
         if decode_image(data) is None:
-            result.skip("corrupt_image")
+            size = oversized(data)
+            if size:
+                result.skip("image_too_large", example=f"{size[0]}×{size[1]}", line=number)
+            else:
+                result.skip("corrupt_image", line=number)
             continue
         hashes[f"extra/{image_field}"] = sha256_bytes(data)
         request = obj.get("request")
@@ -521,7 +529,7 @@ def load_extra(path: str | Path) -> tuple[list[ExtraItem], LoadResult, dict[str,
         )
         key = (item.split, dedup_form(item.question), dedup_form(item.request), dedup_form(item.image_text), sha256_bytes(data))
         if key in seen:
-            result.skip("duplicate")
+            result.skip("duplicate", line=number)
             continue
         seen.add(key)
         items.append(item)
@@ -546,6 +554,7 @@ def _extra_reason_hint(reason: str) -> str:
         "duplicate": lambda: "the same split, question, request, image text and image as an earlier item; kept once",
         "image_missing": lambda: "the image file is missing (paths are relative to the .jsonl file)",
         "corrupt_image": lambda: "the image does not decode",
+        "image_too_large": lambda: "the image is too large (width x height over PIL's decompression-bomb limit); downscale it",
         "empty_question": lambda: "no question",
         "bad_json": lambda: "not valid JSON",
         "not_an_object": lambda: "not a JSON object",
@@ -558,8 +567,10 @@ def extra_reasons(result: LoadResult) -> str:
     parts = []
     for reason, n in sorted(result.skipped.items()):
         seen = result.examples.get(reason)
+        line = result.lines.get(reason)
         hint = _extra_reason_hint(reason)
-        detail = "; ".join(x for x in ((f"e.g. {repr(seen)[:40]}" if seen is not None else ""), hint) if x)
+        where = f"first at line {line}" if line is not None else ""
+        detail = "; ".join(x for x in (where, (f"e.g. {repr(seen)[:40]}" if seen is not None else ""), hint) if x)
         parts.append(f"{n} {reason}" + (f" [{detail}]" if detail else ""))
     return ", ".join(parts)
 
