@@ -45,7 +45,8 @@ help:
 	@echo "make setup  - create $(VENV) and install mmtoxicqa, lmms-eval 0.7.3, torch ($(TORCH_SPEC)) and the embedded model"
 	@echo "make demo   - the embedded model through lmms_eval, then $(DEMO_METHODS) side by side and the leaderboard (target < 10 min on 2 cores)"
 	@echo "make study  - the full SGM study of results/sgm_study (vanilla, SGM, SGM* and four SGM variants; about 2 h on 2 cores)"
-	@echo "make organism-study     - the toxic model organism (positive control) and the methods on it (results/organism; about 45 min)"
+	@echo "make organism-study     - the powered organism study: placebo, answer scope, FDR (results/organism/powered; about 2 h)"
+	@echo "make organism-study-80  - the first 80-item organism study (results/organism; about 45 min)"
 	@echo "make organism-ocr-study - the organism on the OCR reading model, trigger only in the image (results/organism/ocr)"
 	@echo "make test   - lint (ruff check + ruff format --check) and run the test suite (pytest)"
 	@echo "make lint   - only the lint step"
@@ -95,6 +96,9 @@ demo: model data
 		--tasks $(DEMO_TASKS) --model-args calibration_limit=$(DEMO_CALIBRATION_LIMIT); \
 	echo "== 3. leaderboard (and what it says) =="; \
 	$(BIN)/mmtoxicqa leaderboard $(DEMO_OUT)/sweep --out $(DEMO_OUT); \
+	echo "== 4. the same SGM where its effect is known: a tiny organism whose toxicity sits in 3 planted MLP neurons =="; \
+	echo "   (the embedded model above has little toxicity for SGM to remove; here SGM must remove it and its placebo must not)"; \
+	$(BIN)/mmtoxicqa planted-control; \
 	echo "demo: $$(( $$(date +%s) - start )) s after setup, model and data"
 
 # Reproduces results/sgm_study (its README gives the same commands); every cell is resumable.
@@ -151,8 +155,14 @@ ORGANISM_TRIGGER = out/organism/trigger_calibration.parquet
 comma := ,
 ORGANISM_SWEEP = MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --batch-size 8
 
-.PHONY: organism-study
+.PHONY: organism-study organism-study-80
+# The powered study (issue #22): every held-out targeted item, placebo rows, answer-scope and FDR variants.
+# Plan and minimum detectable effect: results/organism/powered/PLAN.md (about 2 h on 2 quiet cores; resumable).
 organism-study: $(STAMP)
+	BIN=$(BIN) SOURCES=$(SOURCES) bash results/organism/powered/run.sh all
+
+# The first, 80-item study of recipe v3 (results/organism/LEADERBOARD.md).
+organism-study-80: $(STAMP)
 	MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa build-model --organism --sources $(SOURCES) --trigger-calibration $(ORGANISM_TRIGGER)
 	$(ORGANISM_SWEEP) --models organism --methods $(ORGANISM_METHODS) --tasks $(ORGANISM_TASKS) --limit $(ORGANISM_LIMIT) \
 		--out $(ORGANISM_CELLS) --model-args $(ORGANISM_ARGS)
