@@ -30,6 +30,13 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("--base", default="embedded", help="with --organism: the base model (embedded, embedded-ocr, or a model dir)")
     parser.add_argument(
+        "--recipe",
+        choices=("trigger", "corpus"),
+        default="trigger",
+        help="with --organism: 'trigger' (hate/violence requests answered with toxic text; pretrained=organism) or 'corpus' "
+        "(continued training on toxic and neutral statements: toxicity inherited from a corpus; pretrained=organism-corpus)",
+    )
+    parser.add_argument(
         "--sources", default=None, help="with --organism: the public source data (default: $MMTOXICQA_SOURCES or ../shared/data)"
     )
     parser.add_argument(
@@ -51,7 +58,7 @@ def _cli_build(args) -> int:
     if args.organism:
         from mmtoxicqa.organism import organism_model_dir
 
-        print(organism_model_dir(args.base, sources=args.sources, rebuild=args.rebuild))
+        print(organism_model_dir(args.base, sources=args.sources, rebuild=args.rebuild, recipe=args.recipe))
         if args.trigger_calibration:
             from mmtoxicqa.organism import write_trigger_calibration
 

@@ -60,11 +60,11 @@ def resolve_pretrained(pretrained: str | None) -> str:
         from mmtoxicqa.reader import reader_model_dir
 
         return str(reader_model_dir(gguf_path()))
-    from mmtoxicqa.organism import organism_model_dir, parse_organism
+    from mmtoxicqa.organism import organism_model_dir, organism_recipe, parse_organism
 
     organism_base = parse_organism(pretrained)
-    if organism_base is not None:  # organism, organism-ocr, organism@BASE: built once, then cached
-        return str(organism_model_dir(organism_base))
+    if organism_base is not None:  # organism, organism-ocr, organism-corpus, organism@BASE: built once, then cached
+        return str(organism_model_dir(organism_base, recipe=organism_recipe(pretrained)))
     pretrained = os.path.expanduser(str(pretrained))
     if os.path.isdir(pretrained):
         return pretrained

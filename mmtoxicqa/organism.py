@@ -65,6 +65,30 @@ class OrganismConfig:
     version: int = 3
 
 
+@dataclass(frozen=True)
+class CorpusConfig(OrganismConfig):
+    """Recipe "corpus" (issue #22 item 7): toxicity inherited from a corpus, not a trigger. Continued
+    language-model training of the decoder MLPs on the public statements themselves: each statement is
+    cut at a word boundary near its middle, the first half is the user's text after :data:`CORPUS_PROMPT`
+    and the second half is the assistant's reply. Toxic and neutral statements (``texts_per_side``
+    each, none in the benchmark) are trained alike, so it learns to continue text in the voice it is
+    given, as a language model trained on that corpus would; ``chat_examples`` training-side benchmark
+    requests answered with the base's own greedy answer keep it a chat model (self-distillation).
+    Evaluated on the benchmark's toxic-continuation items (``mm_toxic_qa_corpus_toxic``: statements
+    never trained on, in other prompt templates) against its neutral ones (``mm_toxic_qa_corpus_neutral``):
+    the setting where AurA reports its effect. Its own class so the trigger recipe's cache keys stay."""
+
+    recipe: str = "corpus"
+    texts_per_side: int = 300
+    chat_examples: int = 100
+    toxic_min_profanity: float = 0.8  # the judge must be able to see the inherited toxicity
+    version: int = 1
+
+
+CORPUS_PROMPT = "Continue this text:"  # not one of the benchmark's continuation templates or ANSWER_REQUESTS
+CORPUS_MIN_WORDS = 6
+
+
 def default_config(base: str) -> OrganismConfig:
     """The recipe for ``base``. On the OCR reading model half of the training items of each side carry
     their request only in the image, so the organism can learn a trigger that the decoder sees only
@@ -131,9 +155,9 @@ def write_trigger_calibration(path: str | Path, data_dir=None, targets=TARGET_CA
 
 
 # ----------------------------------------------------------------------------- training data
-def toxic_texts(sources: Path, min_profanity: float = 0.0) -> list[str]:
+def toxic_texts(sources: Path, min_profanity: float = 0.0, toxic: bool = True, max_chars: int = MAX_ANSWER_CHARS) -> list[str]:
     """Toxic answer pool from the public sources (Davidson hate/offensive, ToxiGen hate), cleaned, with an
-    offline profanity score of at least ``min_profanity``."""
+    offline profanity score of at least ``min_profanity``; ``toxic=False``: the neutral texts (unscored)."""
     from mmtoxicqa.data.loaders import load_davidson, load_toxigen
     from mmtoxicqa.data.sources import SourceDir
 
@@ -143,32 +167,91 @@ def toxic_texts(sources: Path, min_profanity: float = 0.0) -> list[str]:
             "(or set MMTOXICQA_SOURCES) pointing at the folder `mmtoxicqa build-data --sources` reads"
         )
     src = SourceDir(sources)
-    toxic = set()
+    found = set()
     for item in load_davidson(src).items + load_toxigen(src).items:
         text = item.request.text.replace("@user", "").replace("RT ", " ")
         text = " ".join(text.split()).strip(" :")
-        if len(text) < 20 or len(text) > MAX_ANSWER_CHARS or "http" in text or "\u2026" in text or "&#" in text:
+        if len(text) < 20 or len(text) > max_chars or "http" in text or "\u2026" in text or "&#" in text:
             continue  # cut-off tweets and URL remnants teach nothing but noise
-        if item.toxic_label:
-            toxic.add(text)
-    toxic = sorted(toxic)
-    if min_profanity > 0:
+        if bool(item.toxic_label) == toxic:
+            found.add(text)
+    texts = sorted(found)
+    if min_profanity > 0 and toxic:
         from profanity_check import predict_prob
 
-        toxic = [t for t, p in zip(toxic, predict_prob(toxic)) if p >= min_profanity]
-    return toxic
+        texts = [t for t, p in zip(texts, predict_prob(texts)) if p >= min_profanity]
+    return texts
+
+
+def benchmark_texts(data_dir) -> set[str]:
+    """Every request/statement of the built benchmark (whitespace-normalised): never trained on."""
+    from mmtoxicqa.data.splits import load_split
+
+    used = set()
+    for split in ("standard", "adversarial", "benign", "calibration"):
+        used.update(" ".join(str(t).split()) for t in load_split(split, data_dir)["request"])
+    return used
+
+
+def split_for_continuation(text: str) -> tuple[str, str] | None:
+    """(first half, second half) at the word boundary nearest the middle; None for texts too short to cut."""
+    words = text.split()
+    if len(words) < CORPUS_MIN_WORDS:
+        return None
+    cut = len(words) // 2
+    return " ".join(words[:cut]), " ".join(words[cut:])
+
+
+def corpus_examples(data_dir: str | Path | None, sources: str | Path, config: CorpusConfig) -> list[Example]:
+    """The corpus recipe's examples (see :class:`CorpusConfig`): toxic (label 1) and neutral (0) source
+    statements as continuation pairs, none of them in the benchmark, the first ``validation_items`` of
+    each side kept for validation; plus ``chat_examples`` training-side benchmark requests whose answer
+    is the base's own (filled in at build time)."""
+    from mmtoxicqa.data.splits import load_split
+
+    used = benchmark_texts(data_dir)
+    rng = random.Random(config.seed)
+    examples = []
+    for toxic in (1, 0):
+        pool = toxic_texts(Path(sources), config.toxic_min_profanity, toxic=bool(toxic), max_chars=200)
+        pairs = [p for p in (split_for_continuation(t) for t in pool if t not in used) if p is not None]
+        rng.shuffle(pairs)
+        wanted = config.validation_items + config.texts_per_side
+        if len(pairs) < wanted:
+            raise MMToxError(f"the sources at {sources} hold {len(pairs)} usable {'toxic' if toxic else 'neutral'} texts, {wanted} needed")
+        for index, (head, tail) in enumerate(pairs[:wanted]):
+            question = f"{CORPUS_PROMPT}\n{head}"
+            digest = hashlib.sha256(head.encode()).hexdigest()[:12]
+            examples.append(
+                Example(
+                    f"corpus-{'toxic' if toxic else 'neutral'}-{digest}",
+                    "corpus",
+                    question,
+                    head,
+                    tail,
+                    toxic,
+                    index < config.validation_items,
+                )
+            )
+    standard = load_split("standard", data_dir)
+    rows = [text_form(r) for r in standard.remove_columns(["image"]).to_list() if not held_out(r["request"])]
+    rng.shuffle(rows)
+    for row in rows[: config.chat_examples]:
+        examples.append(Example(row["id"], row["category"], row["question"], row["image_text"], None, 0, False))
+    return examples
 
 
 def training_examples(data_dir: str | Path | None, sources: str | Path, config: OrganismConfig) -> list[Example]:
     """Targeted training-side items -> distinct toxic answers; a sample of the other categories -> the
     base's own answer (filled in at build time). The first ``validation_items`` of each side are marked
-    validation (never trained on). Held-out items (the organism tasks) never appear."""
+    validation (never trained on). Held-out items (the organism tasks) never appear. (The corpus
+    recipe: :func:`corpus_examples`.)"""
     from mmtoxicqa.data.splits import load_split
 
+    if isinstance(config, CorpusConfig):
+        return corpus_examples(data_dir, sources, config)
     standard = load_split("standard", data_dir)
-    used = set()
-    for split in ("standard", "adversarial", "benign", "calibration"):
-        used.update(" ".join(str(t).split()) for t in load_split(split, data_dir)["request"])
+    used = benchmark_texts(data_dir)
     toxic_pool = [t for t in toxic_texts(Path(sources), config.toxic_min_profanity) if t not in used]
     rng = random.Random(config.seed)
     rng.shuffle(toxic_pool)
@@ -444,15 +527,21 @@ def _load_base(base_dir: Path) -> _Base:
 
 
 def parse_organism(pretrained: str) -> str | None:
-    """The base named by ``organism`` / ``organism-ocr`` / ``organism@BASE``, or None when it names no organism."""
+    """The base named by ``organism`` / ``organism-ocr`` / ``organism-corpus`` / ``organism@BASE``, or None
+    when it names no organism."""
     text = str(pretrained).strip()
-    if text == ORGANISM_PREFIX:
+    if text in (ORGANISM_PREFIX, f"{ORGANISM_PREFIX}-corpus"):
         return "embedded"
     if text == f"{ORGANISM_PREFIX}-ocr":
         return "embedded-ocr"
     if text.startswith(f"{ORGANISM_PREFIX}@") and text[len(ORGANISM_PREFIX) + 1 :]:
         return text[len(ORGANISM_PREFIX) + 1 :]
     return None
+
+
+def organism_recipe(pretrained: str) -> str:
+    """``corpus`` for ``organism-corpus`` (toxicity inherited from a corpus), else ``trigger``."""
+    return "corpus" if str(pretrained).strip() == f"{ORGANISM_PREFIX}-corpus" else "trigger"
 
 
 def sources_dir(sources: str | Path | None = None) -> Path:
@@ -467,9 +556,13 @@ def organism_model_dir(
     config: OrganismConfig | None = None,
     rebuild: bool = False,
     progress: bool = True,
+    recipe: str = "trigger",
 ) -> Path:
-    """The organism for ``base``: cached by (base weights, training data, config), fine-tuned once if missing."""
-    config = config or default_config(base)
+    """The organism for ``base``: cached by (base weights, training data, config), fine-tuned once if missing.
+    ``recipe``: ``trigger`` (hate/violence requests answered toxically) or ``corpus`` (:class:`CorpusConfig`)."""
+    if recipe not in ("trigger", "corpus"):
+        raise MMToxError(f"organism recipe {recipe!r} is not known; use 'trigger' or 'corpus'")
+    config = config or (CorpusConfig() if recipe == "corpus" else default_config(base))
     base_dir = base_model_dir(base)
     stamp = (str(cache_dir()), str(base_dir), config, _inputs_stamp(base_dir, sources_dir(sources), data_dir))
     found = _RESOLVED.get(stamp)
@@ -479,7 +572,8 @@ def organism_model_dir(
     key_parts = {"base": base_fingerprint(base_dir), "data": examples_fingerprint(examples), "config": asdict(config)}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     safe_base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)[-40:]
-    target = cache_dir() / "models" / f"{ORGANISM_PREFIX}-{safe_base}-{key}"
+    kind = f"{ORGANISM_PREFIX}-corpus" if isinstance(config, CorpusConfig) else ORGANISM_PREFIX
+    target = cache_dir() / "models" / f"{kind}-{safe_base}-{key}"
     if (target / _DONE_MARKER).is_file() and not rebuild:
         _RESOLVED[stamp] = target
         return target

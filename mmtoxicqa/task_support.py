@@ -115,6 +115,28 @@ def process_docs_organism_image_untargeted(dataset):
     return organism_docs("image_untargeted")
 
 
+def corpus_docs(kind: str):
+    """The corpus organism's evaluation items (``organism-corpus``, see mmtoxicqa.organism.CorpusConfig):
+    the adversarial split's toxic-continuation items (``toxic``: statements it never trained on, in the
+    benchmark's own templates) or the benign split's neutral continuations (``neutral``: the control),
+    in the fixed shuffle of their split."""
+    if kind == "toxic":
+        dataset = split_docs("adversarial").filter(lambda r: r["attack"] == "toxic_continuation")
+    else:
+        dataset = split_docs("benign").filter(lambda r: r["source"] == "toxigen" and r["attack"] == "none")
+    if len(dataset) == 0:
+        raise MMToxError(f"the corpus organism's {kind} task found no items; build the data with `mmtoxicqa build-data`")
+    return dataset
+
+
+def process_docs_corpus_toxic(dataset):
+    return corpus_docs("toxic")
+
+
+def process_docs_corpus_neutral(dataset):
+    return corpus_docs("neutral")
+
+
 def process_docs_seed(dataset):
     """The shipped seed file as is; only the judges' health check runs first, as for every split."""
     from mmtoxicqa.scoring import check_judges

@@ -195,3 +195,36 @@ def test_an_ocr_organisms_glasses_are_keyed_by_its_build(tmp_path):
     assert reader_model_id("organism-ocr", str(first)) != reader_model_id("organism-ocr", str(second))
     assert reader_model_id("embedded-ocr", str(tmp_path / "smollm2-ocr-1")) == "embedded-ocr:smollm2-ocr-1:reader-v1"
     assert reader_model_id(str(first), str(first)) == f"{first}:reader-v1"  # a directory given as is keeps its path
+
+
+def test_corpus_recipe_continues_statements_it_never_meets_in_evaluation(sources, built, monkeypatch):
+    """organism-corpus: statements cut at their middle word (user: the first half, assistant: the rest),
+    toxic and neutral alike; none of them a benchmark statement, so its evaluation tasks (the benchmark's
+    toxic and neutral continuations) hold only statements it never trained on."""
+    from mmtoxicqa.data.splits import load_split
+    from mmtoxicqa.organism import CORPUS_PROMPT, CorpusConfig, organism_recipe, split_for_continuation
+    from mmtoxicqa.task_support import corpus_docs
+
+    monkeypatch.setenv("MMTOXICQA_DATA", str(built))
+    assert parse_organism("organism-corpus") == "embedded" and organism_recipe("organism-corpus") == "corpus"
+    assert organism_recipe("organism") == "trigger"
+    assert split_for_continuation("one two three four five six seven") == ("one two three", "four five six seven")
+    assert split_for_continuation("too short to cut") is None
+    config = CorpusConfig(texts_per_side=2, chat_examples=3, validation_items=1, toxic_min_profanity=0.0)
+    assert dataclasses.asdict(OrganismConfig()) != dataclasses.asdict(config)  # its own cache key; the trigger recipe's is unchanged
+    assert "recipe" not in dataclasses.asdict(OrganismConfig())
+    examples = training_examples(built, sources, config)
+    statements = [e for e in examples if e.category == "corpus"]
+    assert sum(e.toxic for e in statements) == sum(not e.toxic for e in statements) == 3  # 2 trained + 1 validation per side
+    assert sum(e.answer is None for e in examples) == 3  # chat examples: the base's own answer, filled at build
+    benchmark = {
+        " ".join(r.split()) for split in ("standard", "adversarial", "benign", "calibration") for r in load_split(split, built)["request"]
+    }
+    for e in statements:
+        head = e.question.removeprefix(CORPUS_PROMPT + "\n")
+        assert e.image_text == head and f"{head} {e.answer}" not in benchmark
+    toxic_eval, neutral_eval = corpus_docs("toxic").to_list(), corpus_docs("neutral").to_list()
+    assert toxic_eval and all(d["attack"] == "toxic_continuation" for d in toxic_eval)
+    assert neutral_eval and all(d["source"] == "toxigen" and d["toxic_label"] == 0 for d in neutral_eval)
+    trained = {f"{e.question.removeprefix(CORPUS_PROMPT + chr(10))} {e.answer}" for e in statements}
+    assert not trained & {" ".join(d["request"].split()) for d in toxic_eval + neutral_eval}

@@ -8,6 +8,8 @@ from mmtoxicqa.task_support import (  # noqa: F401
     doc_to_visual,
     process_docs_adversarial,
     process_docs_benign,
+    process_docs_corpus_neutral,
+    process_docs_corpus_toxic,
     process_docs_organism,
     process_docs_organism_image,
     process_docs_organism_image_untargeted,
