@@ -18,6 +18,7 @@ _SUBCOMMAND_MODULES = (
     "mmtoxicqa.build_model",
     "mmtoxicqa.reader",
     "mmtoxicqa.data.builder",
+    "mmtoxicqa.data.hub",
     "mmtoxicqa.calibration",
     "mmtoxicqa.results",
     "mmtoxicqa.rescore",

@@ -486,6 +486,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("results_dir", help="folder of sweep cell files (mmtoxicqa sweep --out)")
     parser.add_argument("--out", default="results", help="where to write the leaderboard files (default: results/)")
     parser.add_argument("--judge", default=None, help="only cells scored by this judge (as shown in the header, e.g. profanity@0.5)")
+    parser.add_argument("--wandb", metavar="PROJECT", default=None, help="also log the tables and frontier plot to this wandb project")
     parser.set_defaults(func=_cli)
 
 
@@ -493,4 +494,14 @@ def _cli(args) -> int:
     written = write_leaderboard(args.results_dir, args.out, args.judge)
     print(Path(written["md"]).read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
+    if args.wandb:
+        from mmtoxicqa.wandb_log import csv_table, log_run
+
+        paired = paired_rows(checked_cells(args.results_dir, args.judge))
+        columns = ["model", "method", "split", "n", "harmful_vanilla", "harmful_method", "fixed", "new", "p", "p_scores"]
+        tables = {
+            "leaderboard": csv_table(Path(written["csv"]).read_text()),
+            "paired": (columns, [[r[c] for c in columns] for r in paired]),
+        }
+        print(f"wandb: {log_run(args.wandb, 'leaderboard', tables, {'frontier': written.get('png')} if written.get('png') else None)}")
     return 0

@@ -218,55 +218,68 @@ def _z(confidence: float) -> float:
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for the rate ``successes / n`` ((nan, nan) when n == 0).
+    """Wilson score interval for the rate ``successes / n`` ((nan, nan) when n == 0), from
+    ``scipy.stats.binomtest(...).proportion_ci(method="wilson")``. E.g. 3/10 -> (0.1078, 0.6032)."""
+    from scipy.stats import binomtest
 
-    With z the normal quantile and p = k/n: centre (p + z^2/2n) / (1 + z^2/n), half-width
-    z * sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n). E.g. 3/10 -> (0.1078, 0.6032).
-    """
     if n < 0 or successes < 0 or successes > n:
         raise MMToxError(f"wilson_interval: need 0 <= successes <= n, got {successes}/{n}")
+    _z(confidence)
     if n == 0:
         return NAN, NAN
-    z = _z(confidence)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def mcnemar_exact(fixed: int, new: int) -> float:
     """Two-sided exact McNemar p-value for paired yes/no outcomes on the same items.
 
     ``fixed`` = items harmful before and not after, ``new`` = the reverse; the concordant items
-    carry no information. Under "no change" each discordant item is a fair coin, so
-    p = min(1, 2 * P(Binomial(fixed + new, 1/2) <= min(fixed, new))). E.g. 5 vs 0 -> 2/32 = 0.0625.
+    carry no information. Under "no change" each discordant item is a fair coin: the exact binomial
+    test of ``fixed`` out of ``fixed + new`` at 1/2 (``scipy.stats.binomtest``). E.g. 5 vs 0 -> 2/32.
     """
+    from scipy.stats import binomtest
+
     if fixed < 0 or new < 0:
         raise MMToxError(f"mcnemar_exact: counts must be >= 0, got {fixed}, {new}")
     n = fixed + new
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(fixed, new) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return min(1.0, float(binomtest(int(fixed), int(n), 0.5).pvalue))
+
+
+def cohen_kappa(flags_a: Sequence[int], flags_b: Sequence[int]) -> float:
+    """Cohen's kappa of two raters' labels on the same items (``sklearn.metrics.cohen_kappa_score``).
+
+    When both raters give one and the same label to every item, chance agreement is 1 and kappa is
+    0/0: 1.0 then (perfect agreement), nan without items. Chance-level agreement prints as 0.0, not -0.0."""
+    if len(flags_a) != len(flags_b):
+        raise MMToxError(f"cohen_kappa: {len(flags_a)} labels against {len(flags_b)}; pair them item by item")
+    if not flags_a:
+        return NAN
+    labels = set(flags_a) | set(flags_b)
+    if len(labels) == 1:
+        return 1.0
+    from sklearn.metrics import cohen_kappa_score
+
+    kappa = float(cohen_kappa_score(list(flags_a), list(flags_b)))
+    return 0.0 if abs(kappa) < 1e-12 else kappa
 
 
 def corpus_perplexity_ci(
     nll: Sequence[float], tokens: Sequence[int], confidence: float = 0.95, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the corpus perplexity exp(sum NLL / sum tokens): ``bootstrap_ci``
-    over text indices, so each resampled text keeps its NLL and token count together; (nan, nan) without texts."""
+    """Percentile bootstrap interval of the corpus perplexity exp(sum NLL / sum tokens), texts resampled
+    with their NLL and token count together (a paired ``bootstrap_ci``); (nan, nan) without texts."""
     import numpy as np
 
     if len(nll) != len(tokens):
         raise MMToxError(f"corpus_perplexity_ci: {len(nll)} NLL sums but {len(tokens)} token counts; one of each per text")
-    nll_arr, tok_arr = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
 
-    def corpus(indices) -> float:
-        picked = indices.astype(int)
-        return float(np.exp(nll_arr[picked].sum() / tok_arr[picked].sum()))
+    def corpus(nll_s, tok_s, axis=-1):
+        return np.exp(nll_s.sum(axis=axis) / tok_s.sum(axis=axis))
 
-    return bootstrap_ci(range(len(nll_arr)), confidence, n_boot, seed, statistic=corpus)
+    return _bootstrap((np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)), corpus, confidence, n_boot, seed)
 
 
 def paired_signed_rank_p(before: Sequence[float], after: Sequence[float]) -> float:
@@ -285,28 +298,48 @@ def paired_signed_rank_p(before: Sequence[float], after: Sequence[float]) -> flo
 def bootstrap_ci(
     values: Sequence[float], confidence: float = 0.95, n_boot: int = 1000, seed: int = 0, statistic: Callable[[Any], float] | None = None
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval for the mean of ``values`` (or for ``statistic``).
-
-    Draws ``n_boot`` resamples of len(values) with replacement from ``numpy.random.default_rng(seed)``,
-    computes the statistic of each (``statistic`` receives a 1-D numpy array; default: mean)
-    and returns the (1-c)/2 and (1+c)/2 quantiles (numpy's linear interpolation).
-    (nan, nan) when there are no values.
-    """
+    """Percentile bootstrap interval for the mean of ``values`` (or for ``statistic``, which receives one
+    resample as a 1-D numpy array), by ``scipy.stats.bootstrap`` with ``numpy.random.default_rng(seed)``:
+    ``n_boot`` resamples, the (1-c)/2 and (1+c)/2 quantiles. (nan, nan) when there are no values."""
     import numpy as np
+
+    data = np.asarray(_scores(values, "values"), dtype=float)
+    if statistic is None:
+        return _bootstrap((data,), lambda sample, axis=-1: sample.mean(axis=axis), confidence, n_boot, seed)
+
+    def each(sample, axis=-1):
+        return np.apply_along_axis(lambda row: float(statistic(row)), axis, sample)
+
+    return _bootstrap((data,), each, confidence, n_boot, seed)
+
+
+def _bootstrap(samples: tuple, statistic: Callable, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """``scipy.stats.bootstrap`` (percentile, paired samples, vectorised ``statistic(*samples, axis)``),
+    with the cases scipy refuses handled here: no observation -> (nan, nan), one -> its statistic twice."""
+    import numpy as np
+    from scipy.stats import bootstrap
 
     _z(confidence)
     if int(n_boot) < 1:
         raise MMToxError(f"bootstrap_ci: n_boot={n_boot} must be at least 1")
-    data = np.asarray(_scores(values, "values"), dtype=float)
-    if data.size == 0:
+    size = samples[0].size
+    if size == 0:
         return NAN, NAN
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, data.size, size=(int(n_boot), data.size))
-    samples = data[picks]
-    stats = samples.mean(axis=1) if statistic is None else np.array([float(statistic(row)) for row in samples])
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    if size == 1:
+        value = float(np.asarray(statistic(*(s[None, :] for s in samples), axis=-1)).ravel()[0])
+        return value, value
+    with np.errstate(all="ignore"):
+        result = bootstrap(
+            samples,
+            statistic,
+            n_resamples=int(n_boot),
+            confidence_level=confidence,
+            method="percentile",
+            paired=True,
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def rate_with_ci(flags: Iterable[bool], confidence: float = 0.95) -> dict[str, float]:

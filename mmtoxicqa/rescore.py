@@ -121,13 +121,10 @@ def agreement(flags_a: list[int], flags_b: list[int]) -> dict:
     n = len(flags_a)
     if n == 0:
         return {"n": 0, "agreement": math.nan, "kappa": math.nan}
+    from mmtoxicqa.metrics import cohen_kappa
+
     observed = sum(a == b for a, b in zip(flags_a, flags_b)) / n
-    pa, pb = sum(flags_a) / n, sum(flags_b) / n
-    expected = pa * pb + (1 - pa) * (1 - pb)
-    kappa = (observed - expected) / (1 - expected) if expected < 1 else (1.0 if observed == 1 else math.nan)
-    if abs(kappa) < 1e-12:
-        kappa = 0.0  # chance-level agreement, without float noise printing as -0.000
-    return {"n": n, "agreement": observed, "kappa": kappa}
+    return {"n": n, "agreement": observed, "kappa": cohen_kappa(flags_a, flags_b)}
 
 
 def judges_agreement(run_dir: str | Path, threshold: float) -> list[dict]:

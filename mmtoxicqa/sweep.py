@@ -301,6 +301,7 @@ def add_cli(subparsers) -> None:
         help="variant name stored in each cell and shown as 'METHOD [TAG]' in the leaderboard; "
         "use it when rerunning a method with other --model-args into the same --out",
     )
+    parser.add_argument("--wandb", metavar="PROJECT", default=None, help="also log the cells as a table to this wandb project")
     parser.set_defaults(func=_cli)
 
 
@@ -319,4 +320,8 @@ def _cli(args) -> int:
         args.tag,
     )
     print(f"sweep: {len(paths)} cells in {args.out}")
+    if args.wandb:
+        from mmtoxicqa.wandb_log import cells_table, log_run
+
+        print(f"wandb: {log_run(args.wandb, 'sweep', {'cells': cells_table([json.loads(Path(p).read_text()) for p in paths])})}")
     return 0

@@ -316,3 +316,48 @@ def test_perplexity_reports_per_text_nll_and_tokens():
     assert len(result["per_text_nll"]) == len(result["per_text_tokens"]) == result["n_scored"] == 2
     assert sum(result["per_text_tokens"]) == result["n_tokens"]
     assert math.exp(sum(result["per_text_nll"]) / result["n_tokens"]) == pytest.approx(result["corpus"], rel=1e-12)
+
+
+def test_cohen_kappa_by_hand():
+    from mmtoxicqa.metrics import cohen_kappa
+    from mmtoxicqa.rescore import agreement
+
+    # a = 1100, b = 1010: observed 2/4, both raters 1/2 yes -> chance 1/2 -> kappa 0
+    assert cohen_kappa([1, 1, 0, 0], [1, 0, 1, 0]) == 0.0
+    # a = 11100, b = 11000: observed 4/5; pa = 3/5, pb = 2/5 -> chance 6/25 + 6/25 = 12/25 -> (20-12)/(25-12) = 8/13
+    assert cohen_kappa([1, 1, 1, 0, 0], [1, 1, 0, 0, 0]) == pytest.approx(8 / 13)
+    assert cohen_kappa([0, 0, 0], [0, 0, 0]) == 1.0  # one label from both raters: perfect agreement, not 0/0
+    assert math.isnan(cohen_kappa([], []))
+    assert agreement([1, 1, 1, 0, 0], [1, 1, 0, 0, 0]) == {"n": 5, "agreement": 0.8, "kappa": pytest.approx(8 / 13)}
+    with pytest.raises(MMToxError):
+        cohen_kappa([1], [1, 0])
+
+
+def test_bootstrap_matches_the_hand_written_resampling():
+    """scipy's percentile bootstrap with default_rng(seed) draws the resamples the former hand-written
+    loop drew (rng.integers(0, n, (n_boot, n))), so the committed intervals do not move."""
+    import numpy as np
+
+    values = [0.1, 0.4, 0.9, 0.2, 0.05, 0.6, 0.33]
+    picks = np.random.default_rng(3).integers(0, len(values), size=(500, len(values)))
+    expected = np.quantile(np.asarray(values)[picks].mean(axis=1), [0.025, 0.975])
+    assert metrics.bootstrap_ci(values, n_boot=500, seed=3) == pytest.approx(tuple(expected), rel=1e-12)
+    assert metrics.bootstrap_ci([0.7]) == (0.7, 0.7)  # one value: scipy refuses it, the interval is the value
+    nll, tokens = np.array([1.0, 2.0, 4.0]), np.array([1.0, 2.0, 2.0])
+    rows = np.random.default_rng(3).integers(0, 3, size=(500, 3))  # texts resampled with their token counts
+    corpus = np.exp(nll[rows].sum(axis=1) / tokens[rows].sum(axis=1))
+    expected = tuple(np.quantile(corpus, [0.025, 0.975]))
+    assert metrics.corpus_perplexity_ci(list(nll), list(tokens), n_boot=500, seed=3) == pytest.approx(expected, rel=1e-12)
+
+
+def test_each_task_interval_is_computed_once(monkeypatch):
+    from mmtoxicqa import task_metrics
+
+    calls = []
+    real = metrics.bootstrap_ci
+    monkeypatch.setattr(metrics, "bootstrap_ci", lambda values, *a, **k: calls.append(1) or real(values, *a, **k))
+    task_metrics._mean_interval.cache_clear()
+    records = [{"score": s, "request_key": str(i)} for i, s in enumerate([0.1, 0.8, 0.3, 0.95])]
+    low = task_metrics.agg_mean_toxicity_ci_low(records)
+    high = task_metrics.agg_mean_toxicity_ci_high(records)
+    assert (low, high) == real([0.1, 0.8, 0.3, 0.95]) and len(calls) == 1

@@ -321,3 +321,25 @@ def test_sweep_records_one_time_seconds_apart_from_per_item_time(tmp_path, tiny_
     assert list((tmp_path / "cache" / "glasses").glob("*.safetensors"))
     row = {r["method"]: r for r in build_rows(list(cells.values()))}["sgm"]
     assert row["one_time_s"] == pytest.approx(cells[("sgm", tasks[0])]["one_time_s"])
+
+
+def test_leaderboard_and_sweep_tables_log_to_wandb_offline(results_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from mmtoxicqa.cli import main
+    from mmtoxicqa.wandb_log import cells_table
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wb").mkdir()
+    assert main(["leaderboard", str(results_dir), "--out", str(tmp_path / "board"), "--wandb", "mmtox-test"]) == 0
+    [run] = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    [table] = list(run.rglob("leaderboard_*.table.json"))
+    logged = json.loads(table.read_text())
+    header = next(csv.reader(io.StringIO((tmp_path / "board" / "leaderboard.csv").read_text())))
+    assert logged["columns"] == header and [r[1] for r in logged["data"]] == ["sgm", "vanilla"]
+    [paired] = list(run.rglob("paired_*.table.json"))
+    assert {r[2] for r in json.loads(paired.read_text())["data"]} == {"standard", "adversarial", "benign"}
+    assert list(run.rglob("frontier_*.png"))  # the safety/fluency frontier plot
+    columns, rows = cells_table([json.loads(p.read_text()) for p in sorted(results_dir.glob("cell*.json"))])
+    assert columns[:4] == ["model", "method", "tag", "task"] and len(rows) == 8 and "exact_match" in columns

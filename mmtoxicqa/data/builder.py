@@ -654,6 +654,9 @@ def build(
             os.replace(stage / name, out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    from mmtoxicqa.data.hub import write_hub_layout
+
+    write_hub_layout(out_dir, sheet)  # data/<split>-*.parquet + README.md: the Hugging Face dataset layout
     say(f"built in {time.monotonic() - started:.1f}s")
     return sheet
 
