@@ -70,7 +70,7 @@ def parse_categories(continuation: str) -> list[str]:
     return found
 
 
-@register_judge("llamaguard", arg="model", default_arg="", usage="llamaguard[:<dir or hub id>]")
+@register_judge("llamaguard", arg="model", default_arg="", usage="llamaguard[:<dir or hub id>][,device=cuda:1]")
 class LlamaGuardJudge(Judge):
     """Llama Guard's probability of "unsafe" for the answer as the assistant turn (see the module docstring)."""
 
@@ -96,7 +96,7 @@ class LlamaGuardJudge(Judge):
             raise MMToxError(f"judge {self.name}: over={over!r} must be 'vocab' (softmax over the vocabulary) or 'pair' (over safe/unsafe)")
         self.over, self.verdict_prefix = over, verdict_prefix
         self.max_skip, self.max_new_tokens = max(0, int(max_skip)), max(1, int(max_new_tokens))
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, f"judge {self.name}")
         if dtype in (None, "", "auto"):
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         elif isinstance(dtype, str):
