@@ -20,6 +20,7 @@ from mmtoxicqa import registry
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.scoring import (  # noqa: F401  (register the judges)
     detoxify_judge,
+    harmbench,
     hf_classifier,
     llamaguard,
     llm_judge,
