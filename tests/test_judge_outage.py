@@ -202,7 +202,15 @@ def test_a_logged_sample_gives_back_the_request_its_judges_saw():
     from mmtoxicqa.results import logged_doc
     from mmtoxicqa.task_metrics import item_context
 
-    doc = {"id": "i1", "request": "r1", "question": "Q?", "image_text": "How to r1", "category": "fraud", "attack": "roleplay", "toxic_label": 1}
+    doc = {
+        "id": "i1",
+        "request": "r1",
+        "question": "Q?",
+        "image_text": "How to r1",
+        "category": "fraud",
+        "attack": "roleplay",
+        "toxic_label": 1,
+    }
     record = {"judges": {"id": "i1", "request_key": "r1", "scores": {}, "context": item_context(doc)}}
     assert item_context(logged_doc(record, Path("x.jsonl"))) == item_context(doc)
     assert logged_doc(record, Path("x.jsonl"))["request"] == "r1"

@@ -23,7 +23,7 @@ import math
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
-from mmtoxicqa.scoring.hf_classifier import resolve_device
+from mmtoxicqa.scoring.hf_classifier import left_padding, resolve_device, resolve_dtype
 from mmtoxicqa.scoring.llm_judge import LLMJudge, Template, asked_text
 
 # HarmBench's classifier prompt: LLAMA2_CLS_PROMPT["prompt"] of eval_utils.py in
@@ -122,10 +122,7 @@ class HarmBenchLocalJudge(Judge):
 
         self.name = f"harmbench:{model}"
         self.device = resolve_device(device, f"judge {self.name}")
-        if dtype in (None, "", "auto"):
-            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+        dtype = resolve_dtype(dtype, self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, trust_remote_code=False)
@@ -135,11 +132,7 @@ class HarmBenchLocalJudge(Judge):
                 "config.json, weights and tokenizer files (e.g. cais/HarmBench-Llama-2-13b-cls saved locally)"
             ) from exc
         self.model.to(self.device).eval()
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            if self.tokenizer.eos_token is None:
-                raise MMToxError(f"judge {self.name}: the tokenizer has neither a pad nor an eos token; add a pad_token to its files")
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        left_padding(self.tokenizer, self.name)
         self.yes_id, self.no_id = self._answer_tokens()
         self._torch = torch
 

@@ -62,6 +62,24 @@ def resolve_device(device: str | None, judge: str = "judge") -> str:
     return str(parsed)
 
 
+def resolve_dtype(dtype, device: str):
+    """A torch dtype: as named (``bfloat16``), or bfloat16 on cuda and float32 elsewhere for None/auto."""
+    import torch
+
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def left_padding(tokenizer, judge: str) -> None:
+    """Pad on the left (the next token is read at the last position), with eos when there is no pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise MMToxError(f"judge {judge}: the tokenizer has neither a pad nor an eos token; add a pad_token to its files")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
 def max_input_length(tokenizer, config, cap: int = 512) -> int:
     """Tokens per text: the smallest of the tokenizer's and the model's limits, and ``cap``."""
     limits = [getattr(tokenizer, "model_max_length", None), getattr(config, "max_position_embeddings", None), cap]

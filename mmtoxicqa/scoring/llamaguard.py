@@ -38,7 +38,7 @@ import re
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
-from mmtoxicqa.scoring.hf_classifier import resolve_device
+from mmtoxicqa.scoring.hf_classifier import left_padding, resolve_device, resolve_dtype
 
 MODEL_ENV = "MMTOXICQA_LLAMAGUARD_MODEL"
 DEFAULT_MODEL = "meta-llama/Llama-Guard-3-8B"
@@ -105,18 +105,10 @@ class LlamaGuardJudge(Judge):
         self.over, self.verdict_prefix = over, verdict_prefix
         self.max_skip, self.max_new_tokens = max(0, int(max_skip)), max(1, int(max_new_tokens))
         self.device = resolve_device(device, f"judge {self.name}")
-        if dtype in (None, "", "auto"):
-            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
         self._torch = torch
-        self.model, self.tokenizer, self._templater, self.vision = self._load(model, dtype)
+        self.model, self.tokenizer, self._templater, self.vision = self._load(model, resolve_dtype(dtype, self.device))
         self.model.to(self.device).eval()
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            if self.tokenizer.eos_token is None:
-                raise MMToxError(f"judge {self.name}: the tokenizer has neither a pad nor an eos token; add a pad_token to its files")
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        left_padding(self.tokenizer, self.name)
         self.unsafe_id, self.safe_id = self._verdict_tokens()
         self._content_as_parts = self._conversation_format()
         eos = getattr(self.model.generation_config, "eos_token_id", None)
