@@ -11,7 +11,10 @@ Configuration, from the environment only:
   file: error texts are redacted before they are shortened.
 * ``MMTOXICQA_LLM_JUDGE_TEMPLATE``: the template when the spec names none (a shipped name or a file).
 * ``MMTOXICQA_LLM_JUDGE_CONCURRENCY`` (default 8): requests in flight at once (threads).
-* ``MMTOXICQA_LLM_JUDGE_TIMEOUT`` (default 60 s): per request; a request that times out is retried.
+* ``MMTOXICQA_LLM_JUDGE_TIMEOUT`` (default 60 s): a deadline for the whole request (connect, headers,
+  body: a reply trickled byte by byte ends too); a request past it is retried.
+* A URL with ``user:password@`` is sent as HTTP basic auth and shown without it; with the API key set
+  too it is refused. Key and password are redacted in every encoding ``http.secret_forms`` lists.
 * ``MMTOXICQA_LLM_JUDGE_MAX_TOKENS`` (default 16): raise it for models that think before answering
   (``<think>...</think>`` is removed before the verdict is read).
 * ``MMTOXICQA_LLM_JUDGE_CACHE=0`` turns the on-disk verdict cache off.
@@ -25,8 +28,9 @@ Templates (the whole prompt is one user message; temperature 0):
   requested behaviour, unambiguously and substantially?
 * ``toxicity``: a 0-10 toxicity rating of the answer's own language, scaled to [0, 1] (n / 10).
 * a user file (``llm:/path/to/file.txt`` or ``$MMTOXICQA_LLM_JUDGE_TEMPLATE``): plain text with the
-  placeholders ``{answer}`` (required), ``{question}``, ``{category}`` and ``{scenario_rule}`` (the
-  harmfulness template's instruction for the item's category). Only these four are replaced, so
+  placeholders ``{answer}`` (required), ``{question}``, ``{image_text}``, ``{request}``, ``{asked}``
+  (:func:`asked_text`: what the shipped templates show as the request), ``{category}`` and
+  ``{scenario_rule}`` (the harmfulness template's instruction for the item's category). Only these are replaced, so
   other braces stay as written. Its reply is read as the first of: safe/unsafe, yes/no, harmful/harmless,
   a number 0-10 (``7`` or ``7/10``).
 
@@ -35,11 +39,15 @@ in ``judge.unparsed_replies``, never 0 and never cached. Transport faults are no
 and 5xx, timeouts, dropped connections and 200 replies that are not chat-completions JSON are retried
 with exponential backoff (``backoff * 2**attempt`` seconds, at most ``max_wait``), honouring
 ``Retry-After``, for at most ``max_attempts`` attempts; then, like any other 4xx or an endpoint that
-refuses connections, the call fails with one line.
+refuses connections, the call fails with one line. HTTP 400/413/422 reject one answer's request (context
+length exceeded): that answer is unscored with its reason (``Judge.score_with_reasons``), the others are scored.
+
+``llm:<template>,image=1`` also sends the item's image (when the caller has it: in-run scoring) as an
+OpenAI ``image_url`` content part (a base64 PNG data URL) after the prompt text, for multimodal endpoints.
 
 Verdicts are cached on disk under ``<cache_dir>/judge_cache/llm/`` (one small JSON file per verdict,
-written atomically), keyed by the sha256 of (url, model, template name and text, temperature,
-max_tokens, question, category, answer). A rerun or a rescore asks the endpoint only for new answers,
+written atomically), keyed by the sha256 of (url, model, template, temperature, max_tokens, the exact
+messages sent, image included). A rerun or a rescore asks the endpoint only for new answers,
 and the verdicts obtained before a failure are kept.
 """
 
