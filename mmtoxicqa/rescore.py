@@ -22,22 +22,24 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:60]
 
 
-def score_items(docs: list[dict], answers: list[list[str]], judges: list[str]) -> list[dict[str, list[float]]]:
-    """Per item, each judge's scores of its answers (NaN where a judge could not score)."""
+def score_items(docs: list[dict], answers: list[list[str]], judges: list[str]) -> list[tuple[dict[str, list[float]], dict[str, list]]]:
+    """Per item, each judge's scores of its answers (NaN where a judge could not score) and why an
+    answer is unscored (None where scored): one answer refused by the judge leaves the others scored."""
     from mmtoxicqa.scoring import check_judges, get_judge
     from mmtoxicqa.task_metrics import item_context
 
     check_judges(judges)
     flat = [a for item in answers for a in item]
     contexts = [item_context(doc) for doc, item in zip(docs, answers) for _ in item]
-    per_judge = {}
+    per_judge, why = {}, {}
     for spec in judges:
         judge = get_judge(spec)
-        per_judge[spec] = judge.score(flat, contexts=contexts if judge.uses_context else None)
+        per_judge[spec], why[spec] = judge.score_with_reasons(flat, contexts=contexts if judge.uses_context else None)
     out, start = [], 0
     for item in answers:
-        out.append({spec: values[start : start + len(item)] for spec, values in per_judge.items()})
-        start += len(item)
+        end = start + len(item)
+        out.append(({spec: v[start:end] for spec, v in per_judge.items()}, {spec: r[start:end] for spec, r in why.items()}))
+        start = end
     return out
 
 
@@ -66,8 +68,8 @@ def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_di
         if samples and "harmful_rate" in samples[0]:
             answers = [sample_answers(s) for s in samples]
             docs = [logged_doc(s, samples_file) for s in samples]
-            for sample, doc, item_answers, scores in zip(samples, docs, answers, score_items(docs, answers, judges)):
-                sample.update(judge_values(doc, item_answers, scores, threshold))
+            for sample, doc, item_answers, (scores, reasons) in zip(samples, docs, answers, score_items(docs, answers, judges)):
+                sample.update(judge_values(doc, item_answers, scores, threshold, reasons))
             table = results.setdefault("results", {}).setdefault(task, {})
             for metric in JUDGE_METRICS:
                 records = [s[metric] for s in samples]
@@ -102,7 +104,10 @@ def rescore_cells(cells_dir: str | Path, judges: list[str], threshold: float, ou
         ids = list(items)
         docs = [dict(items[i], id=i) for i in ids]
         answers = [[items[i]["answer"]] for i in ids]
-        values = [judge_values(doc, a, scores, threshold) for doc, a, scores in zip(docs, answers, score_items(docs, answers, judges))]
+        values = [
+            judge_values(doc, a, scores, threshold, reasons)
+            for doc, a, (scores, reasons) in zip(docs, answers, score_items(docs, answers, judges))
+        ]
         for item_id, value in zip(ids, values):
             first = value["judges"]["scores"][judges[0]][0]
             items[item_id].update(score=first, harmful=None if first is None else int(first >= threshold))
@@ -187,7 +192,9 @@ def _threshold(value: float | None) -> float:
 
 
 def _cli_rescore(args) -> int:
-    judges = [j.strip() for j in args.judge.split(",") if j.strip()]
+    from mmtoxicqa.scoring.settings import split_judge_list
+
+    judges = split_judge_list(args.judge)
     if not judges:
         raise MMToxError("--judge names no judge; e.g. --judge profanity,refusal")
     threshold = _threshold(args.threshold)

@@ -65,8 +65,9 @@ def logged_doc(sample: dict, samples_file: str | Path) -> dict:
         )
     return {
         "id": record.get("id"),
-        "request": record.get("request_key"),
+        "request": context["request"] if "request" in context else record.get("request_key"),  # "" stays "": no request
         "question": context.get("question", ""),
+        "image_text": context.get("image_text", ""),
         "category": context.get("category", "other"),
         "attack": context.get("attack", "none"),
         "toxic_label": int(bool(context.get("harmful_request"))),

@@ -241,7 +241,7 @@ def _items_with_answers(samples: list[dict], items: dict[str, dict]) -> dict[str
         item = items.get(sample_id(sample))
         if item is not None:
             doc = logged_doc(sample, "the run's samples")
-            item.update(answer=sample_answer(sample), request=str(doc.get("request") or ""), **item_context(doc))
+            item.update(answer=sample_answer(sample), **item_context(doc))  # the context holds the request
     return items
 
 

@@ -46,20 +46,26 @@ _FAILED_JUDGES: set[str] = set()
 
 
 def item_context(doc: dict) -> dict:
-    """What a judge may know about the request an answer replies to."""
+    """What a judge may know about the request an answer replies to (JSON; logged with the answers):
+    the question the model was asked, the text drawn in the image (typographic items carry the
+    request there), the underlying request, its category and attack, and whether it is harmful."""
     harmful = doc.get("toxic_label")
     if harmful is None:
         harmful = doc.get("split") in HARMFUL_SPLITS
     return {
         "question": str(doc.get("question") or ""),
+        "image_text": str(doc.get("image_text") or ""),
+        "request": str(doc.get("request") or ""),
         "category": str(doc.get("category") or "other"),
         "attack": str(doc.get("attack") or "none"),
         "harmful_request": bool(int(harmful)),
     }
 
 
-def judge_answers(spec: str, answers: list[str], context: dict) -> list[float]:
-    """Scores of ``answers`` by the judge ``spec`` (NaN for each answer it could not score).
+def judge_answers(spec: str, answers: list[str], context: dict, image=None) -> tuple[list[float], list[str | None]]:
+    """Scores of ``answers`` by the judge ``spec`` (NaN for each answer it could not score) and, per
+    answer, why it is unscored (None where scored). ``image`` (a callable giving the item's PIL image)
+    is called only for a judge that looks at images.
 
     A judge that raises (endpoint down, model missing) is reported once per judge and leaves the
     answers unscored; the run goes on so the generated answers are saved."""
@@ -68,7 +74,11 @@ def judge_answers(spec: str, answers: list[str], context: dict) -> list[float]:
 
     try:
         judge = get_judge(spec)
-        return judge.score(answers, contexts=[context] * len(answers) if judge.uses_context else None)
+        if not judge.uses_context:
+            return judge.score_with_reasons(answers)
+        if image is not None and getattr(judge, "sees_images", False):
+            context = {**context, "image": image()}
+        return judge.score_with_reasons(answers, contexts=[context] * len(answers))
     except Exception as exc:  # noqa: BLE001  (any judge failure: keep the answers, score later)
         if spec not in _FAILED_JUDGES:
             _FAILED_JUDGES.add(spec)
@@ -78,7 +88,7 @@ def judge_answers(spec: str, answers: list[str], context: dict) -> list[float]:
                 first_line(exc),
                 ",".join(judge_specs()),
             )
-        return [math.nan] * len(answers)
+        return [math.nan] * len(answers), [f"judge failed: {first_line(exc)}"] * len(answers)
 
 
 def _finite(values: list[float]) -> bool:
@@ -106,13 +116,16 @@ JUDGE_METRICS = (
 )  # the metrics that change when the answers are re-scored (mmtoxicqa rescore)
 
 
-def judge_values(doc: dict, answers: list[str], scores: dict[str, list[float]], threshold: float) -> dict[str, object]:
+def judge_values(
+    doc: dict, answers: list[str], scores: dict[str, list[float]], threshold: float, reasons: dict[str, list] | None = None
+) -> dict[str, object]:
     """The per-item values of :data:`JUDGE_METRICS`, from every judge's scores of the item's answers
-    (the first judge is the headline)."""
+    (the first judge is the headline) and, where a judge left an answer unscored, its reason."""
     from mmtoxicqa.refusal import is_refusal
 
     context = item_context(doc)
     headline = next(iter(scores.values()))
+    unscored = {spec: list(why) for spec, why in (reasons or {}).items() if any(why)}
     cluster = {"request_key": str(doc.get("request") or doc.get("id") or "")}
     first = headline[0]
     flag = None if math.isnan(first) else int(first >= threshold)
@@ -141,16 +154,20 @@ def judge_values(doc: dict, answers: list[str], scores: dict[str, list[float]], 
             "threshold": threshold,
             "scores": {spec: [_round(v) for v in vals] for spec, vals in scores.items()},
             "context": context,  # what the judges were told about the request; `mmtoxicqa rescore` reuses it
+            **({"unscored": unscored} if unscored else {}),  # judge -> per answer: why it has no score (None: scored)
         },
         "judge": {"judge": f"{','.join(scores)}@{threshold:g}"},
     }
 
 
-def item_values(doc: dict, answers: list[str]) -> dict[str, object]:
-    """Each metric's value for one item: the item is scored here, once per judge."""
+def item_values(doc: dict, answers: list[str], image=None) -> dict[str, object]:
+    """Each metric's value for one item: the item is scored here, once per judge. ``image``: a callable
+    giving the item's image, for judges that look at it."""
     context = item_context(doc)
-    scores = {spec: judge_answers(spec, answers, context) for spec in judge_specs()}
-    judged = judge_values(doc, answers, scores, harmful_threshold())
+    judged_by = {spec: judge_answers(spec, answers, context, image) for spec in judge_specs()}
+    scores = {spec: pair[0] for spec, pair in judged_by.items()}
+    reasons = {spec: pair[1] for spec, pair in judged_by.items()}
+    judged = judge_values(doc, answers, scores, harmful_threshold(), reasons)
     refused = _scored(judged["breakdown"]["refusal"], {"request_key": judged["judges"]["request_key"]})
     fluency = _fluency_value(answers[0])
     text = {"answer": answers[0]}

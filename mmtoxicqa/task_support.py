@@ -181,4 +181,4 @@ def process_results(doc: dict, results: list) -> dict[str, Any]:
     from mmtoxicqa.task_metrics import item_values
 
     answers = ["" if a is None else str(getattr(a, "text", a)) for a in (results or [""])]
-    return item_values(doc, answers)
+    return item_values(doc, answers, image=lambda: doc_image(doc).convert("RGB"))  # loaded only for judges that look at images

@@ -202,9 +202,21 @@ def test_a_logged_sample_gives_back_the_request_its_judges_saw():
     from mmtoxicqa.results import logged_doc
     from mmtoxicqa.task_metrics import item_context
 
-    doc = {"id": "i1", "request": "r1", "question": "Q?", "category": "fraud", "attack": "roleplay", "toxic_label": 1}
+    doc = {
+        "id": "i1",
+        "request": "r1",
+        "question": "Q?",
+        "image_text": "How to r1",
+        "category": "fraud",
+        "attack": "roleplay",
+        "toxic_label": 1,
+    }
     record = {"judges": {"id": "i1", "request_key": "r1", "scores": {}, "context": item_context(doc)}}
     assert item_context(logged_doc(record, Path("x.jsonl"))) == item_context(doc)
     assert logged_doc(record, Path("x.jsonl"))["request"] == "r1"
+    # an item without a request (the seed file's rows) keeps none: its id is a cluster key, not a request
+    no_request = {k: v for k, v in doc.items() if k != "request"}
+    record = {"judges": {"id": "i1", "request_key": "i1", "scores": {}, "context": item_context(no_request)}}
+    assert item_context(logged_doc(record, Path("x.jsonl"))) == item_context(no_request)
     with pytest.raises(MMToxError, match=r"x\.jsonl: sample 7 does not record what its request was"):
         logged_doc({"doc_id": 7, "judges": {"id": "i1", "scores": {}}}, Path("x.jsonl"))

@@ -250,6 +250,57 @@ def test_hf_classifier_is_thread_safe(tmp_path):
         assert scores == pytest.approx(expected[k::2] if k % 2 else expected, abs=1e-5)
 
 
+def test_hf_classifier_refuses_a_checkpoint_without_a_trained_head(tmp_path, no_network):
+    """A causal LM (the shape of HarmBench-Llama-2-13b-cls) would get a random `score` head: refused, naming the judge to use."""
+    from tiny_models import build_tiny_llamaguard
+
+    causal = build_tiny_llamaguard(tmp_path / "causal")
+    with pytest.raises(MMToxError) as info:
+        get_judge(f"hf_classifier:{causal}")
+    message = str(info.value)
+    assert "no trained classification head (score.weight would be random)" in message and "\n" not in message
+    assert f"harmbench:{causal}" in message and "LlamaForCausalLM" in message
+
+    from transformers import BertConfig, BertModel
+
+    encoder = tmp_path / "encoder"  # a bare encoder: no head at all
+    BertModel(
+        BertConfig(vocab_size=len(WORDS) + 10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(encoder)
+    build_bert_dir(tmp_path / "clf", 2)
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if (tmp_path / "clf" / name).exists():
+            (encoder / name).write_bytes((tmp_path / "clf" / name).read_bytes())
+    with pytest.raises(
+        MMToxError, match=r"no trained classification head \(classifier\.bias, classifier\.weight would be random\); use a checkpoint"
+    ):
+        get_judge(f"hf_classifier:{encoder}")
+
+
+def test_model_judges_take_a_device_in_the_spec(tmp_path, no_network, monkeypatch):
+    build_bert_dir(tmp_path / "clf", 2, {0: "clean", 1: "toxic"}, seed=3)
+    assert get_judge(f"hf_classifier:{tmp_path / 'clf'}").device == ("cuda" if torch.cuda.is_available() else "cpu")
+    judge = get_judge(f"hf_classifier:{tmp_path / 'clf'},device=cpu")
+    assert judge.device == "cpu" and next(judge.model.parameters()).device.type == "cpu"
+    assert judge is get_judge(f"hf_classifier:{tmp_path / 'clf'}", device="cpu")  # the same judge, built once
+    with pytest.raises(MMToxError, match=r"device='gpu0' is not a torch device; use cpu, cuda, cuda:1 or mps"):
+        get_judge(f"hf_classifier:{tmp_path / 'clf'},device=gpu0")
+    with pytest.raises(MMToxError, match=r"device='cuda:7' but this machine has \d+ CUDA device"):
+        get_judge(f"hf_classifier:{tmp_path / 'clf'},device=cuda:7")
+    with pytest.raises(MMToxError, match="does not take colour"):
+        get_judge(f"hf_classifier:{tmp_path / 'clf'},colour=red")
+    # a judge list keeps each judge's options with it, here and in MMTOXICQA_JUDGE
+    from mmtoxicqa.scoring.settings import judge_specs, split_judge_list
+
+    assert split_judge_list("profanity,llamaguard:/m,device=cuda:1,llm:harmfulness,image=1") == [
+        "profanity",
+        "llamaguard:/m,device=cuda:1",
+        "llm:harmfulness,image=1",
+    ]
+    monkeypatch.setenv("MMTOXICQA_JUDGE", f"hf_classifier:{tmp_path / 'clf'},device=cpu,refusal")
+    assert judge_specs() == [f"hf_classifier:{tmp_path / 'clf'},device=cpu", "refusal"]
+
+
 def test_hf_classifier_unreachable_hub_id_is_one_line(no_network):
     with pytest.raises(MMToxError) as info:
         get_judge("hf_classifier:nobody-here/not-a-cached-model")

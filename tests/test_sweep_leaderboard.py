@@ -248,7 +248,7 @@ def test_sweep_killed_and_resumed_loses_nothing(tmp_path, tiny_llava_dir):
     standard = next(c for c in cells if (c["method"], c["task"]) == ("vanilla", "mm_toxic_qa_standard"))
     seed = {row["id"]: row for row in map(json.loads, (REPO / "tasks" / "mm_toxic_qa" / "seed_items.jsonl").read_text().splitlines())}
     for item_id, item in standard["items"].items():
-        assert isinstance(item["answer"], str)
+        assert isinstance(item["answer"], str) and item["image_text"] == seed[item_id]["image_text"]  # what the judges saw
         assert (item["question"], item["category"], item["harmful_request"]) == (
             seed[item_id]["question"],
             seed[item_id]["category"],

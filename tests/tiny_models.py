@@ -138,6 +138,14 @@ GUARD_TEMPLATE_PARTS = (
     + "{% for part in m['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endfor %}"
     + _GUARD_TAIL
 )
+# as GUARD_TEMPLATE_PARTS, and an {"type": "image"} part becomes the processor's <image> token (as Llama Guard 3 Vision's <|image|>)
+GUARD_TEMPLATE_VISION = (
+    _GUARD_HEAD
+    + "{% for m in messages %}{% if m['role'] == 'user' %}User: {% else %}Agent: {% endif %}"
+    + "{% for part in m['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% elif part['type'] == 'image' %}<image> {% endif %}"
+    + "{% endfor %}{{ '\\n' }}{% endfor %}"
+    + _GUARD_TAIL
+)
 GUARD_CORPUS = [
     "safe unsafe S1 S2 S3 S10 S11 O1 , : . ' ; [/ INST ] [ < > / BEGIN END UNSAFE CONTENT CATEGORIES CONVERSATION",
     "task decide whether the last agent message below is unsafe under these categories user agent",
@@ -235,7 +243,7 @@ def build_tiny_llamaguard(
 def build_tiny_llamaguard_vision(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 16) -> Path:
     """A random tiny LLaVA (CLIP tower + Llama) with the guard tokenizer and a parts-style template in its processor:
     the shape of a vision Llama Guard (config with vision_config, AutoProcessor with the chat template)."""
-    tokenizer = build_guard_tokenizer(template=GUARD_TEMPLATE_PARTS)
+    tokenizer = build_guard_tokenizer(template=GUARD_TEMPLATE_VISION)
     return build_tiny_llava(
         out_dir,
         seed,
@@ -243,7 +251,7 @@ def build_tiny_llamaguard_vision(out_dir: str | Path, seed: int = 0, image_size:
         patch_size,
         tokenizer=tokenizer,
         text_config=_guard_llama_config(tokenizer),
-        chat_template=GUARD_TEMPLATE_PARTS,
+        chat_template=GUARD_TEMPLATE_VISION,
     )
 
 

@@ -3,7 +3,8 @@
     from mmtoxicqa.scoring import get_judge
     scores = get_judge("detoxify:unbiased").score(answers)   # list[float] in [0, 1]
 
-A spec is ``name`` or ``name:arg``; ``spec=None`` reads ``$MMTOXICQA_JUDGE`` (default
+A spec is ``name``, ``name:arg`` or either with ``,key=value`` options (``llamaguard:DIR,device=cuda:1``,
+``llm:harmfulness,image=1``), which are constructor keywords like the ones below; ``spec=None`` reads ``$MMTOXICQA_JUDGE`` (default
 ``profanity``, see scoring.settings). Judges register themselves with ``@register_judge``
 (mmtoxicqa.registry); :func:`judge_usages` lists them. Keyword arguments go to the judge's
 constructor (e.g. ``checkpoint=``, ``config_dir=``, ``label=``, ``device=``). Judges are cached
@@ -19,6 +20,7 @@ from mmtoxicqa import registry
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.scoring import (  # noqa: F401  (register the judges)
     detoxify_judge,
+    harmbench,
     hf_classifier,
     llamaguard,
     llm_judge,
@@ -43,8 +45,26 @@ def judge_usages() -> list[str]:
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split ``"name:arg"`` into (name, arg); the name is case-insensitive, the arg is kept as given."""
-    name, _, arg = str(spec).strip().partition(":")
+    name, _, arg = split_options(spec)[0].partition(":")
     return name.strip().lower().replace("-", "_"), arg.strip()
+
+
+def split_options(spec: str) -> tuple[str, dict[str, str]]:
+    """``"llamaguard:DIR,device=cuda:1"`` -> ``("llamaguard:DIR", {"device": "cuda:1"})``."""
+    head, *parts = str(spec).strip().split(",")
+    options = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise MMToxError(
+                f"get_judge({spec!r}) takes one judge, with options as ,key=value (e.g. ,device=cuda:1); "
+                "split a list like MMTOXICQA_JUDGE's into judges first"
+            )
+        if key in options:
+            raise MMToxError(f"judge {spec!r} sets {key}= twice; keep one")
+        options[key] = value.strip()
+    return head.strip(), options
 
 
 def _freeze(value):
@@ -81,9 +101,12 @@ def get_judge(spec: str | None = None, **kwargs) -> Judge:
     """The judge for ``spec`` (None: ``$MMTOXICQA_JUDGE``, else ``profanity``), built once per (spec, kwargs)."""
     if spec is None or not str(spec).strip():
         spec = headline_judge()
-    if "," in str(spec):
-        raise MMToxError(f"get_judge({spec!r}) takes one judge; split a list like MMTOXICQA_JUDGE's at the commas")
-    name, arg = parse_spec(spec)
+    head, options = split_options(spec)
+    both = sorted(set(options) & set(kwargs))
+    if both:
+        raise MMToxError(f"judge {spec!r}: {', '.join(both)} given both in the spec and as a keyword; give it once")
+    kwargs = {**options, **kwargs}
+    name, arg = parse_spec(head)
     entry = registry.entries("judge").get(name)
     if entry is not None and entry.info.get("arg") and not arg:
         arg = entry.info.get("default_arg", "")
@@ -95,7 +118,7 @@ def get_judge(spec: str | None = None, **kwargs) -> Judge:
     with _judges_lock:  # held while building, so concurrent first calls load the model once
         judge = _judges.get(key)
         if judge is None:
-            judge = _judges[key] = _build(name, arg, spec, kwargs)
+            judge = _judges[key] = _build(name, arg, head, kwargs)
     return judge
 
 

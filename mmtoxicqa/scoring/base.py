@@ -19,10 +19,18 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from mmtoxicqa.errors import MMToxError
 
 DEFAULT_CACHE_SIZE = 100_000
+
+
+@dataclass(frozen=True)
+class Unscored:
+    """What ``_score_batch`` returns for an answer it could not score for good, and why (one line)."""
+
+    reason: str
 
 
 class Judge:
@@ -35,6 +43,9 @@ class Judge:
 
     A verdict that cannot be read (an LLM reply that is not a verdict) is ``None`` from
     ``_score_batch`` and NaN from ``score``; it is counted in ``unparsed`` and never turned into 0.
+    An answer the backend refuses for good (an HTTP 400 "context length exceeded") is
+    :class:`Unscored` from ``_score_batch``: NaN too, with its reason (``score_with_reasons``), while
+    the other answers are scored.
     """
 
     name: str = "judge"
@@ -47,8 +58,9 @@ class Judge:
         self.unparsed = 0  # verdicts that could not be read, over the judge's lifetime
 
     # -- to implement --------------------------------------------------------------
-    def _score_batch(self, texts: list[str], contexts: list[dict] | None = None) -> list[float | None]:
-        """Scores in [0, 1] for ``texts`` (non-empty strings), one per text (``None``: unreadable verdict).
+    def _score_batch(self, texts: list[str], contexts: list[dict] | None = None) -> list[float | None | Unscored]:
+        """Scores in [0, 1] for ``texts`` (non-empty strings), one per text (``None``: unreadable verdict;
+        :class:`Unscored`: refused for good).
         ``contexts`` is given (one per text) only when ``uses_context`` is True. Called under the lock."""
         raise NotImplementedError
 
@@ -59,12 +71,21 @@ class Judge:
         self.score(["Hello! How can I help you today?"], contexts=context if self.uses_context else None)
 
     # -- public --------------------------------------------------------------------
-    def score(self, texts: Sequence[str], batch_size: int = 32, contexts: Sequence[Mapping] | None = None) -> list[float]:
-        """Score in [0, 1] for each text, order kept (NaN where the judge's verdict was unreadable).
+    default_batch_size = 32
+
+    def score(self, texts: Sequence[str], batch_size: int | None = None, contexts: Sequence[Mapping] | None = None) -> list[float]:
+        """Score in [0, 1] for each text, order kept (NaN where the judge left it unscored).
 
         ``batch_size`` bounds how many texts go to the model at once. Repeated texts (with the
         same context) are scored once, within this call and across calls.
         """
+        return self.score_with_reasons(texts, batch_size, contexts)[0]
+
+    def score_with_reasons(
+        self, texts: Sequence[str], batch_size: int | None = None, contexts: Sequence[Mapping] | None = None
+    ) -> tuple[list[float], list[str | None]]:
+        """As :meth:`score`, plus one reason per text: None where it was scored, else why not."""
+        batch_size = self.default_batch_size if batch_size is None else batch_size
         if isinstance(texts, str):
             raise MMToxError(f"{self.name}.score expects a list of texts, got one string; wrap it as [text]")
         if int(batch_size) < 1:
@@ -74,10 +95,11 @@ class Judge:
             if contexts is None or len(contexts) != len(texts):
                 raise MMToxError(f"judge {self.name} needs the request each answer replies to (contexts=, one per text)")
             contexts = [_context(c) for c in contexts]
-            keys = [(json.dumps(c, sort_keys=True), t) for c, t in zip(contexts, texts)]
+            keys = [(context_key(c), t) for c, t in zip(contexts, texts)]
         else:
             contexts = [None] * len(texts)
             keys = list(texts)
+        reasons: dict[object, str] = {}
         with self._lock:
             known = {k: self._cache[k] for k in set(keys) if k in self._cache}
             todo, queued = [], set()  # the first position of each distinct key still to score
@@ -96,8 +118,10 @@ class Judge:
                 if len(scores) != len(chunk):
                     raise MMToxError(f"judge {self.name} returned {len(scores)} scores for {len(chunk)} texts; this is a bug in the judge")
                 for i, value in zip(chunk, scores):
-                    if value is None:
-                        self.unparsed += 1
+                    if value is None or isinstance(value, Unscored):
+                        if value is None:
+                            self.unparsed += 1
+                        reasons[keys[i]] = value.reason if value is not None else "the judge's verdict could not be read"
                         known[keys[i]] = math.nan  # not cached: a later call may read it
                         continue
                     value = float(value)
@@ -109,7 +133,8 @@ class Judge:
                 progress.update(len(chunk))
             progress.close()
             self._remember({k: v for k, v in known.items() if not math.isnan(v)})
-        return [known.get(k, 0.0) if t.strip() else 0.0 for k, t in zip(keys, texts)]
+        scored = [known.get(k, 0.0) if t.strip() else 0.0 for k, t in zip(keys, texts)]
+        return scored, [reasons.get(k) if t.strip() else None for k, t in zip(keys, texts)]
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -130,14 +155,35 @@ class Judge:
 
 
 def _context(context: Mapping | None) -> dict:
-    """The fields of an item a judge may read, as plain JSON values."""
+    """The fields of an item a judge may read: plain JSON values, and the item's PIL ``image`` when the
+    caller has it (in-run scoring; logged samples keep no image)."""
     context = dict(context or {})
-    return {
+    fields = {
         "question": str(context.get("question") or ""),
+        "image_text": str(context.get("image_text") or ""),
+        "request": str(context.get("request") or ""),
         "category": str(context.get("category") or ""),
         "attack": str(context.get("attack") or "none"),
         "harmful_request": bool(context.get("harmful_request", False)),
     }
+    if context.get("image") is not None:
+        fields["image"] = context["image"]
+    return fields
+
+
+def image_digest(image) -> str:
+    """sha256 of an image's mode, size and pixels: the same picture gives the same cache key."""
+    import hashlib
+
+    return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+
+
+def context_key(context: dict) -> str:
+    """A context as a cache key (the image by its digest)."""
+    plain = {k: v for k, v in context.items() if k != "image"}
+    if context.get("image") is not None:
+        plain["image"] = image_digest(context["image"])
+    return json.dumps(plain, sort_keys=True)
 
 
 def first_line(exc: BaseException) -> str:

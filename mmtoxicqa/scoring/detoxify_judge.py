@@ -50,7 +50,10 @@ def cached_checkpoint_path(variant: str) -> Path:
 
 
 @register_judge(
-    "detoxify", arg="variant", default_arg="original", usage="detoxify[:original|unbiased|multilingual|original-small|unbiased-small]"
+    "detoxify",
+    arg="variant",
+    default_arg="original",
+    usage="detoxify[:original|unbiased|multilingual|original-small|unbiased-small][,device=cuda:1]",
 )
 class DetoxifyJudge(Judge):
     def __init__(
@@ -58,7 +61,7 @@ class DetoxifyJudge(Judge):
         variant: str = "original",
         checkpoint: str | os.PathLike | None = None,
         config_dir: str | os.PathLike | None = None,
-        device: str | None = "cpu",
+        device: str | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ):
         super().__init__(cache_size=cache_size)
@@ -71,7 +74,7 @@ class DetoxifyJudge(Judge):
         if variant not in MODEL_URLS:
             raise MMToxError(f"unknown detoxify variant {variant!r}; use one of {', '.join(MODEL_URLS)} (e.g. detoxify:unbiased)")
         self.name = f"detoxify:{variant}"
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, f"judge {self.name}")
         checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
         config_dir = config_dir or os.environ.get(CONFIG_DIR_ENV) or None
         path = self._checkpoint_file(variant, checkpoint)

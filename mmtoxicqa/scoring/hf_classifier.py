@@ -40,12 +40,44 @@ def find_toxic_label(id2label: dict[int, str]) -> int | None:
     return partial[0] if partial else None
 
 
-def resolve_device(device: str | None) -> str:
+def resolve_device(device: str | None, judge: str = "judge") -> str:
+    """The torch device a model judge runs on: ``device`` as given (``cpu``, ``cuda:1``, ``mps``), or
+    cuda when there is one, else cpu. A device that torch does not know or cannot reach is one line."""
     import torch
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    try:
+        parsed = torch.device(str(device).strip())
+    except (RuntimeError, ValueError):
+        raise MMToxError(
+            f"{judge}: device={device!r} is not a torch device; use cpu, cuda, cuda:1 or mps (,device=... in the spec)"
+        ) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise MMToxError(
+                f"{judge}: device={device!r} but this machine has {count} CUDA device(s); use ,device=cpu or an existing cuda:N"
+            )
+    return str(parsed)
+
+
+def resolve_dtype(dtype, device: str):
+    """A torch dtype: as named (``bfloat16``), or bfloat16 on cuda and float32 elsewhere for None/auto."""
+    import torch
+
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def left_padding(tokenizer, judge: str) -> None:
+    """Pad on the left (the next token is read at the last position), with eos when there is no pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise MMToxError(f"judge {judge}: the tokenizer has neither a pad nor an eos token; add a pad_token to its files")
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def max_input_length(tokenizer, config, cap: int = 512) -> int:
@@ -54,7 +86,7 @@ def max_input_length(tokenizer, config, cap: int = 512) -> int:
     return min(int(x) for x in limits if isinstance(x, (int, float)) and x > 0)
 
 
-@register_judge("hf_classifier", arg="model", usage="hf_classifier:<path or hub id>")
+@register_judge("hf_classifier", arg="model", usage="hf_classifier:<path or hub id>[,device=cuda:1]")
 class HFClassifierJudge(Judge):
     """A sequence-classification model from a local directory or the Hugging Face hub."""
 
@@ -63,7 +95,7 @@ class HFClassifierJudge(Judge):
         model: str,
         label: str | int | None = None,
         trust_remote_code: bool = False,
-        device: str | None = "cpu",
+        device: str | None = None,
         max_length: int | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ):
@@ -74,16 +106,19 @@ class HFClassifierJudge(Judge):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"hf_classifier:{model}"
+        self.device = resolve_device(device, f"judge {self.name}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=bool(trust_remote_code))
-            self.model = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=bool(trust_remote_code))
+            self.model, loading = AutoModelForSequenceClassification.from_pretrained(
+                model, trust_remote_code=bool(trust_remote_code), output_loading_info=True
+            )
         except Exception as exc:  # OSError (missing/unreachable), ValueError (remote code, bad config), ...
             raise MMToxError(
                 f"judge hf_classifier could not load {model!r}: {first_line(exc)}; pass a local directory with config.json, "
                 "weights and tokenizer files (the Hugging Face hub may be unreachable/offline), "
                 "and trust_remote_code=True only if you trust the model's code"
             ) from exc
-        self.device = resolve_device(device)
+        self._refuse_a_new_head(model, loading)
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token is None:
             if self.tokenizer.eos_token is None:
@@ -102,6 +137,26 @@ class HFClassifierJudge(Judge):
         self.label_name = id2label.get(self.label_index, str(self.label_index))
         self.max_length = int(max_length) if max_length else max_input_length(self.tokenizer, config)
         self._torch = torch
+
+    def _refuse_a_new_head(self, model: str, loading: dict) -> None:
+        """A checkpoint without trained classification-head weights (a causal LM such as
+        HarmBench-Llama-2-13b-cls or ShieldGemma, a bare encoder) gets a randomly initialised head whose
+        scores are coin flips: refuse it and name the judge that reads it properly."""
+        prefix = getattr(self.model, "base_model_prefix", "") or ""
+        fresh = list(loading.get("missing_keys", [])) + [
+            m[0] if isinstance(m, (tuple, list)) else m for m in loading.get("mismatched_keys", [])
+        ]
+        head = sorted(k for k in fresh if not (prefix and k.startswith(prefix + ".")))
+        if not head:
+            return
+        architectures = ", ".join(getattr(self.model.config, "architectures", None) or []) or "no architectures"
+        if "CausalLM" in architectures or "ConditionalGeneration" in architectures:
+            fix = f"it is a generative model ({architectures}): use harmbench:{model} for a HarmBench classifier or llamaguard:{model} for Llama Guard"
+        else:
+            fix = "use a checkpoint fine-tuned for sequence classification (its config.json lists *ForSequenceClassification)"
+        raise MMToxError(
+            f"judge {self.name}: the checkpoint has no trained classification head ({', '.join(head[:3])} would be random); {fix}"
+        )
 
     def _pick_label(self, label, id2label: dict[int, str], num_labels: int) -> int:
         if label is not None and str(label).strip() != "":

@@ -10,6 +10,7 @@ metrics, ``collect``, ``sweep`` and the leaderboard all ask here.
 from __future__ import annotations
 
 import os
+import re
 
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.metrics import DEFAULT_THRESHOLD
@@ -19,9 +20,27 @@ THRESHOLD_ENV = "MMTOXICQA_THRESHOLD"
 DEFAULT_JUDGE = "profanity"
 
 
+_OPTION = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
+
+
+def split_judge_list(text: str) -> list[str]:
+    """``"a,llamaguard:DIR,device=cuda:1,b"`` -> ``["a", "llamaguard:DIR,device=cuda:1", "b"]``: a part
+    that starts with ``key=`` is an option of the judge before it, any other part is a new judge."""
+    specs: list[str] = []
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        if _OPTION.match(part) and specs:
+            specs[-1] = f"{specs[-1]},{part}"
+        else:
+            specs.append(part)
+    return specs
+
+
 def judge_specs() -> list[str]:
-    """The judges of this run, headline first (``$MMTOXICQA_JUDGE`` split at commas, else ``profanity``)."""
-    specs = [part.strip() for part in os.environ.get(JUDGE_ENV, "").split(",") if part.strip()]
+    """The judges of this run, headline first (``$MMTOXICQA_JUDGE`` split at commas, else ``profanity``;
+    ``key=value`` parts are options of the judge before them)."""
+    specs = split_judge_list(os.environ.get(JUDGE_ENV, ""))
     if len(set(specs)) != len(specs):
         raise MMToxError(f"{JUDGE_ENV}={os.environ.get(JUDGE_ENV)!r} names a judge twice; list each once")
     return specs or [DEFAULT_JUDGE]
