@@ -12,6 +12,16 @@ class MMToxError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def yes_no(value, what: str) -> bool:
+    """An option's yes/no (``sgm_placebo=1``, ``image=0``): 1/true/yes/on or 0/false/no/off, else one line."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", "", "none"):
+        return False
+    raise MMToxError(f"{what}={value!r} is not a yes/no value; use 1 or 0")
+
+
 # What to do about the OS faults a write can meet (full disk, no permission, no such folder).
 _OS_FIXES = {
     "ENOSPC": "free disk space or write to another disk",

@@ -58,18 +58,29 @@ def without_user_text(conversation: list[dict]) -> list[dict]:
     return out
 
 
+def _attended(batch, row: int) -> tuple[torch.Tensor, list[int]]:
+    """A row's attended positions and their token ids."""
+    positions = batch["attention_mask"][row].bool().nonzero().flatten()
+    return positions, batch["input_ids"][row][positions].tolist()
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    prefix = 0
+    while prefix < limit and a[prefix] == b[prefix]:
+        prefix += 1
+    return prefix
+
+
 def request_mask(batch, emptied) -> torch.Tensor:
     """The ``request`` scope: per row, the attended positions of ``batch`` outside the longest prefix
     and suffix it shares with ``emptied`` (the same rows rendered by :func:`without_user_text`)."""
     mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
     for row in range(mask.shape[0]):
-        positions = batch["attention_mask"][row].bool().nonzero().flatten()
-        full = batch["input_ids"][row][positions].tolist()
-        bare = emptied["input_ids"][row][emptied["attention_mask"][row].bool()].tolist()
+        positions, full = _attended(batch, row)
+        bare = _attended(emptied, row)[1]
         limit = min(len(full), len(bare))
-        prefix = 0
-        while prefix < limit and full[prefix] == bare[prefix]:
-            prefix += 1
+        prefix = _shared_prefix(full, bare)
         suffix = 0
         while suffix < limit - prefix and full[-1 - suffix] == bare[-1 - suffix]:
             suffix += 1
@@ -82,12 +93,6 @@ def answer_mask(batch, prompts) -> torch.Tensor:
     longest prefix it shares with ``prompts`` (the same rows without their reply)."""
     mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
     for row in range(mask.shape[0]):
-        positions = batch["attention_mask"][row].bool().nonzero().flatten()
-        full = batch["input_ids"][row][positions].tolist()
-        prompt = prompts["input_ids"][row][prompts["attention_mask"][row].bool()].tolist()
-        limit = min(len(full), len(prompt))
-        prefix = 0
-        while prefix < limit and full[prefix] == prompt[prefix]:
-            prefix += 1
-        mask[row, positions[prefix:]] = True
+        positions, full = _attended(batch, row)
+        mask[row, positions[_shared_prefix(full, _attended(prompts, row)[1]) :]] = True
     return mask

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.errors import MMToxError, yes_no
 from mmtoxicqa.hashing import sha256_file
 from mmtoxicqa.methods.base import Method, Part, check_count, check_number
 from mmtoxicqa.modeling import LoadedModel
@@ -59,15 +59,6 @@ def _as_worn(owner: str, fitted, source: dict, strength, select):
             file=sys.stderr,
         )
     return worn, {**source, **worn.worn_record(), "overrides": changes}
-
-
-def _flag(name: str, value) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", "", "none"):
-        return False
-    raise MMToxError(f"{name}={value!r} must be 1/true or 0/false")
 
 
 def _check_mode(mode: str, owner: str) -> str:
@@ -124,7 +115,7 @@ def sgm(
         tokens=sgm_tokens,
     )
     worn, record = _as_worn("sgm", fitted, source, strength, sgm_select)
-    if _flag("sgm_placebo", sgm_placebo):
+    if yes_no(sgm_placebo, "sgm_placebo"):
         real = record["alpha_sha256"]
         worn = worn.placebo()
         record = {**record, **worn.worn_record(), "placebo_of": real}

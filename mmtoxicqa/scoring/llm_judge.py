@@ -68,7 +68,7 @@ from pathlib import Path
 
 from mmtoxicqa import paths
 from mmtoxicqa.atomic import write_json_atomic
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.errors import MMToxError, yes_no
 from mmtoxicqa.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, Unscored
 from mmtoxicqa.scoring.http import basic_auth, error_detail, post_with_deadline, redact, retry_after_seconds, split_userinfo
@@ -293,16 +293,6 @@ def endpoint_url(url: str, path: str = "chat/completions") -> str:
     return f"{bare}/{path}" if bare.endswith("/v1") else f"{bare}/v1/{path}"
 
 
-def _flag(value, what: str) -> bool:
-    """A spec option's yes/no (``image=1``)."""
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", "", "none"):
-        return False
-    raise MMToxError(f"{what}={value!r} is not a yes/no value; use 1 or 0")
-
-
 def image_part(image) -> dict:
     """An OpenAI chat image content part: the image as a base64 PNG data URL."""
     import base64
@@ -364,7 +354,7 @@ class LLMJudge(Judge):
     ):
         super().__init__(cache_size=cache_size)
         self.template = load_template(template or os.environ.get(TEMPLATE_ENV, "") or DEFAULT_TEMPLATE)
-        self.sees_images = _flag(image, f"judge llm:{self.template.name}: image")
+        self.sees_images = yes_no(image, f"judge llm:{self.template.name}: image")
         self.name = f"llm:{self.template.name}"
         url = (url or os.environ.get(URL_ENV, "")).strip()
         model = (model or os.environ.get(MODEL_ENV, "")).strip()
