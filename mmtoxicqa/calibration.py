@@ -172,11 +172,13 @@ def steering_cache_path(model_id: str, data_hash: str, options: dict) -> Path:
     return _cache_path("steering", ".steer.safetensors", model_id, data_hash, options)
 
 
-def sgm_options(pooling: str = "max", layers=None, text_only: bool = False, tokens: str = "text") -> dict:
+def sgm_options(pooling: str = "max", layers=None, text_only: bool = False, tokens: str = "text", site: str = "down_input") -> dict:
     """The options that key a glasses cache entry (the defaults are ``sgm``'s)."""
     options = {"pooling": pooling, "layers": None if layers is None else str(layers), "text_only": text_only}
-    if tokens != "text":  # the default keeps the cache keys of glasses fitted before the option existed
+    if tokens != "text":  # the defaults keep the cache keys of glasses fitted before the options existed
         options["tokens"] = tokens
+    if site != "down_input":
+        options["site"] = site
     return options
 
 
@@ -203,6 +205,7 @@ def calibrate(
     progress: bool = True,
     tokens: str = "text",
     steer_layer: int | None = None,
+    site: str = "down_input",
 ):
     """Fit SGM glasses for ``loaded`` on the calibration split (cached by model + data + options).
 
@@ -223,7 +226,7 @@ def calibrate(
     items = answer_pairs(calibration_items(data), limit) if tokens == "answer" else calibration_items(data, limit=limit)
     labels = [int(i["toxic_label"]) for i in items]
     data_hash = items_hash(items, text_only)
-    options = sgm_options(pooling, layers, text_only, tokens)
+    options = sgm_options(pooling, layers, text_only, tokens, site)
     cached = glasses_cache_path(loaded.model_id, data_hash, options)
     if use_cache and cached.is_file():
         _say(f"using cached glasses {cached} ({len(items)} calibration items)")
@@ -236,7 +239,9 @@ def calibrate(
     _say(f"calibrating on {len(items)} items ({toxic} toxic, {len(items) - toxic} non-toxic; {inputs}, {tokens} tokens){where}")
     batches = iter_batches(loaded, items, batch_size, text_only, tokens)
     steering, steering_cache = (
-        _shared_steering(loaded, items, data_hash, steer_layer) if not text_only and tokens == "text" else (None, None)
+        _shared_steering(loaded, items, data_hash, steer_layer)
+        if not text_only and tokens == "text" and site == "down_input"
+        else (None, None)
     )
     if steering is not None:
         batches = steering.follow(batches)
@@ -257,6 +262,7 @@ def calibrate(
             checkpoint_path=checkpoint_dir,
             progress=progress,
             total=(len(items) + batch_size - 1) // batch_size,
+            site=site,
         )
     glasses.meta["text_only"] = text_only
     glasses.meta["tokens"] = tokens
@@ -316,6 +322,13 @@ def add_cli(subparsers) -> None:
         "or a teacher-forced assistant reply only ('answer': the calibration statements as the model's own answer to an open "
         "request, toxic vs neutral pairs sharing the request)",
     )
+    parser.add_argument(
+        "--site",
+        choices=("down_input", "gate_up_output"),
+        default="down_input",
+        help="which neurons: the input of each MLP output projection ('down_input') or the outputs of its input projections "
+        "(gate_proj and up_proj, each with its own alphas: AurA's released placement, 'gate_up_output')",
+    )
     parser.add_argument("--strength", type=float, default=1.0, help="alpha = 1 - strength * (2 AUROC - 1)")
     parser.add_argument(
         "--select",
@@ -367,6 +380,7 @@ def _cli_calibrate(args) -> int:
         checkpoint_dir=resume,
         use_cache=False,
         tokens=args.tokens,
+        site=args.site,
     )
     glasses.save(out)
     import shutil

@@ -244,16 +244,16 @@ def _non_language(key: str) -> bool:
     return any(part in EXCLUDED_COMPONENTS for part in key.split("."))
 
 
-def checkpoint_key(site, list_name: str, ckpt: Checkpoint) -> tuple[str, str]:
-    """(key, prefix): the checkpoint tensor holding ``site``'s projection weight, whatever the key layout,
-    and what precedes ``layers.{i}.`` in it."""
+def checkpoint_key(site, list_name: str, ckpt: Checkpoint, tensor: str = "weight") -> tuple[str, str]:
+    """(key, prefix): the checkpoint tensor holding ``site``'s projection weight (or ``tensor="bias"``),
+    whatever the key layout, and what precedes ``layers.{i}.`` in it."""
     own = f"{list_name}.{site.layer_index}."
     if not site.module_name.startswith(own):
         raise MMToxError(
             f"glasses site {site.module_name} is not in this model's decoder layer list {list_name}; these glasses belong to another model"
         )
     leaf = list_name.rsplit(".", 1)[-1]
-    suffix = f"{leaf}.{site.layer_index}.{site.module_name[len(own) :]}.weight"
+    suffix = f"{leaf}.{site.layer_index}.{site.module_name[len(own) :]}.{tensor}"
     matches = [k for k in ckpt.tensors if (k == suffix or k.endswith("." + suffix)) and not _non_language(k)]
     if not matches:
         raise MMToxError(
@@ -269,7 +269,7 @@ def checkpoint_key(site, list_name: str, ckpt: Checkpoint) -> tuple[str, str]:
 
 
 def plan_folds(glasses, net, ckpt: Checkpoint) -> list[Fold]:
-    """One Fold per layer whose alpha is not all 1, each mapped to its checkpoint tensor and checked."""
+    """One Fold per site whose alpha is not all 1 (two for an output site with a bias), each mapped to its checkpoint tensor and checked."""
     list_name, _ = find_decoder_layers(net)
     folds, prefixes = [], {}
     for site, alpha in zip(glasses.sites, glasses.alpha):
@@ -280,21 +280,24 @@ def plan_folds(glasses, net, ckpt: Checkpoint) -> list[Fold]:
             raise MMToxError(
                 f"{site.module_name} is a {type(module).__name__}, not a Linear or Conv1D; SGM export folds alpha into plain linear weights only"
             )
-        dim = neuron_dim(module)
-        expected = list(module.weight.shape)
-        key, prefix = checkpoint_key(site, list_name, ckpt)
-        info = ckpt.tensors[key]
-        if info.shape != expected:
-            raise MMToxError(
-                f"checkpoint tensor {key} in {info.file} has shape {info.shape} but {site.module_name} expects {expected}; "
-                "the weights do not match config.json: re-save the model with save_pretrained()"
-            )
-        if info.dtype not in DTYPES:
-            raise MMToxError(
-                f"checkpoint tensor {key} in {info.file} is {info.dtype}, not a float; export from the unquantized model, then quantize the exported one"
-            )
-        prefixes[prefix] = key
-        folds.append(Fold(site.layer_index, site.module_name, key, info, dim, alpha.detach().float().cpu()))
+        tensors = [("weight", neuron_dim(module, site.reads))]
+        if site.reads == "output" and getattr(module, "bias", None) is not None:
+            tensors.append(("bias", 0))  # an output feature is W[j] x + b[j]: both scale
+        for tensor, dim in tensors:
+            expected = list(getattr(module, tensor).shape)
+            key, prefix = checkpoint_key(site, list_name, ckpt, tensor)
+            info = ckpt.tensors[key]
+            if info.shape != expected:
+                raise MMToxError(
+                    f"checkpoint tensor {key} in {info.file} has shape {info.shape} but {site.module_name} expects {expected}; "
+                    "the weights do not match config.json: re-save the model with save_pretrained()"
+                )
+            if info.dtype not in DTYPES:
+                raise MMToxError(
+                    f"checkpoint tensor {key} in {info.file} is {info.dtype}, not a float; export from the unquantized model, then quantize the exported one"
+                )
+            prefixes[prefix] = key
+            folds.append(Fold(site.layer_index, site.module_name, key, info, dim, alpha.detach().float().cpu()))
     if len(prefixes) > 1:
         raise MMToxError(
             f"the glasses' layers map to tensors under different prefixes ({', '.join(sorted(prefixes.values())[:3])}); "
@@ -310,7 +313,7 @@ def fold_tensor(source, target, fold: Fold, chunk_bytes: int | None = None) -> s
     """Rewrite ``fold``'s tensor in ``target`` (a byte copy of ``source``, both open binary files) with alpha
     folded in, a block of rows at a time; returns the sha256 of the new tensor bytes."""
     info, dtype = fold.info, DTYPES[fold.info.dtype]
-    rows, cols = info.shape
+    rows, cols = (info.shape[0], 1) if len(info.shape) == 1 else info.shape  # a bias: one column
     row_bytes = cols * dtype.itemsize
     if rows * row_bytes != info.end - info.begin:
         raise MMToxError(
@@ -566,7 +569,7 @@ def _cli_export(args) -> int:
     changed = record["changed_tensors"]
     files = len({c["file"] for c in changed})
     print(
-        f"wrote {Path(args.out).expanduser().resolve()}: {sum(c['dampened'] for c in changed)} neurons dampened in {len(changed)} tensors "
+        f"wrote {Path(args.out).expanduser().resolve()}: {sum(c['dampened'] for c in changed if c['key'].endswith('.weight'))} neurons dampened in {len(changed)} tensors "
         f"({files} of {len(record['weight_files'])} weight files), glasses sha256 {record['glasses']['sha256'][:16]}, "
         f"{time.perf_counter() - start:.1f}s"
     )

@@ -17,6 +17,7 @@ from mmtoxicqa.hashing import sha256_file
 from mmtoxicqa.methods.base import Method, Part, check_count, check_number
 from mmtoxicqa.modeling import LoadedModel
 from mmtoxicqa.registry import register_method
+from mmtoxicqa.sgm.discovery import SITE_KINDS
 
 NEURON_SLOT = "neuron dampening (sgm / aura / det0 / damp)"
 
@@ -31,6 +32,7 @@ def _glasses(
     calibration_data,
     calibration_limit,
     tokens: str = "text",
+    site: str = "down_input",
 ):
     """(fitted glasses, where they came from): a file the user fitted, or a calibration now (cached)."""
     from mmtoxicqa.calibration import calibrate
@@ -44,7 +46,7 @@ def _glasses(
             )
         return Glasses.load(path, loaded.model), {"file": str(path), "file_sha256": sha256_file(path)}
     limit = check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
-    fitted = calibrate(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit, tokens=tokens)
+    fitted = calibrate(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit, tokens=tokens, site=site)
     return fitted, {"file": None, "calibrated_on": str(calibration_data or "the calibration split"), "calibration_limit": limit}
 
 
@@ -85,6 +87,7 @@ def sgm(
     sgm_layers: str | None = None,
     sgm_tokens: str = "text",
     sgm_placebo: bool | str = False,
+    sgm_site: str | None = None,
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
 ) -> Method:
@@ -98,9 +101,13 @@ def sgm(
 
     ``sgm_placebo=1`` wears the control instead: the same alphas given to the neurons that rank highest
     under permuted calibration labels (:meth:`Glasses.placebo`): the same number of neurons dampened by
-    the same factors, unrelated to toxicity."""
+    the same factors, unrelated to toxicity. ``sgm_site=gate_up_output`` calibrates and dampens the
+    outputs of each MLP's gate and up projections (AurA's released placement) instead of the input of its
+    down projection; a glasses file carries its own site."""
     strength = None if sgm_strength in (None, "", "None") else check_number("sgm_strength", sgm_strength)
     _check_mode(sgm_mode, "sgm")
+    if sgm_site not in (None, *SITE_KINDS):
+        raise MMToxError(f"sgm_site={sgm_site!r} must be one of {', '.join(SITE_KINDS)}")
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     if strength == 0:
         return Method("sgm", loaded, worn={"sgm": {"strength": 0.0, "dampened": 0, "overrides": ["strength: -> 0 (off)"]}})
@@ -113,7 +120,13 @@ def sgm(
         calibration_data=calibration_data,
         calibration_limit=calibration_limit,
         tokens=sgm_tokens,
+        site=sgm_site or "down_input",
     )
+    fitted_site = fitted.meta.get("site", "down_input")
+    if sgm_site is not None and sgm_site != fitted_site:
+        raise MMToxError(
+            f"glasses={glasses} were fitted at site {fitted_site}, not sgm_site={sgm_site}; refit them with `--site {sgm_site}`"
+        )
     worn, record = _as_worn("sgm", fitted, source, strength, sgm_select)
     if yes_no(sgm_placebo, "sgm_placebo"):
         real = record["alpha_sha256"]

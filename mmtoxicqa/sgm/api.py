@@ -45,6 +45,7 @@ def fit_glasses(
     progress: bool = True,
     total: int | None = None,
     placebo_seed: int | None = 0,
+    site: str = "down_input",
 ) -> Glasses:
     """Fit SGM glasses on labelled calibration batches.
 
@@ -58,12 +59,13 @@ def fit_glasses(
     glasses (default: a hash of the batches' tensors and labels). ``checkpoint_path``: a directory
     to resume calibration from. ``auroc_device``: where AUROCs are computed (default: the model's
     device). ``placebo_seed``: also rate the neurons under labels permuted with this seed (the
-    placebo's ranking, :meth:`Glasses.placebo`); None skips it.
+    placebo's ranking, :meth:`Glasses.placebo`); None skips it. ``site``: "down_input" (the input of each
+    MLP output projection) or "gate_up_output" (the outputs of its input projections, AurA's placement).
     """
     strength = check_strength(strength)
     select = parse_select(select)
     net = unwrap_model(model)
-    sites = discover_sites(net, layers)
+    sites = discover_sites(net, layers, site)
     if labels is not None:
         check_labels(labels, min_per_class=min_per_class)  # fail before the forward passes
     responses = collect(
@@ -107,6 +109,7 @@ def fit_glasses(
         "architecture": type(net).__name__,
         "decoder_layers": len(find_decoder_layers(net)[1]),
         "pooling": pooling,
+        "site": site,
         "layers": _layers_repr(layers),
         "dtype": str(dtype).removeprefix("torch."),
         "data_hash": data_hash or responses.data_hash,

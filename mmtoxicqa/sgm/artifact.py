@@ -1,10 +1,11 @@
 """The glasses file: one safetensors file, no pickle.
 
-Tensors (one pair per layer ``i`` = the decoder layer index):
+Tensors (one pair per site; ``P`` = ``layers.{i}`` with ``i`` the decoder layer index for the default
+``down_input`` sites, ``layers.{i}.{module}`` (e.g. ``layers.3.gate_proj``) for ``gate_up_output`` sites):
 
-* ``layers.{i}.alpha``  float32 (width,)  dampening factor of each neuron (1 = untouched)
-* ``layers.{i}.auroc``  float64 (width,)  each neuron's AUROC toxic vs non-toxic
-* ``layers.{i}.placebo_auroc`` float64 (width,), optional: the AUROC of the same pooled responses
+* ``P.alpha``  float32 (width,)  dampening factor of each neuron (1 = untouched)
+* ``P.auroc``  float64 (width,)  each neuron's AUROC toxic vs non-toxic
+* ``P.placebo_auroc`` float64 (width,), optional: the AUROC of the same pooled responses
   under permuted labels (seed ``meta.placebo_seed``): the ranking a placebo wears (``Glasses.placebo``)
 
 Header metadata (safetensors ``__metadata__``, all strings):
@@ -35,8 +36,14 @@ FORMAT = "mmtoxicqa-sgm-glasses"
 FORMAT_VERSION = "1"
 
 
-def _tensor_names(layer_index: int) -> tuple[str, str]:
-    return f"layers.{layer_index}.alpha", f"layers.{layer_index}.auroc"
+def _prefix(site: NeuronSite) -> str:
+    if site.reads == "input":
+        return f"layers.{site.layer_index}"
+    return f"layers.{site.layer_index}.{site.module_name.rsplit('.', 1)[-1]}"
+
+
+def _tensor_names(site: NeuronSite) -> tuple[str, str]:
+    return f"{_prefix(site)}.alpha", f"{_prefix(site)}.auroc"
 
 
 def save_glasses(glasses, path) -> Path:
@@ -48,11 +55,11 @@ def save_glasses(glasses, path) -> Path:
     path = Path(path)
     tensors = {}
     for site, auroc, alpha in zip(glasses.sites, glasses.auroc, glasses.alpha):
-        alpha_key, auroc_key = _tensor_names(site.layer_index)
+        alpha_key, auroc_key = _tensor_names(site)
         tensors[alpha_key] = alpha.detach().to(torch.float32).cpu().contiguous()
         tensors[auroc_key] = auroc.detach().to(torch.float64).cpu().contiguous()
     for site, placebo in zip(glasses.sites, glasses.placebo_auroc or ()):
-        tensors[f"layers.{site.layer_index}.placebo_auroc"] = placebo.detach().to(torch.float64).cpu().contiguous()
+        tensors[f"{_prefix(site)}.placebo_auroc"] = placebo.detach().to(torch.float64).cpu().contiguous()
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -105,7 +112,7 @@ def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch
             keys = set(handle.keys())
             alphas, aurocs, placebo = [], [], []
             for site in sites:
-                alpha_key, auroc_key = _tensor_names(site.layer_index)
+                alpha_key, auroc_key = _tensor_names(site)
                 if alpha_key not in keys or auroc_key not in keys:
                     raise _bad(path, f"tensors for layer {site.layer_index} are missing")
                 alpha = handle.get_tensor(alpha_key)
@@ -114,7 +121,7 @@ def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch
                     raise _bad(path, f"layer {site.layer_index} tensors do not have the recorded width {site.width}")
                 alphas.append(alpha.to(torch.float32))
                 aurocs.append(auroc.to(torch.float64))
-                placebo_key = f"layers.{site.layer_index}.placebo_auroc"
+                placebo_key = f"{_prefix(site)}.placebo_auroc"
                 if placebo_key in keys:
                     placebo.append(handle.get_tensor(placebo_key).to(torch.float64))
     except SafetensorError as exc:

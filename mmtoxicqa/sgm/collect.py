@@ -121,7 +121,7 @@ def _input_device(model: nn.Module) -> torch.device:
 
 
 class _Recorder:
-    """Input hooks that pool each site's input into a per-batch (B, M) buffer."""
+    """Hooks that pool each site's input (or output, for output sites) into a per-batch (B, M) buffer."""
 
     def __init__(self, sites: Sequence[NeuronSite], modules: Sequence[nn.Module], pooling: str, early_stop: bool):
         self.sites = list(sites)
@@ -136,12 +136,15 @@ class _Recorder:
         self.buffer = None  # (B, M) float32 on the first site's device
         self.fired = [0] * len(self.sites)
         self.nonfinite: list[torch.Tensor | None] = [None] * len(self.sites)
-        # Hooks fire in layer order: the highest layer index runs last.
-        self.last = max(range(len(self.sites)), key=lambda k: self.sites[k].layer_index)
+        # Hooks fire in layer order, so the forward pass can stop once the last layer's sites (one, or
+        # gate and up for site="gate_up_output") have all fired.
+        top = max(site.layer_index for site in self.sites)
+        self.last = {k for k, site in enumerate(self.sites) if site.layer_index == top}
 
     def __enter__(self):
-        for k, module in enumerate(self.modules):
-            self.hooks.on_input(module, self._make_hook(k))
+        for k, (site, module) in enumerate(zip(self.sites, self.modules)):
+            # an input site pools what enters the projection; an output site what leaves it
+            (self.hooks.on_input if site.reads == "input" else self.hooks.on_output)(module, self._make_hook(k))
         return self
 
     def __exit__(self, *exc):
@@ -190,7 +193,7 @@ class _Recorder:
             bad = ~torch.isfinite(pooled).all()
             self.nonfinite[k] = bad if self.nonfinite[k] is None else (self.nonfinite[k] | bad)
             self.buffer[:, start:stop].copy_(pooled)
-            if self.early_stop and k == self.last:
+            if self.early_stop and k in self.last and all(self.fired[j] for j in self.last):
                 raise _StopForward
             return None
 

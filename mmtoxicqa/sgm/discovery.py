@@ -15,6 +15,14 @@ under a vision tower / projector / connector, and keeps the list whose blocks ho
 In each block it takes the MLP container (``mlp``, ``feed_forward``, ``ffn`` ...), or the block
 itself when the MLP is inlined (OPT), and finds the output projection by name, then by shape
 (the one projection that maps back to the hidden size).
+
+Two placements (``site``), recorded in the glasses:
+
+* ``down_input`` (default): one site per layer, the input of the output projection (what is rated is
+  what is scaled: the post-activation neurons);
+* ``gate_up_output``: AurA's released placement (apple/ml-aura hooks module outputs: ``gate_proj`` and
+  ``up_proj`` for Llama-style MLPs, ``c_fc`` for GPT-2): one site per input projection of the MLP,
+  reading and scaling its *output* features (before the activation), each with its own alphas.
 """
 
 from __future__ import annotations
@@ -55,6 +63,9 @@ MLP_CONTAINER_NAMES = ("mlp", "feed_forward", "ffn", "ff", "mlp_block", "block_s
 OUTPUT_PROJECTION_NAMES = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out", "w2", "wo", "out_proj")
 ATTENTION_NAMES = ("attn", "attention", "self_attn", "cross_attn", "self_attention", "encoder_attn", "crossattention")
 LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer", "block", "decoder_layers")
+# The MLP's input projections (hidden -> intermediate), by name, for site="gate_up_output".
+INPUT_PROJECTION_NAMES = ("gate_proj", "up_proj", "c_fc", "fc1", "dense_h_to_4h", "fc_in", "w1", "w3", "wi")
+SITE_KINDS = ("down_input", "gate_up_output")
 
 
 @dataclass(frozen=True)
@@ -64,13 +75,20 @@ class NeuronSite:
     layer_index: int
     module_name: str
     width: int
+    reads: str = "input"  # "input": the module's input features (down_input); "output": its output features (gate_up_output)
 
     def to_dict(self) -> dict:
-        return {"layer_index": self.layer_index, "module_name": self.module_name, "width": self.width}
+        out = {"layer_index": self.layer_index, "module_name": self.module_name, "width": self.width}
+        if self.reads != "input":  # files of input sites stay as they were
+            out["reads"] = self.reads
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> NeuronSite:
-        return cls(int(data["layer_index"]), str(data["module_name"]), int(data["width"]))
+        reads = str(data.get("reads", "input"))
+        if reads not in ("input", "output"):
+            raise MMToxError(f"site {data.get('module_name')} reads {reads!r}; expected 'input' or 'output'")
+        return cls(int(data["layer_index"]), str(data["module_name"]), int(data["width"]), reads)
 
 
 def unwrap_model(model):
@@ -100,11 +118,11 @@ def projection_in_out(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def site_width(module: nn.Module) -> int:
+def site_width(module: nn.Module, reads: str = "input") -> int:
     shape = projection_in_out(module)
     if shape is None:
-        raise MMToxError(f"{type(module).__name__} is not a linear projection; SGM needs an nn.Linear or Conv1D MLP output projection")
-    return shape[0]
+        raise MMToxError(f"{type(module).__name__} is not a linear projection; SGM needs an nn.Linear or Conv1D MLP projection")
+    return shape[0] if reads == "input" else shape[1]
 
 
 def _excluded(name: str) -> bool:
@@ -259,13 +277,44 @@ def normalize_layers(layers, num_layers: int) -> list[int]:
     return out
 
 
-def discover_sites(model, layers=None) -> list[NeuronSite]:
-    """The MLP neuron sites of the language decoder, one per (selected) layer, in layer order."""
+def _mlp_input_projections(block: nn.Module, hidden_size: int | None) -> list[tuple[str, nn.Module]]:
+    """The MLP's input projections (hidden -> intermediate) inside one decoder block, by name, else by
+    shape (every linear child of the MLP container mapping the hidden size to a wider output)."""
+    children = dict(block.named_children())
+    containers = [(n, children[n]) for n in MLP_CONTAINER_NAMES if n in children]
+    for prefix, scope in containers or [("", block)]:
+        scope_children = dict(scope.named_children())
+        named = [(n, scope_children[n]) for n in INPUT_PROJECTION_NAMES if n in scope_children]
+        if not named and containers:
+            named = [
+                (n, m)
+                for n, m in scope_children.items()
+                if (shape := projection_in_out(m)) is not None and shape[0] < shape[1] and hidden_size in (None, shape[0])
+            ]
+        found = [(f"{prefix}.{n}" if prefix else n, m) for n, m in named if projection_in_out(m) is not None]
+        if found:
+            return found
+    return []
+
+
+def discover_sites(model, layers=None, site: str = "down_input") -> list[NeuronSite]:
+    """The MLP neuron sites of the language decoder in layer order: one per (selected) layer for
+    ``down_input``, one per MLP input projection for ``gate_up_output`` (see the module docstring)."""
+    if site not in SITE_KINDS:
+        raise MMToxError(f"site={site!r} is not a neuron placement; use one of {', '.join(SITE_KINDS)}")
     model = unwrap_model(model)
     list_name, blocks = find_decoder_layers(model)
     hidden = _hidden_size(model)
     sites = []
     for index in normalize_layers(layers, len(blocks)):
+        if site == "gate_up_output":
+            found = _mlp_input_projections(blocks[index], hidden)
+            if not found:
+                raise MMToxError(
+                    f"decoder layer {index} ({type(blocks[index]).__name__}) has no MLP input projection SGM can find; use site=down_input"
+                )
+            sites += [NeuronSite(index, f"{list_name}.{index}.{rel}", site_width(m, "output"), "output") for rel, m in found]
+            continue
         found = _mlp_output_projection(blocks[index], hidden)
         assert found is not None  # find_decoder_layers checked every block
         rel, module = found
@@ -284,10 +333,10 @@ def site_modules(model, sites: Sequence[NeuronSite]) -> list[nn.Module]:
             raise MMToxError(
                 f"module {site.module_name} (layer {site.layer_index}) does not exist in this {type(model).__name__}; these glasses/sites belong to another model"
             ) from None
-        width = site_width(module)
+        width = site_width(module, site.reads)
         if width != site.width:
             raise MMToxError(
-                f"module {site.module_name} has {width} input features but the site records {site.width}; these glasses/sites belong to another model"
+                f"module {site.module_name} has {width} {site.reads} features but the site records {site.width}; these glasses/sites belong to another model"
             )
         modules.append(module)
     return modules

@@ -194,9 +194,9 @@ class Glasses:
                 )
         if self.placebo_auroc is not None and [p.shape for p in self.placebo_auroc] != [a.shape for a in self.auroc]:
             raise MMToxError("glasses: placebo AUROCs must have one entry per neuron")
-        layers = [s.layer_index for s in self.sites]
-        if len(set(layers)) != len(layers):
-            raise MMToxError("glasses: two sites share a layer index; one site per layer")
+        names = [(s.layer_index, s.module_name) for s in self.sites]
+        if len(set(names)) != len(names):
+            raise MMToxError("glasses: two sites name the same module; one site per module")
 
     # -- construction ------------------------------------------------------------------------
     @classmethod

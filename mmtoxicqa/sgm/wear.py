@@ -3,9 +3,11 @@
 Two modes, mathematically identical (``W (alpha * x) == (W diag(alpha)) x``):
 
 * ``hooks`` (default): a forward pre-hook multiplies the input of each site's output
-  projection by alpha. No parameter is touched; removing the hooks restores the model.
+  projection by alpha (for ``gate_up_output`` sites, a forward hook multiplies the output of the
+  gate/up projection). No parameter is touched; removing the hooks restores the model.
 * ``fused``: alpha is folded into the projection weight's input columns
-  (``W[:, j] *= alpha_j``; for GPT-2's ``Conv1D``, whose weight is (in, out), rows). Zero
+  (``W[:, j] *= alpha_j``; for GPT-2's ``Conv1D``, whose weight is (in, out), rows); for output sites
+  into its rows and its bias (``W[j, :] *= alpha_j``, ``b[j] *= alpha_j``). Zero
   overhead at inference. The original values of the changed columns are kept and copied
   back on removal, so the weights are restored bit for bit.
 
@@ -63,10 +65,12 @@ class GlassesHandle:
         return False
 
 
-def neuron_dim(module: nn.Module) -> int:
-    """The weight dim that indexes a projection's input features (the neurons): 1 for ``nn.Linear``
-    (weight (out, in)), 0 for GPT-2's ``Conv1D`` (weight (in, out))."""
-    return 0 if is_conv1d(module) else 1
+def neuron_dim(module: nn.Module, reads: str = "input") -> int:
+    """The weight dim that indexes a projection's neurons: its input features (``reads="input"``: 1 for
+    ``nn.Linear``, weight (out, in); 0 for GPT-2's ``Conv1D``, weight (in, out)) or its output features
+    (``reads="output"``: the other dim; the bias is scaled too)."""
+    input_dim = 0 if is_conv1d(module) else 1
+    return input_dim if reads == "input" else 1 - input_dim
 
 
 def scale_neurons(weight: torch.Tensor, alpha: torch.Tensor, dim: int) -> torch.Tensor:
@@ -111,7 +115,7 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
             if changed.numel() == 0:
                 continue
             if mode == "hooks":
-                handle._hooks.on_input(module, _scale_input(alpha.float()))
+                (handle._hooks.on_input if site.reads == "input" else handle._hooks.on_output)(module, _scale_input(alpha.float()))
                 continue
             weight = getattr(module, "weight", None)
             if (
@@ -125,13 +129,22 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
                     f"layer {site.layer_index} ({site.module_name}) has a {type(weight).__name__} weight "
                     f"({getattr(weight, 'dtype', None)}, {getattr(weight, 'device', None)}) that cannot be scaled in place; use mode='hooks'"
                 )
-            dim = neuron_dim(module)
+            dim = neuron_dim(module, site.reads)
             index = changed.to(weight.device)
+            targets = [(weight, dim)]
+            bias = getattr(module, "bias", None)
+            if site.reads == "output" and isinstance(bias, torch.Tensor):
+                targets.append((bias, 0))  # an output feature is W[j] x + b[j]: both scale
             with torch.no_grad():
-                original = weight.index_select(dim, index).clone()
-                scaled = scale_neurons(original, alpha.index_select(0, changed), dim)
-                handle._saved.append((weight, index, dim, original))
-                weight.index_copy_(dim, index, scaled)
+                for tensor, tensor_dim in targets:
+                    original = tensor.index_select(tensor_dim, index).clone()
+                    scaled = (
+                        scale_neurons(original, alpha.index_select(0, changed), tensor_dim)
+                        if tensor.dim() == 2
+                        else (original.float() * alpha.index_select(0, changed).to(original.device)).to(original.dtype)
+                    )
+                    handle._saved.append((tensor, index, tensor_dim, original))
+                    tensor.index_copy_(tensor_dim, index, scaled)
     except BaseException:
         handle.remove()
         raise
