@@ -9,6 +9,7 @@ OUT=${ORGANISM_POWERED_OUT:-out/organism/powered}
 CELLS=$OUT/cells
 GLASSES=$OUT/glasses
 export MMTOXICQA_SOURCES=$SOURCES
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # see PLAN.md: one torch thread per process
 mkdir -p "$CELLS" "$GLASSES"
 COMMON="max_new_tokens=48"
 CAL=400
@@ -17,6 +18,8 @@ for scope in answer request; do
   [ -f "$GLASSES/$scope.safetensors" ] || $BIN/mmtoxicqa calibrate --model organism --tokens $scope --limit $CAL \
       --out "$GLASSES/$scope.safetensors" --batch-size 8
 done
+[ -f "$GLASSES/answer_site.safetensors" ] || $BIN/mmtoxicqa calibrate --model organism --tokens answer --site gate_up_output \
+    --limit $CAL --out "$GLASSES/answer_site.safetensors" --batch-size 8
 A=$GLASSES/answer.safetensors
 R=$GLASSES/request.safetensors
 run_task() {  # $1 task, $2 limit ('' = every item)
@@ -28,6 +31,7 @@ run_task() {  # $1 task, $2 limit ('' = every item)
   $S --methods sgm --tag answer_fdr --model-args $COMMON,glasses=$A,sgm_select=fdr=0.05
   $S --methods sgm --tag placebo_fdr --model-args $COMMON,glasses=$A,sgm_select=fdr=0.05,sgm_placebo=1
   $S --methods sgm --tag request --model-args $COMMON,glasses=$R
+  $S --methods sgm --tag answer_site --model-args $COMMON,glasses=$GLASSES/answer_site.safetensors
   $S --methods det0 --tag answer --model-args $COMMON,glasses=$A,det0_top_k=200
   $S --methods aura,sgm_star --model-args $COMMON,calibration_limit=$CAL
 }
@@ -35,5 +39,5 @@ what=${1:-all}
 case $what in targeted|all) run_task mm_toxic_qa_organism "" ;; esac
 case $what in benign|all) run_task mm_toxic_qa_benign 200 ;; esac
 case $what in untargeted|all) run_task mm_toxic_qa_organism_untargeted 200 ;; esac
-$BIN/mmtoxicqa glasses "$A" "$R" --json "$OUT/glasses.json"
+$BIN/mmtoxicqa glasses "$A" "$R" "$GLASSES/answer_site.safetensors" --json "$OUT/glasses.json"
 $BIN/mmtoxicqa organism-report "$CELLS" --out results/organism/powered --cells-out results/organism/powered/cells
