@@ -113,10 +113,12 @@ def test_placebo_has_the_real_count_and_alphas_on_other_neurons():
     assert paper.placebo().num_dampened == paper.num_dampened > 3
 
 
-def test_sgm_placebo_option_wears_the_placebo(tiny_llava, tmp_path):
+def test_sgm_placebo_option_wears_the_placebo(tiny_llava, tmp_path, monkeypatch):
     from test_sgm_integration import write_calibration
 
     from mmtoxicqa.methods import build_method
+
+    monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))  # the glasses sgm caches stay out of the user's cache
 
     calib = write_calibration(tmp_path / "calibration.parquet")
     real = build_method("sgm", tiny_llava, calibration_data=str(calib))

@@ -129,10 +129,12 @@ def test_gpt2_c_fc_output_site_scales_weight_and_bias(tmp_path):
         torch.testing.assert_close(exported(input_ids=ids, attention_mask=mask).logits, hooked, rtol=1e-5, atol=1e-5)
 
 
-def test_sgm_site_option_through_the_method(tiny_llava, tmp_path):
+def test_sgm_site_option_through_the_method(tiny_llava, tmp_path, monkeypatch):
     from test_sgm_integration import write_calibration
 
     from mmtoxicqa.methods import build_method
+
+    monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))  # the glasses sgm caches stay out of the user's cache
 
     calib = write_calibration(tmp_path / "calibration.parquet")
     method = build_method("sgm", tiny_llava, calibration_data=str(calib), sgm_site="gate_up_output")
