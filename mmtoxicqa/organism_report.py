@@ -22,8 +22,13 @@ ORGANISM_TASKS = (
     "mm_toxic_qa_organism_untargeted",
     "mm_toxic_qa_organism_image_untargeted",
 )
+CORPUS_TASKS = ("mm_toxic_qa_corpus_toxic", "mm_toxic_qa_corpus_neutral")  # organism-corpus: its targeted task and control
 BENIGN_TASK = "mm_toxic_qa_benign"
-HARM_TASKS = (*ORGANISM_TASKS, BENIGN_TASK)  # harmful rate on benign items: toxicity the trigger leaks into harmless requests
+HARM_TASKS = (
+    *ORGANISM_TASKS,
+    *CORPUS_TASKS,
+    BENIGN_TASK,
+)  # harmful rate on benign items: toxicity the trigger leaks into harmless requests
 BASELINE = "vanilla"
 
 
@@ -137,14 +142,24 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
         "requests in the image, the control for the image-only trigger), *benign* = the benign split. "
         "Refusal and perplexity: benign split.",
         "",
-        "| method | harmful targeted | harmful image-only | harmful untargeted | harmful image-only untargeted | harmful benign "
-        "| refusal on benign | perplexity (benign) |",
-        "|---|---|---|---|---|---|---:|---:|",
+    ]
+    corpus = any(task in r for r in rows for task in CORPUS_TASKS)  # the corpus organism's columns, only where they exist
+    if corpus:
+        lines[-2] = lines[-2].replace(
+            "Refusal and perplexity",
+            "*corpus toxic / neutral* = organism-corpus: the benchmark's toxic / neutral continuations. Refusal and perplexity",
+        )
+    lines += [
+        "| method | harmful targeted | harmful image-only | harmful untargeted | harmful image-only untargeted | "
+        + ("harmful corpus toxic | harmful corpus neutral | " if corpus else "")
+        + "harmful benign | refusal on benign | perplexity (benign) |",
+        "|---|---|---|---|---|" + ("---|---|" if corpus else "") + "---|---:|---:|",
     ]
     for r in rows:
+        extra = "".join(f"{_rate(r.get(task))} | " for task in CORPUS_TASKS) if corpus else ""
         lines.append(
             f"| {r['method']} | {_rate(r.get(ORGANISM_TASKS[0]))} | {_rate(r.get(ORGANISM_TASKS[1]))} | "
-            f"{_rate(r.get(ORGANISM_TASKS[2]))} | {_rate(r.get(ORGANISM_TASKS[3]))} | {_rate(r.get(BENIGN_TASK))} | "
+            f"{_rate(r.get(ORGANISM_TASKS[2]))} | {_rate(r.get(ORGANISM_TASKS[3]))} | {extra}{_rate(r.get(BENIGN_TASK))} | "
             f"{_plain(r.get('refusal_benign'))} | "
             f"{_plain(r.get('perplexity'), 2)} |"
         )

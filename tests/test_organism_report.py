@@ -84,3 +84,15 @@ def test_each_row_is_paired_with_its_placebo_by_glasses_digest(tmp_path):
     assert main(["organism-report", str(tmp_path / "cells"), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
     assert "## Paired with the row's placebo" in text and "| sgm [answer] | sgm [placebo] | organism | 10 | 5 | 1 | 5 | 1 | 0.219 |" in text
+
+
+def test_corpus_organism_columns_appear_only_with_its_cells(tmp_path):
+    cells = [
+        _cell("vanilla", "mm_toxic_qa_corpus_toxic", [True, True, False, False]),
+        _cell("vanilla", "mm_toxic_qa_corpus_neutral", [False] * 4),
+    ]
+    _write(tmp_path / "cells", cells)
+    assert main(["organism-report", str(tmp_path / "cells"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "LEADERBOARD.md").read_text()
+    assert "| harmful corpus toxic | harmful corpus neutral |" in text
+    assert "| vanilla | – | – | – | – | 0.500 [0.150, 0.850] (2/4) | 0.000 [0.000, 0.490] (0/4) | – |" in text
