@@ -18,6 +18,8 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
+# Answer length of the demo, the gate and the committed CPU studies (the tasks' own default is 256, for real models).
+SHORT_ANSWER ?= 64
 GATE_OUT ?= out/gate
 GATE_LIMIT ?= 16
 GATE_METHOD ?= vanilla
@@ -84,7 +86,7 @@ demo: model data
 	if [ -f "$(DATA_DIR)/datasheet.json" ]; then export MMTOXICQA_DATA=$(DATA_DIR); else export MMTOXICQA_DATA=seed; fi; \
 	export MMTOXICQA_JUDGE="$(DEMO_JUDGE)"; \
 	echo "== 1. lmms_eval --model mmtox --tasks mm_toxic_qa (the embedded model, vanilla, $(DEMO_LIMIT) items per split, judges $(DEMO_JUDGE)) =="; \
-	$(BIN)/lmms_eval --model mmtox --tasks mm_toxic_qa --batch_size 8 --limit $(DEMO_LIMIT) \
+	$(BIN)/lmms_eval --model mmtox --tasks mm_toxic_qa --batch_size 8 --limit $(DEMO_LIMIT) --gen_kwargs max_new_tokens=$(SHORT_ANSWER) \
 		--output_path $(DEMO_OUT)/vanilla --log_samples --verbosity WARNING; \
 	methods="$(DEMO_METHODS)"; \
 	if [ "$$MMTOXICQA_DATA" = seed ]; then \
@@ -92,7 +94,7 @@ demo: model data
 		methods=$$(echo "$$methods" | tr ',' '\n' | grep -v -x -e sgm -e sgm_star -e aura -e det0 -e damp -e steer | paste -sd, -); \
 	fi; \
 	echo "== 2. $$methods side by side: $(DEMO_SWEEP_LIMIT) items per task; sgm and sgm_star share one calibration pass on $(DEMO_CALIBRATION_LIMIT) items (it also caches the steering vector), aura drops the images and makes its own =="; \
-	$(BIN)/mmtoxicqa sweep --methods "$$methods" --limit $(DEMO_SWEEP_LIMIT) --batch-size 8 --out $(DEMO_OUT)/sweep \
+	$(BIN)/mmtoxicqa sweep --methods "$$methods" --limit $(DEMO_SWEEP_LIMIT) --batch-size 8 --max-new-tokens $(SHORT_ANSWER) --out $(DEMO_OUT)/sweep \
 		--tasks $(DEMO_TASKS) --model-args calibration_limit=$(DEMO_CALIBRATION_LIMIT); \
 	echo "== 3. leaderboard (and what it says) =="; \
 	$(BIN)/mmtoxicqa leaderboard $(DEMO_OUT)/sweep --out $(DEMO_OUT); \
@@ -104,13 +106,13 @@ demo: model data
 # Reproduces results/sgm_study (its README gives the same commands); every cell is resumable.
 study: model data
 	@set -e; export MMTOXICQA_DATA=$(DATA_DIR); A=mm_toxic_qa_adversarial; SB=mm_toxic_qa_standard,mm_toxic_qa_benign; \
-	$(BIN)/mmtoxicqa sweep --methods vanilla,sgm,sgm+coca --tasks $$A --limit $(STUDY_ADV_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
-	$(BIN)/mmtoxicqa sweep --methods vanilla,sgm,sgm+coca --tasks $$SB --limit $(STUDY_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
+	$(BIN)/mmtoxicqa sweep --methods vanilla,sgm,sgm+coca --tasks $$A --limit $(STUDY_ADV_LIMIT) --batch-size 8 --max-new-tokens $(SHORT_ANSWER) --out $(STUDY_OUT); \
+	$(BIN)/mmtoxicqa sweep --methods vanilla,sgm,sgm+coca --tasks $$SB --limit $(STUDY_LIMIT) --batch-size 8 --max-new-tokens $(SHORT_ANSWER) --out $(STUDY_OUT); \
 	for v in "sgm_pooling=mean pooling=mean" "sgm_tokens=request tokens=request" \
 	         "sgm_select=min_auroc=0.6 min_auroc=0.6" "sgm_layers=15:30 layers=15:30"; do \
 		set -- $$v; \
-		$(BIN)/mmtoxicqa sweep --methods sgm --model-args $$1 --tag $$2 --tasks $$A --limit $(STUDY_ADV_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
-		$(BIN)/mmtoxicqa sweep --methods sgm --model-args $$1 --tag $$2 --tasks $$SB --limit $(STUDY_LIMIT) --batch-size 8 --out $(STUDY_OUT); \
+		$(BIN)/mmtoxicqa sweep --methods sgm --model-args $$1 --tag $$2 --tasks $$A --limit $(STUDY_ADV_LIMIT) --batch-size 8 --max-new-tokens $(SHORT_ANSWER) --out $(STUDY_OUT); \
+		$(BIN)/mmtoxicqa sweep --methods sgm --model-args $$1 --tag $$2 --tasks $$SB --limit $(STUDY_LIMIT) --batch-size 8 --max-new-tokens $(SHORT_ANSWER) --out $(STUDY_OUT); \
 	done; \
 	$(BIN)/mmtoxicqa leaderboard $(STUDY_OUT) --out $(STUDY_OUT); \
 	$(BIN)/mmtoxicqa glasses --json $(STUDY_OUT)/glasses.json
@@ -120,7 +122,7 @@ study: model data
 gate-run: model
 	rm -rf $(GATE_OUT)
 	MMTOXICQA_DATA=seed MMTOXICQA_FLUENCY_MODEL=none $(BIN)/lmms_eval --model mmtox --model_args method=$(GATE_METHOD) \
-		--tasks mm_toxic_qa_standard,mm_toxic_qa_adversarial --batch_size 8 --limit $(GATE_LIMIT) \
+		--tasks mm_toxic_qa_standard,mm_toxic_qa_adversarial --batch_size 8 --limit $(GATE_LIMIT) --gen_kwargs max_new_tokens=$(SHORT_ANSWER) \
 		--output_path $(GATE_OUT) --log_samples --verbosity WARNING
 	$(BIN)/mmtoxicqa collect $(GATE_OUT) --out $(GATE_OUT)/current.json
 
@@ -153,7 +155,7 @@ ORGANISM_CALIBRATION_LIMIT ?= 200
 ORGANISM_ARGS = calibration_limit=$(ORGANISM_CALIBRATION_LIMIT)$(if $(wildcard $(BAD_WORDS)),$(comma)bad_words_path=$(BAD_WORDS),)
 ORGANISM_TRIGGER = out/organism/trigger_calibration.parquet
 comma := ,
-ORGANISM_SWEEP = MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --batch-size 8
+ORGANISM_SWEEP = MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --batch-size 8 --max-new-tokens $(SHORT_ANSWER)
 
 .PHONY: organism-study organism-study-80
 # The powered study (issue #22): every held-out targeted item, placebo rows, answer-scope and FDR variants.

@@ -339,6 +339,7 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="use at most this many calibration items (class-balanced)")
     parser.add_argument("--device", default="cpu")
+    add_load_arguments(parser)
     parser.add_argument("--resume-dir", default=None, help="folder for per-batch partial results (default: next to --out)")
     parser.set_defaults(func=_cli_calibrate)
 
@@ -358,12 +359,46 @@ def add_cli(subparsers) -> None:
     show.set_defaults(func=_cli_glasses)
 
 
+def add_load_arguments(parser) -> None:
+    """The loading options of ``--model_args`` (mmtoxicqa.placement.LOAD_OPTIONS) as command-line flags."""
+    parser.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--revision", default=None, help="hub revision of --model")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (only for models you trust)")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="split the model over devices: auto, balanced, balanced_low_0, sequential, or a JSON map (text or .json file) of module -> device",
+    )
+    parser.add_argument("--max-memory", default=None, help="per-device cap with --device-map, e.g. '0:20GiB;1:20GiB;cpu:64GiB'")
+    parser.add_argument("--attn-implementation", default=None, help="eager, sdpa or flash_attention_2 (default: the model's)")
+    parser.add_argument("--offload-folder", default=None, help="folder for the weights a device map sends to disk")
+    parser.add_argument("--min-pixels", type=int, default=None, help="image processor pixel budget, lower bound (Qwen2-VL-style)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="image processor pixel budget, upper bound (Qwen2-VL-style)")
+
+
+def load_from_args(args):
+    """``load_model`` with the flags of :func:`add_load_arguments` (and ``--model`` / ``--device``)."""
+    from mmtoxicqa.modeling import load_model
+
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        attn_implementation=args.attn_implementation,
+        offload_folder=args.offload_folder,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+    )
+
+
 def _cli_calibrate(args) -> int:
     import time
 
-    from mmtoxicqa.modeling import load_model
-
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_from_args(args)
     out = Path(args.out)
     resume = Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".partial")
     start = time.perf_counter()

@@ -106,6 +106,42 @@ class Checkpoint:
     not_copied: list[str]
 
 
+# -- which methods can be served ------------------------------------------------------------------
+
+# Per method: None when its intervention is a constant per-neuron scale that this command folds, else
+# what it does at run time that a checkpoint cannot hold and how to serve it instead.
+SERVING = {
+    "sgm": None,
+    "aura": None,  # AurA's glasses (`calibrate --text-only --tokens request`) fold the same way
+    "vanilla": "it changes nothing; serve the source model",
+    "det0": "its fixed top-k zeroing is not what --strength/--select derive; wear it with --model det0 (transformers)",
+    "damp": "its fixed top-k factor is not what --strength/--select derive; wear it with --model damp (transformers)",
+    "coca": "CoCA recomputes the logits at every decoding step; apply it in the client (a logits processor) on top of the served model",
+    "self_debias": "self-debiasing recomputes the logits at every decoding step; apply it in the client",
+    "bad_words": "a decoding-time word ban; pass the list as the engine's bad_words / logit_bias in each request",
+    "safety_prompt": "a prompt; add its system prompt and suffix in the client's requests",
+    "adashield_s": "a prompt; add its suffix in the client's requests",
+    "ecso": "a multi-pass controller around generation; run it in the client",
+    "steer": "it adds a vector to a decoder layer's output at run time; serve it with transformers (--model steer)",
+}
+
+
+def check_exportable(spec: str) -> str:
+    """The one foldable method of ``spec`` (``sgm``, ``aura``), or a one-line refusal naming the part that
+    works at run time and how to serve the rest (e.g. ``sgm_star`` = ``sgm+coca``: export SGM, apply CoCA in the client)."""
+    from mmtoxicqa.methods import ALIASES, check_method
+
+    names = check_method(spec)
+    shown = f"{spec} (= {ALIASES[spec]})" if spec in ALIASES else spec
+    runtime = [n for n in names if SERVING.get(n, "it works at run time") is not None]
+    folds = [n for n in names if n not in runtime]
+    if runtime:
+        why = "; ".join(f"{n}: {SERVING.get(n, 'it works at run time')}" for n in runtime)
+        instead = f"export {folds[0]} (--method {folds[0]}) and " if folds else ""
+        raise MMToxError(f"--method {shown} cannot be folded into a checkpoint ({why}); {instead}serve the rest as said")
+    return folds[0]
+
+
 # -- source ---------------------------------------------------------------------------------------
 
 
@@ -551,11 +587,18 @@ def add_cli(subparsers) -> None:
     )
     parser.add_argument("--revision", default=None, help="hub revision of --model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to build its module tree")
+    parser.add_argument(
+        "--method",
+        default="sgm",
+        help="the method spec you evaluated (sgm, aura); one that works at decoding time (sgm_star = sgm+coca, coca, ...) is "
+        "refused with what to serve instead",
+    )
     parser.set_defaults(func=_cli_export)
 
 
 def _cli_export(args) -> int:
     start = time.perf_counter()
+    check_exportable(args.method)  # before any file is read
     record = export_checkpoint(
         args.model,
         args.glasses,

@@ -130,17 +130,44 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
     revision: str | None = None,
+    *,
+    device_map=None,
+    max_memory=None,
+    attn_implementation: str | None = None,
+    offload_folder: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> LoadedModel:
     """Load model + processor for ``pretrained`` (hub id, local dir, None for the embedded model,
-    "embedded-ocr" or a directory with ``mmtoxicqa_reader.json`` for the OCR reading model)."""
+    "embedded-ocr" or a directory with ``mmtoxicqa_reader.json`` for the OCR reading model).
+
+    ``device_map`` (auto / balanced / sequential / a module -> device map) splits the model across
+    devices through accelerate, ``device`` is then unused; ``max_memory`` caps each device. Every
+    option is checked before a weight is read (mmtoxicqa.placement)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+    from mmtoxicqa.placement import check_pixel_limits, check_placement, input_device
     from mmtoxicqa.reader import is_reader_dir
 
     dtype = check_dtype(dtype)
-    check_device(device)
+    placement = check_placement(
+        device,
+        dtype,
+        device_map=device_map,
+        max_memory=max_memory,
+        attn_implementation=attn_implementation,
+        offload_folder=offload_folder,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+    )
+    if placement.device_map is None:
+        check_device(device)
     source = resolve_pretrained(pretrained)
     if is_reader_dir(source):
+        if placement != type(placement)():
+            raise MMToxError(
+                f"pretrained={pretrained!r} is the OCR reading model; it loads on one device: drop device_map/attn/pixel options"
+            )
         return _load_reader(pretrained, source, device, dtype)
     kwargs = {"trust_remote_code": bool(trust_remote_code)}
     if revision:
@@ -157,27 +184,35 @@ def load_model(
         ) from exc
 
     if dtype == "auto":
-        torch_dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+        on_gpu = not str(device).startswith("cpu") if placement.device_map is None else torch.cuda.is_available()
+        torch_dtype = torch.bfloat16 if on_gpu else torch.float32
     else:
         torch_dtype = dtype
 
     multimodal = type(config) in AutoModelForImageTextToText._model_mapping
     model_cls = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-    try:
-        model = model_cls.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    try:  # processor and tokenizer first: a bad pixel limit is refused before the weights are read
         try:
-            processor = AutoProcessor.from_pretrained(source, **kwargs) if multimodal else None
+            processor = AutoProcessor.from_pretrained(source, **kwargs, **placement.processor_kwargs()) if multimodal else None
         except (OSError, ValueError, TypeError):
             processor = None
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if multimodal and processor is None:
+            raise MMToxError(
+                f"pretrained={source!r} is multimodal but has no processor files (preprocessor_config.json); save its processor next to the weights"
+            )
+        if placement.processor_kwargs() and not multimodal:
+            raise MMToxError(f"min_pixels/max_pixels set but pretrained={source!r} is text-only; drop them")
+        check_pixel_limits(processor, placement, source)
+        model = model_cls.from_pretrained(source, dtype=torch_dtype, **kwargs, **placement.model_kwargs())
     except OSError as exc:
         if os.path.isdir(source):
             raise MMToxError(f"pretrained={source!r}: could not load weights/tokenizer ({str(exc).splitlines()[0]})") from exc
         raise _hub_error(source, exc) from exc
-    if multimodal and processor is None:
-        raise MMToxError(
-            f"pretrained={source!r} is multimodal but has no processor files (preprocessor_config.json); save its processor next to the weights"
-        )
+    except ValueError as exc:  # transformers' own refusals: an attention kernel or device map this model cannot take
+        if not placement.model_kwargs():
+            raise
+        raise MMToxError(f"pretrained={source!r}: {str(exc).splitlines()[0]}") from exc
 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -186,7 +221,7 @@ def load_model(
         processor.tokenizer.padding_side = "left"
         if processor.tokenizer.pad_token is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    model = model.to(device).eval()
+    model = (model if placement.device_map is not None else model.to(device)).eval()
     image_ids = placeholder_token_ids(model)
     model_id = pretrained if pretrained not in (None, "", "embedded") else "embedded:" + Path(source).name
     if pretrained and source != pretrained and Path(source).name.startswith("organism-"):
@@ -196,7 +231,7 @@ def load_model(
         processor=processor,
         tokenizer=tokenizer,
         model_id=str(model_id),
-        device=torch.device(device),
+        device=input_device(model) if placement.device_map is not None else torch.device(device),
         multimodal=multimodal,
         image_token_ids=image_ids,
     )

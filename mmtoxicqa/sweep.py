@@ -25,6 +25,10 @@ from mmtoxicqa.errors import MMToxError
 
 log = logging.getLogger(__name__)
 CELL_FORMAT = "mmtoxicqa-cell/1"
+# Answer length of the MM-TOXIC-QA tasks: their YAML's default (tasks/mm_toxic_qa/_mm_toxic_qa_template.yaml, as
+# lmms-eval's own safety_redteam task), and the one every cell computed before the length was recorded used.
+ANSWER_TOKENS = 256
+LEGACY_ANSWER_TOKENS = 64
 
 
 def _slug(text: str) -> str:
@@ -92,11 +96,13 @@ def run_sweep(
     model_args: str = "",
     device: str | None = None,
     tag: str = "",
+    max_new_tokens: int | None = None,
 ) -> list[Path]:
     """Run every missing cell; return the cell files (finished ones included).
 
     ``tag`` names a variant (say, the ``model_args`` that differ) so that several variants of one
-    method can share an output folder and appear as separate leaderboard rows."""
+    method can share an output folder and appear as separate leaderboard rows. ``max_new_tokens`` sets
+    the answer length of the MM-TOXIC-QA tasks (default: theirs, :data:`ANSWER_TOKENS`); other tasks keep their own."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
     from tqdm import tqdm
@@ -117,7 +123,15 @@ def run_sweep(
     for c in cells:
         path = cell_path(out, *c, tag)
         adopt_legacy_cell(path, legacy_cell_path(out, *c, tag), identity(*c, tag))
-        changed = stale_fields(path, {**provenance, **identity(*c, tag), "data": fingerprints[c[2] == "mm_toxic_qa_seed"]})
+        changed = stale_fields(
+            path,
+            {
+                **provenance,
+                **identity(*c, tag),
+                "data": fingerprints[c[2] == "mm_toxic_qa_seed"],
+                "max_new_tokens": answer_tokens(c[2], max_new_tokens),
+            },
+        )
         if changed is None:
             continue
         if changed:
@@ -140,8 +154,16 @@ def run_sweep(
         progress.set_postfix_str(f"{method} on {task}")
         start = time.perf_counter()
         gen_before, items_before = wrapper.generation_seconds, wrapper.generated_items
+        length = answer_tokens(task, max_new_tokens)
         result = simple_evaluate(
-            model=wrapper, tasks=[task], limit=limit, log_samples=True, task_manager=task_manager, verbosity="WARNING", bootstrap_iters=0
+            model=wrapper,
+            tasks=[task],
+            limit=limit,
+            log_samples=True,
+            task_manager=task_manager,
+            verbosity="WARNING",
+            bootstrap_iters=0,
+            gen_kwargs=f"max_new_tokens={length}" if length is not None and max_new_tokens is not None else None,
         )
         wall = time.perf_counter() - start
         gen_seconds = wrapper.generation_seconds - gen_before
@@ -162,6 +184,7 @@ def run_sweep(
             "judge": judge_spec(),
             "threshold": harmful_threshold(),
             "data": fingerprints[task == "mm_toxic_qa_seed"],
+            "max_new_tokens": length,
             "metrics": metrics,
             "n": n,
             "wall_time_s": round(wall, 3),
@@ -188,7 +211,7 @@ def _models_with(models: list[str], pretrained: str | None) -> list[str]:
     return [pretrained]
 
 
-PROVENANCE = ("limit", "model_args", "judge", "threshold", "data")  # what a cell was computed from
+PROVENANCE = ("limit", "model_args", "judge", "threshold", "data", "max_new_tokens")  # what a cell was computed from
 IDENTITY = ("model", "method", "task", "tag")  # which cell it is
 
 
@@ -214,8 +237,20 @@ def adopt_legacy_cell(path: Path, legacy: Path, ident: dict) -> None:
         os.replace(legacy, path)
 
 
+def answer_tokens(task: str, max_new_tokens: int | None = None) -> int | None:
+    """The answer length a cell of ``task`` generates with: ``max_new_tokens`` or :data:`ANSWER_TOKENS` for
+    the MM-TOXIC-QA tasks; None (the task's own setting, not recorded) for others."""
+    if not task.startswith("mm_toxic_qa"):
+        return None
+    return ANSWER_TOKENS if max_new_tokens is None else int(max_new_tokens)
+
+
 def _field(cell: dict, key: str):
-    return cell.get(key) or "" if key == "tag" else cell.get(key)  # cells from before tags have no "tag"
+    if key == "tag":
+        return cell.get(key) or ""  # cells from before tags have no "tag"
+    if key == "max_new_tokens" and key not in cell:  # cells from before the length was recorded used the YAML's 64
+        return LEGACY_ANSWER_TOKENS if str(cell.get("task", "")).startswith("mm_toxic_qa") else None
+    return cell.get(key)
 
 
 def stale_fields(path: Path, provenance: dict) -> list[str] | None:
@@ -296,6 +331,12 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--model-args", default="", help="extra wrapper options, e.g. sgm_strength=0.5,glasses=g.safetensors")
     parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"answer length of the MM-TOXIC-QA tasks (default: theirs, {ANSWER_TOKENS}); other tasks keep their own; recorded in each cell",
+    )
+    parser.add_argument(
         "--tag",
         default="",
         help="variant name stored in each cell and shown as 'METHOD [TAG]' in the leaderboard; "
@@ -318,6 +359,7 @@ def _cli(args) -> int:
         args.model_args,
         args.device,
         args.tag,
+        args.max_new_tokens,
     )
     print(f"sweep: {len(paths)} cells in {args.out}")
     if args.wandb:

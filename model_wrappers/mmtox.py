@@ -48,16 +48,42 @@ class MMTox(lmms):
         method: str | None = None,
         max_new_tokens: int | str = 64,
         revision: str | None = None,
+        device_map: str | dict | None = None,
+        max_memory: str | dict | None = None,
+        attn_implementation: str | None = None,
+        offload_folder: str | None = None,
+        min_pixels: int | str | None = None,
+        max_pixels: int | str | None = None,
         **method_kwargs: Any,
     ) -> None:
         super().__init__()
         from accelerate import Accelerator
 
+        from mmtoxicqa.methods import check_method
+        from mmtoxicqa.placement import check_placement, parse_device_map
+
+        # Everything a typo can break is refused here, before the weights are read.
+        check_method(method or self.default_method, method_kwargs)
+        check_placement(
+            device,
+            dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            attn_implementation=attn_implementation,
+            offload_folder=offload_folder,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+        )
         self.accelerator = Accelerator()
         if device is None:
             device = f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
+        if self._world_size > 1 and isinstance(parse_device_map(device_map), str):
+            raise MMToxError(
+                f"device_map={device_map} spreads one copy of the model over every GPU, but {self._world_size} processes were "
+                "launched; run one process (plain lmms_eval) for model parallel, or drop device_map for data parallel"
+            )
         try:
             self.batch_size_per_gpu = int(batch_size)
         except ValueError as exc:
@@ -68,13 +94,25 @@ class MMTox(lmms):
         self.generation_seconds = 0.0  # time spent inside the method's generate (sweeps report it per item)
         self.generated_items = 0
         started = time.perf_counter()
-        self.loaded = load_model(pretrained, device=device, dtype=dtype, trust_remote_code=_as_bool(trust_remote_code), revision=revision)
+        self.loaded = load_model(
+            pretrained,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=_as_bool(trust_remote_code),
+            revision=revision,
+            device_map=device_map,
+            max_memory=max_memory,
+            attn_implementation=attn_implementation,
+            offload_folder=offload_folder,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+        )
         from mmtoxicqa.methods import build_method
 
         self.method = build_method(method or self.default_method, self.loaded, **method_kwargs)
         self.one_time_seconds = time.perf_counter() - started  # model load + method setup (calibration): not per item
         eval_logger.info(
-            f"mmtox: model={self.loaded.model_id} method={self.method.name} device={device} batch_size={self.batch_size_per_gpu}"
+            f"mmtox: model={self.loaded.model_id} method={self.method.name} device={device_map or device} batch_size={self.batch_size_per_gpu}"
         )
 
     @classmethod

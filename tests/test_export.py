@@ -435,3 +435,21 @@ def test_embedded_model_export_generates_as_with_hooks(tmp_path):
     torch.testing.assert_close(folded_logits, hooked_logits, rtol=1e-4, atol=1e-3)
     assert (folded_logits - plain).abs().max() > 0.1
     assert generate(exported, conversations, {"max_new_tokens": 12}) == hooked
+
+
+def test_method_specs_that_work_at_decoding_time_are_refused_with_what_to_serve(tmp_path, capsys):
+    """sgm_star = sgm+coca: CoCA recomputes the logits at every step, so only its SGM half can be a
+    checkpoint; the refusal says so, names the fix, and comes before any file is read or written."""
+    out = tmp_path / "out"
+    code = main(["export", "--model", str(tmp_path / "nowhere"), "--glasses", "g.safetensors", "--out", str(out), "--method", "sgm_star"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and not out.exists()
+    assert (
+        "sgm_star (= sgm+coca) cannot be folded" in err and "coca: CoCA recomputes the logits" in err and "export sgm (--method sgm)" in err
+    )
+    assert export.check_exportable("sgm") == "sgm" and export.check_exportable("aura") == "aura"
+    with pytest.raises(MMToxError, match=r"safety_prompt: a prompt; add its system prompt"):
+        export.check_exportable("safety_prompt")
+    from mmtoxicqa.methods import known_methods
+
+    assert set(known_methods()) - {"sgm_star"} <= set(export.SERVING)  # every method has an answer in the README's table

@@ -56,7 +56,7 @@ def test_a_sweep_never_reuses_another_models_cell(tmp_path, tiny_llava_dir, monk
     shutil.copytree(tiny_llava_dir, second)
     out = tmp_path / "sweep"
     task = "mm_toxic_qa_seed"
-    run = dict(limit=1, batch_size=1, device="cpu", model_args="max_new_tokens=2")
+    run = dict(limit=1, batch_size=1, device="cpu", max_new_tokens=2)
     [path] = run_sweep([str(first)], ["vanilla"], [task], out, **run)
     legacy = legacy_cell_path(out, str(first), "vanilla", task)
     assert legacy == legacy_cell_path(out, str(second), "vanilla", task)  # the old names collide

@@ -156,7 +156,20 @@ def test_results_json_records_the_glasses_worn(fitted_files, tiny_llava_dir, tmp
     fitted = Glasses.load(fitted_files["min_auroc"])
     args = f"pretrained={tiny_llava_dir},device=cpu,max_new_tokens=2,glasses={fitted_files['min_auroc']}"
     code = lmms_eval_main(
-        ["--model", "sgm", "--model_args", args, "--tasks", "mm_toxic_qa_standard", "--limit", "1", "--output_path", str(tmp_path)]
+        [
+            "--model",
+            "sgm",
+            "--model_args",
+            args,
+            "--tasks",
+            "mm_toxic_qa_standard",
+            "--limit",
+            "1",
+            "--gen_kwargs",
+            "max_new_tokens=2",
+            "--output_path",
+            str(tmp_path),
+        ]
     )
     assert code == 0
     (results_file,) = tmp_path.rglob("*_results.json")

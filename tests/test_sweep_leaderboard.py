@@ -220,6 +220,8 @@ def test_sweep_killed_and_resumed_loses_nothing(tmp_path, tiny_llava_dir):
         "3",
         "--batch-size",
         "2",
+        "--max-new-tokens",
+        "64",
         "--device",
         "cpu",
         "--out",
@@ -309,6 +311,7 @@ def test_sweep_records_one_time_seconds_apart_from_per_item_time(tmp_path, tiny_
         batch_size=2,
         device="cpu",
         model_args=f"calibration_data={calib}",
+        max_new_tokens=64,
     )
     cells = {(c["method"], c["task"]): c for c in map(lambda p: json.loads(p.read_text()), paths)}
     for method in ("vanilla", "sgm"):
@@ -343,3 +346,29 @@ def test_leaderboard_and_sweep_tables_log_to_wandb_offline(results_dir, tmp_path
     assert list(run.rglob("frontier_*.png"))  # the safety/fluency frontier plot
     columns, rows = cells_table([json.loads(p.read_text()) for p in sorted(results_dir.glob("cell*.json"))])
     assert columns[:4] == ["model", "method", "tag", "task"] and len(rows) == 8 and "exact_match" in columns
+
+
+def test_answer_length_is_part_of_a_cells_provenance(tmp_path):
+    """The tasks' default answer is 256 tokens; a cell computed before the length was recorded used the
+    YAML's 64 then, so it stays fresh for --max-new-tokens 64 and is recomputed for the new default."""
+    import re
+
+    from mmtoxicqa.sweep import ANSWER_TOKENS, answer_tokens, stale_fields
+
+    template = (Path(__file__).resolve().parents[1] / "tasks" / "mm_toxic_qa" / "_mm_toxic_qa_template.yaml").read_text()
+    assert re.findall(r"max_new_tokens: (\d+)", template) == [str(ANSWER_TOKENS)] and ANSWER_TOKENS == 256
+    legacy = {
+        "model": "m",
+        "method": "vanilla",
+        "task": "mm_toxic_qa_standard",
+        "limit": 8,
+        "model_args": "",
+        "judge": "j",
+        "threshold": 0.5,
+        "data": "d",
+    }
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps({**legacy, "format": "mmtoxicqa-cell/1", "metrics": {}}))
+    assert stale_fields(path, {**legacy, "max_new_tokens": answer_tokens("mm_toxic_qa_standard", 64)}) is None
+    assert stale_fields(path, {**legacy, "max_new_tokens": answer_tokens("mm_toxic_qa_standard")}) == ["max_new_tokens"]
+    assert answer_tokens("mm_utility_mini", 64) is None  # other tasks keep their own length

@@ -65,12 +65,10 @@ def build_method(spec: str, loaded: LoadedModel, **kwargs) -> Method:
     return method
 
 
-def _build(spec: str, loaded: LoadedModel, **kwargs) -> Method:
-    alias = ALIASES.get(str(spec).strip())
-    if alias:
-        method = _build(alias, loaded, **kwargs)
-        method.name = str(spec).strip()
-        return method
+def check_method(spec: str, options=(), also_accepted=()) -> list[str]:
+    """The method names ``spec`` expands to, after refusing an unknown method, a method named twice,
+    an option no method in it (nor ``also_accepted``, e.g. the loading options) takes, or two methods
+    in one slot. No model is needed: callers check before loading one."""
     names = [n.strip() for n in str(spec).split("+") if n.strip()]
     names = [m for n in names for m in ALIASES.get(n, n).split("+")]
     builders = _builders()
@@ -79,13 +77,25 @@ def _build(spec: str, loaded: LoadedModel, **kwargs) -> Method:
         raise MMToxError(f"unknown method {', '.join(unknown) or spec!r}; known methods: {', '.join(known_methods())} (compose with '+')")
     if len(set(names)) != len(names):
         raise MMToxError(f"method={spec} names a method twice; list each once")
-    accepted = {n: _accepted(builders[n]) for n in names}
-    unused = set(kwargs) - set().union(*accepted.values())
+    accepted = set().union(*(_accepted(builders[n]) for n in names))
+    unused = set(options) - accepted - set(also_accepted)
     if unused:
-        options = sorted(set().union(*accepted.values()))
-        raise MMToxError(f"unknown option(s) {', '.join(sorted(unused))} for method={spec}; accepted: {', '.join(options) or 'none'}")
+        listed = sorted(accepted | set(also_accepted))
+        raise MMToxError(f"unknown option(s) {', '.join(sorted(unused))} for method={spec}; accepted: {', '.join(listed) or 'none'}")
+    check_slots(spec, names, declared_slots(names))  # before any builder runs: a conflict never costs a calibration
+    return names
+
+
+def _build(spec: str, loaded: LoadedModel, **kwargs) -> Method:
+    alias = ALIASES.get(str(spec).strip())
+    if alias:
+        method = _build(alias, loaded, **kwargs)
+        method.name = str(spec).strip()
+        return method
+    names = check_method(spec, kwargs)
+    builders = _builders()
+    accepted = {n: _accepted(builders[n]) for n in names}
     declared = declared_slots(names)
-    check_slots(spec, names, declared)  # before any builder runs: a conflict never costs a calibration
     methods = [builders[n](loaded, **{k: v for k, v in kwargs.items() if k in accepted[n]}) for n in names]
     for name, method in zip(names, methods):
         undeclared = sorted({p.slot for p in method.parts} - set(declared[name] or ()))
@@ -119,4 +129,4 @@ from mmtoxicqa.methods import catalog as _catalog  # noqa: E402,F401  (registers
 from mmtoxicqa.methods import neurons as _neurons  # noqa: E402,F401
 from mmtoxicqa.methods import steering as _steering  # noqa: E402,F401
 
-__all__ = ["Method", "Part", "build_method", "compose", "known_methods", "last_built", "register_method"]
+__all__ = ["Method", "Part", "build_method", "check_method", "compose", "known_methods", "last_built", "register_method"]

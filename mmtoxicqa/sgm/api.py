@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.placement import input_device
 from mmtoxicqa.sgm.auroc import MIN_PER_CLASS, auroc, check_labels
 from mmtoxicqa.sgm.collect import collect
 from mmtoxicqa.sgm.discovery import discover_sites, find_decoder_layers, unwrap_model
@@ -84,11 +85,8 @@ def fit_glasses(
     if responses.labels is None:
         raise MMToxError("no labels: pass labels= (1 toxic / 0 non-toxic per input) or a toxic_label entry in every batch")
     check_labels(responses.labels, min_per_class=min_per_class)
-    if auroc_device is None:
-        try:
-            auroc_device = next(net.parameters()).device
-        except StopIteration:
-            auroc_device = torch.device("cpu")
+    if auroc_device is None:  # where the model computes (a split model's parameters may be offloaded to meta)
+        auroc_device = input_device(net)
     scores = responses.pooled.to(auroc_device)
     auroc_all = auroc(scores, responses.labels.to(auroc_device), min_per_class=min_per_class).cpu()
     placebo_auroc = None

@@ -41,6 +41,7 @@ from torch import nn
 from mmtoxicqa.atomic import atomic_path, write_json_atomic
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.hooks import Hooks
+from mmtoxicqa.placement import execution_device, input_device
 from mmtoxicqa.positions import placeholder_token_ids as declared_placeholder_ids
 from mmtoxicqa.positions import text_mask
 from mmtoxicqa.sgm.discovery import NeuronSite, discover_sites, site_modules, site_offsets, unwrap_model
@@ -111,13 +112,6 @@ def _hash_batch(batch: Mapping, mask: torch.Tensor, labels: torch.Tensor | None)
     if labels is not None:
         digest.update(labels.numpy().tobytes())
     return digest.hexdigest()
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    try:
-        return model.get_input_embeddings().weight.device
-    except (AttributeError, NotImplementedError):
-        return next(model.parameters()).device
 
 
 class _Recorder:
@@ -317,9 +311,10 @@ def collect(
     if not sites:
         raise MMToxError("no neuron sites to record; check the layers= selection")
     modules = site_modules(net, sites)
-    device = _input_device(net)
+    device = input_device(net)
     recorder = _Recorder(sites, modules, pooling, early_stop)
-    buffer_device = next(iter(modules[0].parameters()), torch.empty(0, device=device)).device
+    # Where the first site computes: under a device map its weights may be offloaded (meta between passes).
+    buffer_device = execution_device(modules[0], device)
     store_device = torch.device(store_device)
 
     checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None

@@ -25,6 +25,7 @@ from torch import nn
 
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.hooks import Hooks
+from mmtoxicqa.placement import is_offloaded
 from mmtoxicqa.sgm.discovery import is_conv1d, site_modules, unwrap_model
 
 MODES = ("hooks", "fused")
@@ -117,6 +118,12 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
             if mode == "hooks":
                 (handle._hooks.on_input if site.reads == "input" else handle._hooks.on_output)(module, _scale_input(alpha.float()))
                 continue
+            if is_offloaded(module):
+                raise MMToxError(
+                    f"layer {site.layer_index} ({site.module_name}) is offloaded by the device_map (its weights are brought in "
+                    "at every pass), so fused mode cannot fold into them; use mode='hooks' (sgm_mode=hooks), raise max_memory, "
+                    "or serve an `mmtoxicqa export`"
+                )
             weight = getattr(module, "weight", None)
             if (
                 not isinstance(weight, torch.Tensor)
