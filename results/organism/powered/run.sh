@@ -23,6 +23,9 @@ GLASSES=$OUT/glasses
 export MMTOXICQA_SOURCES=$SOURCES
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # see PLAN.md: one torch thread per process
 mkdir -p "$CELLS" "$GLASSES"
+# The answers are 64 tokens (--max-new-tokens 64, the length the task YAMLs set when this study started). The model
+# argument max_new_tokens=48 below has no effect (a task's own length wins over it); it stays in COMMON only because it
+# is part of the finished cells' recorded model_args, so that they resume instead of being recomputed.
 COMMON="max_new_tokens=48"
 CAL=400
 $BIN/mmtoxicqa build-model --organism $BUILD --sources "$SOURCES"
@@ -36,7 +39,7 @@ A=$GLASSES/answer.safetensors
 R=$GLASSES/request.safetensors
 run_task() {  # $1 task, $2 limit ('' = every item)
   local task=$1 limit=${2:+--limit $2}
-  local S="$BIN/mmtoxicqa sweep --models $ORGANISM --tasks $task $limit --batch-size 8 --out $CELLS"
+  local S="$BIN/mmtoxicqa sweep --models $ORGANISM --tasks $task $limit --batch-size 8 --max-new-tokens 64 --out $CELLS"
   $S --methods vanilla,safety_prompt --model-args $COMMON
   $S --methods sgm --tag answer --model-args $COMMON,glasses=$A
   $S --methods sgm --tag placebo --model-args $COMMON,glasses=$A,sgm_placebo=1
