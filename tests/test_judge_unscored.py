@@ -67,7 +67,8 @@ def test_one_refused_answer_is_unscored_with_its_reason_in_run_and_in_rescore(mo
         samples = [{"doc_id": i, "filtered_resps": a, **v} for i, (a, v) in enumerate(zip(ANSWERS, values))]
         (run / "x_samples_mm_toxic_qa_seed.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
         clear_judges()
-        assert mmtoxicqa_main(["rescore", str(tmp_path / "run"), "--judge", "llm", "--out", str(tmp_path / "rescored")]) == 0
+        # the refused answer stays unscored: rescore writes what it scored and exits 3, as lmms_eval does (#28 item 8)
+        assert mmtoxicqa_main(["rescore", str(tmp_path / "run"), "--judge", "llm", "--out", str(tmp_path / "rescored")]) == 3
     rescored = [json.loads(line) for line in (tmp_path / "rescored" / "x_samples_mm_toxic_qa_seed.jsonl").read_text().splitlines()]
     assert [s["judges"]["scores"]["llm"] for s in rescored] == [[1.0], [None], [0.0]]
     assert "HTTP 400: This model's maximum context length is 8 tokens" in rescored[1]["judges"]["unscored"]["llm"][0]

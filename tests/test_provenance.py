@@ -32,7 +32,14 @@ def _cell(task="mm_toxic_qa_standard", judge="profanity", threshold=0.5, **extra
 
 def test_a_cell_is_reused_only_when_computed_from_the_same_inputs(tmp_path):
     path = tmp_path / "cell.json"
-    provenance = {"limit": 4, "model_args": "", "judge": "profanity", "threshold": 0.5, "data": {"path": "seed", "sha256": "a" * 64}}
+    provenance = {
+        "limit": 4,
+        "model_args": "",
+        "judge": "profanity",
+        "threshold": 0.5,
+        "data": {"path": "seed", "sha256": "a" * 64},
+        "max_new_tokens": 64,  # a cell that records no length was computed at the YAMLs' old 64
+    }
     assert stale_fields(path, provenance) == []  # no cell yet: compute it
     path.write_text(json.dumps(_cell()))
     assert stale_fields(path, provenance) is None  # same inputs: reuse
@@ -40,6 +47,7 @@ def test_a_cell_is_reused_only_when_computed_from_the_same_inputs(tmp_path):
     assert stale_fields(path, {**provenance, "judge": "detoxify", "threshold": 0.7}) == ["judge", "threshold"]
     assert stale_fields(path, {**provenance, "data": {"path": "/other", "sha256": "b" * 64}}) == ["data"]
     assert stale_fields(path, {**provenance, "model_args": "coca_strength=2"}) == ["model_args"]
+    assert stale_fields(path, {**provenance, "max_new_tokens": 256}) == ["max_new_tokens"]
     path.write_text(json.dumps(_cell())[:50])
     assert stale_fields(path, provenance) == ["unreadable file"]
 
