@@ -77,7 +77,8 @@ def resolve(split: str, declared: str = DEFAULT_REPO_ID) -> TaskData:
 
 def unreachable(data: TaskData, exc: BaseException) -> MMToxError:
     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-    return MMToxError(f"MM-TOXIC-QA data: cannot load the hub dataset {data.where} ({type(exc).__name__}: {reason}); {FIX}")
+    also = f" (MMTOXICQA_DATA={data.where} is no folder here either)" if paths.data_setting() == data.where else ""
+    return MMToxError(f"MM-TOXIC-QA data: cannot load the hub dataset {data.where}{also} ({type(exc).__name__}: {reason}); {FIX}")
 
 
 def offline() -> bool:

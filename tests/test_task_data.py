@@ -161,6 +161,13 @@ def test_an_unreachable_hub_id_is_one_line(task_manager, env):
     assert message.startswith(f"MM-TOXIC-QA data: cannot load the hub dataset {DEFAULT_REPO_ID} (")
     assert "mmtoxicqa build-data --sources ../shared/data" in message and "`seed`" in message and "\n" not in message
 
+    env.setenv("MMTOXICQA_DATA", "someone/their-copy")  # not a path here: read as a hub id
+    with pytest.raises(MMToxError) as info:
+        served(task_manager, ["mm_toxic_qa_benign"])
+    assert str(info.value).startswith(
+        "MM-TOXIC-QA data: cannot load the hub dataset someone/their-copy (MMTOXICQA_DATA=someone/their-copy is no folder here either) ("
+    )
+
 
 def test_a_corrupt_image_in_loaded_data_names_the_item(built, task_manager, env, tmp_path):
     """The check load_split made on a file holds for what lmms-eval loads: one line, the item, the fix."""
