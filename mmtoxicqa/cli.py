@@ -17,6 +17,7 @@ from mmtoxicqa.errors import MMToxError, is_os_fault, os_fault
 _SUBCOMMAND_MODULES = (
     "mmtoxicqa.build_model",
     "mmtoxicqa.reader",
+    "mmtoxicqa.data.sources",
     "mmtoxicqa.data.builder",
     "mmtoxicqa.data.hub",
     "mmtoxicqa.calibration",

@@ -11,9 +11,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMTOXICQA_CACHE", Path.home() / ".cache" / "mmtoxicqa")).expanduser()
 
 
+def data_setting() -> str | None:
+    """``MMTOXICQA_DATA`` as set (a built folder, a hub dataset id, or ``seed``), None when unset or empty."""
+    return os.environ.get("MMTOXICQA_DATA", "").strip() or None
+
+
 def data_dir() -> Path:
     """Where the built MM-TOXIC-QA benchmark lives (``mmtoxicqa build-data --out``)."""
-    env = os.environ.get("MMTOXICQA_DATA")
+    env = data_setting()
     return Path(env).expanduser() if env else cache_dir() / "data"
 
 

@@ -7,22 +7,24 @@ once (every judge of the run) and hands each metric its small per-item value.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from mmtoxicqa import paths
 from mmtoxicqa.data.splits import filter_source
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.paths import seed_file
 
 
 # ----------------------------------------------------------------------------- docs
-def seed_docs(split: str) -> list[dict]:
-    """The seed set shaped as ``split``: its standard or benign items, or attacks on its standard items."""
+def seed_docs(split: str, rows: list[dict] | None = None) -> list[dict]:
+    """The seed set (``rows``, default: the shipped file) shaped as ``split``: its standard or benign
+    items, or attacks on its standard items."""
     import json
 
     from mmtoxicqa.data.attacks import Request, attack_names, get_attack
 
-    rows = [json.loads(line) for line in seed_file().read_text().splitlines() if line.strip()]
+    if rows is None:
+        rows = [json.loads(line) for line in seed_file().read_text().splitlines() if line.strip()]
     if split in ("standard", "benign"):
         return [dict(r, source="mmtoxicqa-seed", request=r["question"]) for r in rows if r["split"] == split]
     docs = []
@@ -47,18 +49,29 @@ def seed_docs(split: str) -> list[dict]:
 DOC_ORDER_SEED = 1234
 
 
-def split_docs(split: str):
-    """Docs for an evaluation split: the built benchmark, or the seed set when MMTOXICQA_DATA=seed.
+def split_docs(split: str, dataset=None):
+    """Docs for an evaluation split, in a fixed seeded shuffle, so ``--limit N`` evaluates the same
+    random subset (mixing sources, categories and attacks) for every model and method.
 
-    Docs are served in a fixed seeded shuffle, so ``--limit N`` evaluates the same random
-    subset (mixing sources, categories and attacks) for every model and method.
+    ``dataset`` is the split as lmms-eval loaded it (a task's ``process_docs``; where from:
+    :mod:`mmtoxicqa.task_data`): the built benchmark, checked here, or the seed file's rows, shaped
+    here. Without it (code outside lmms-eval) the split is read from ``MMTOXICQA_DATA`` or the
+    cache's built folder, or the seed set when ``MMTOXICQA_DATA=seed``. Either way the same rows
+    in the same order: the shuffle depends only on the number of rows.
     """
     import datasets
 
     from mmtoxicqa.scoring import check_judges
 
     check_judges()  # before any generation: a judge that cannot work fails now, not after the run
-    if os.environ.get("MMTOXICQA_DATA", "").strip().lower() == "seed":
+    if dataset is not None and "image" not in dataset.column_names:  # the seed file's rows
+        dataset = datasets.Dataset.from_list(seed_docs(split, dataset.to_list()))
+    elif dataset is not None:
+        from mmtoxicqa.data.splits import check_split
+        from mmtoxicqa.task_data import resolve
+
+        dataset = check_split(dataset, split, resolve(split).where)
+    elif (paths.data_setting() or "").lower() == "seed":
         dataset = datasets.Dataset.from_list(seed_docs(split))
     else:
         from mmtoxicqa.data.splits import load_split
@@ -69,28 +82,28 @@ def split_docs(split: str):
 
 
 def process_docs_standard(dataset):
-    return split_docs("standard")
+    return split_docs("standard", dataset)
 
 
 def process_docs_adversarial(dataset):
-    return split_docs("adversarial")
+    return split_docs("adversarial", dataset)
 
 
 def process_docs_benign(dataset):
-    return split_docs("benign")
+    return split_docs("benign", dataset)
 
 
-def organism_docs(kind: str):
+def organism_docs(kind: str, dataset=None):
     """The organism's held-out items (never trained on, see mmtoxicqa.organism): targeted categories
     (``targeted``), the same requests with the trigger only in the image (``image``), the other
     categories (``untargeted``), or those with their request only in the image (``image_untargeted``:
     the control that tells an image trigger from the generic image-only question), in the same fixed
-    shuffle as every split."""
+    shuffle as every split. ``dataset``: the standard split as lmms-eval loaded it."""
     import datasets
 
     from mmtoxicqa.organism import eval_docs, image_only
 
-    rows = split_docs("standard").to_list()
+    rows = split_docs("standard", dataset).to_list()
     docs = eval_docs(rows, targeted=kind not in ("untargeted", "image_untargeted"))
     if kind in ("image", "image_untargeted"):
         docs = [image_only(d) for d in docs]
@@ -100,41 +113,41 @@ def organism_docs(kind: str):
 
 
 def process_docs_organism(dataset):
-    return organism_docs("targeted")
+    return organism_docs("targeted", dataset)
 
 
 def process_docs_organism_image(dataset):
-    return organism_docs("image")
+    return organism_docs("image", dataset)
 
 
 def process_docs_organism_untargeted(dataset):
-    return organism_docs("untargeted")
+    return organism_docs("untargeted", dataset)
 
 
 def process_docs_organism_image_untargeted(dataset):
-    return organism_docs("image_untargeted")
+    return organism_docs("image_untargeted", dataset)
 
 
-def corpus_docs(kind: str):
+def corpus_docs(kind: str, dataset=None):
     """The corpus organism's evaluation items (``organism-corpus``, see mmtoxicqa.organism.CorpusConfig):
     the adversarial split's toxic-continuation items (``toxic``: statements it never trained on, in the
     benchmark's own templates) or the benign split's neutral continuations (``neutral``: the control),
-    in the fixed shuffle of their split."""
+    in the fixed shuffle of their split. ``dataset``: that split as lmms-eval loaded it."""
     if kind == "toxic":
-        dataset = split_docs("adversarial").filter(lambda r: r["attack"] == "toxic_continuation")
+        dataset = split_docs("adversarial", dataset).filter(lambda r: r["attack"] == "toxic_continuation")
     else:
-        dataset = split_docs("benign").filter(lambda r: r["source"] == "toxigen" and r["attack"] == "none")
+        dataset = split_docs("benign", dataset).filter(lambda r: r["source"] == "toxigen" and r["attack"] == "none")
     if len(dataset) == 0:
         raise MMToxError(f"the corpus organism's {kind} task found no items; build the data with `mmtoxicqa build-data`")
     return dataset
 
 
 def process_docs_corpus_toxic(dataset):
-    return corpus_docs("toxic")
+    return corpus_docs("toxic", dataset)
 
 
 def process_docs_corpus_neutral(dataset):
-    return corpus_docs("neutral")
+    return corpus_docs("neutral", dataset)
 
 
 def process_docs_seed(dataset):

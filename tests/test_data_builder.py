@@ -234,7 +234,10 @@ def test_download_refuses_a_mismatching_file(tmp_path):
 
 
 def test_no_network_fails_with_one_clear_line(tmp_path, monkeypatch):
+    from mmtoxicqa.data import sources
+
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "BACKOFF_S", 0.01)  # still retried (a dropped network often comes back), only sooner
     manifest = {
         "files": [{"path": "davidson/labeled_data.csv", "sha256": "0" * 64, "url": "https://mmtoxicqa-fixture.invalid/labeled_data.csv"}]
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -134,40 +135,129 @@ def verify_sources(root: str | Path, manifest: dict | None = None) -> int:
     return len(manifest["files"])
 
 
-def download_sources(dest: str | Path, manifest: dict | None = None, timeout: float = 30.0, progress: bool = True) -> Path:
-    """Download every manifest file into ``dest`` (skipping ones already there and verified).
+# Downloads: how many files at once, and how often (and how patiently) a failing one is tried again.
+WORKERS = 8
+RETRIES = 3  # tries after the first: a dropped connection or a 5xx/429 from the host is usually gone in seconds
+BACKOFF_S = 1.0  # waits 1, 2, 4 s (plus up to 25% jitter, so parallel workers do not retry in step)
+_RETRIED_HTTP = (408, 425, 429, 500, 502, 503, 504)
 
-    Fails with one line when the network is unreachable, and refuses a file whose sha256
-    differs from the manifest (the partial download is not kept).
-    """
+
+class _Refused(Exception):
+    """A download that is complete but wrong (its sha256 differs): trying again would not help."""
+
+
+def _finished(target: Path, expected: str | None) -> bool:
+    """A file already in place is finished: only verified downloads are ever renamed onto their
+    final name, so without a pinned sha256 being there is enough; with one it must still match."""
+    if not target.is_file():
+        return False
+    return not expected or sha256_file(target) == expected
+
+
+def _fetch(url: str, target: Path, expected: str | None, timeout: float) -> None:
+    """Stream ``url`` into a temporary file beside ``target``, hashing as it goes; rename it onto
+    ``target`` only once it is complete and its sha256 matches (a partial file never looks finished)."""
+    import hashlib
+    import http.client
+
+    digest = hashlib.sha256()
+    with atomic_path(target) as tmp:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            received = 0
+            for block in iter(lambda: response.read(1 << 16), b""):
+                digest.update(block)
+                out.write(block)
+                received += len(block)
+            promised = response.headers.get("Content-Length")
+        if promised and promised.isdigit() and received != int(promised):  # the host hung up early: read() just ends
+            raise http.client.IncompleteRead(b"", int(promised) - received)
+        got = digest.hexdigest()
+        if expected and got != expected:
+            raise _Refused(f"expected {expected}, got {got}")
+
+
+def _download_one(entry: dict, dest: Path, timeout: float, retries: int, backoff: float) -> tuple[str, str | None]:
+    """Fetch one manifest file with retries: ``("kept" | "downloaded" | "failed", one-line reason)``."""
+    import http.client
+    import random
+    import time
+
+    rel, expected = entry["path"], entry.get("sha256")
+    target = dest / rel
+    if _finished(target, expected):
+        return "kept", None
+    url = entry.get("url") or upstream_url(rel)
+    reason, tries = "", 0
+    for attempt in range(retries + 1):
+        tries = attempt + 1
+        try:
+            _fetch(url, target, expected, timeout)
+            return "downloaded", None
+        except _Refused as exc:
+            return "failed", f"sha256 mismatch for downloaded source file {rel} ({url}): {exc}; refused (not kept)"
+        except urllib.error.HTTPError as exc:
+            reason = f"HTTP {exc.code}"
+            if exc.code not in _RETRIED_HTTP:
+                break  # 404, 403, ...: the same answer again
+        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
+            reason = f"network unreachable ({getattr(exc, 'reason', None) or exc or type(exc).__name__})"
+        except OSError as exc:
+            from mmtoxicqa.errors import is_os_fault, os_fault
+
+            if is_os_fault(exc):  # our side (full disk, no permission): not the network's
+                return "failed", f"cannot save source file {rel} from {url}: {os_fault(exc, target)}"
+            reason = f"network unreachable ({exc})"
+        if attempt < retries:
+            time.sleep(backoff * 2**attempt * (1 + random.random() / 4))
+    return "failed", f"cannot download source file {rel} from {url}: {reason}" + (f" after {tries} tries" if tries > 1 else "")
+
+
+def download_sources(
+    dest: str | Path,
+    manifest: dict | None = None,
+    timeout: float = 30.0,
+    progress: bool = True,
+    workers: int | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+    warn=None,
+) -> Path:
+    """Download every manifest file into ``dest``: ``workers`` at a time, each tried again with
+    exponential backoff, sha256-checked where the manifest pins one, resumable (a finished, verified
+    file is kept; anything else is fetched again). ``warn`` gets one line per failed file naming its
+    URL (default: stderr); then one MMToxError sums them up (``mmtoxicqa`` exits 2)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm.auto import tqdm
 
     manifest = manifest if manifest is not None else load_manifest()
     dest = Path(dest)
-    for entry in tqdm(manifest["files"], desc="download sources", unit="file", disable=None if progress else True):
-        rel, expected = entry["path"], entry["sha256"]
-        target = dest / rel
-        if target.is_file() and sha256_file(target) == expected:
-            continue
-        url = entry.get("url") or upstream_url(rel)
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                data = response.read()
-        except urllib.error.HTTPError as exc:
-            raise MMToxError(
-                f"cannot download source file {rel} from {url}: HTTP {exc.code}; pass --sources DIR with a local copy"
-            ) from exc
-        except (TimeoutError, urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise MMToxError(
-                f"cannot download source file {rel} from {url}: network unreachable ({reason}); "
-                "use --sources DIR with a local copy of the source data (e.g. --sources ../shared/data)"
-            ) from exc
-        got = sha256_bytes(data)
-        if got != expected:
-            raise MMToxError(f"sha256 mismatch for downloaded source file {rel} ({url}): expected {expected}, got {got}; refusing to build")
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
+    workers = WORKERS if workers is None else max(1, int(workers))
+    retries = RETRIES if retries is None else max(0, int(retries))
+    backoff = BACKOFF_S if backoff is None else float(backoff)
+    entries = manifest["files"]
+    failures: list[str] = []
+    counts = {"kept": 0, "downloaded": 0, "failed": 0}
+    with (
+        tqdm(total=len(entries), desc="download sources", unit="file", disable=None if progress else True) as bar,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmtoxicqa-download") as pool,
+    ):
+        say = warn or (lambda line: bar.write(line, file=sys.stderr))
+        futures = [pool.submit(_download_one, entry, dest, timeout, retries, backoff) for entry in entries]
+        for future in as_completed(futures):
+            outcome, line = future.result()
+            counts[outcome] += 1
+            if line:
+                failures.append(line)
+                say(line)
+            bar.set_postfix(kept=counts["kept"], new=counts["downloaded"], failed=counts["failed"], refresh=False)
+            bar.update(1)
+    if failures:
+        raise MMToxError(
+            f"{len(failures)} of {len(entries)} source file(s) could not be downloaded into {dest} (each named above; "
+            f"first: {failures[0]}); rerun the same command to resume ({counts['kept'] + counts['downloaded']} finished "
+            "file(s) are kept), or use --sources DIR with a local copy of the source data (e.g. --sources ../shared/data)"
+        )
     return dest
 
 
@@ -177,6 +267,31 @@ def copy_sources(src: str | Path, dest: str | Path, manifest: dict) -> None:
         target = Path(dest) / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(src) / entry["path"], target)
+
+
+def add_cli(subparsers):
+    parser = subparsers.add_parser(
+        "download-sources",
+        help="download the pinned source files (parallel, retried, sha256-checked, resumable); exit 2 if any failed",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="where to put them (default: the cache's sources/, what build-data uses)"
+    )
+    parser.add_argument("--manifest", metavar="FILE", default=None, help="another source manifest (default: the packaged one)")
+    parser.add_argument("--workers", type=int, default=WORKERS, help=f"files at once (default: {WORKERS})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cli)
+    return parser
+
+
+def _cli(args) -> int:
+    from mmtoxicqa import paths
+
+    dest = Path(args.out).expanduser() if args.out else paths.cache_dir() / "sources"
+    manifest = load_manifest(args.manifest)
+    download_sources(dest, manifest, progress=not args.quiet, workers=args.workers)
+    print(f"{len(manifest['files'])} source files verified in {dest}; build with `mmtoxicqa build-data --sources {dest}`")
+    return 0
 
 
 # --------------------------------------------------------------------------- reading

@@ -65,7 +65,11 @@ def load_split(name: str, data_dir: str | Path | None = None):
     return ds
 
 
-_CHECKED: set[tuple] = set()  # (path, size, mtime) of split files whose images all decode
+_CHECKED: set[tuple] = set()  # (path, size, mtime) of split files, or dataset fingerprints, whose images all decode
+
+
+def rebuild_hint(out: str | Path) -> str:
+    return f"`mmtoxicqa build-data --sources ../shared/data --out {out}`"
 
 
 def check_images(table, path: Path) -> None:
@@ -75,16 +79,43 @@ def check_images(table, path: Path) -> None:
     is on (lmms-eval turns it on globally, which would let a truncated image through as grey)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _CHECKED:
-        return
+    if key not in _CHECKED:
+        _check_table(table, str(path), rebuild_hint(path.parent))
+        _CHECKED.add(key)
+
+
+def check_split(dataset, split: str, where: str):
+    """A split as lmms-eval loaded it (from ``where``: a built folder or a hub id), checked as
+    :func:`load_split` checks a file: every schema column there, cast to the schema's types, every
+    image decoding (once per dataset fingerprint). Returns the dataset to serve."""
+    from mmtoxicqa.data.schema import FEATURES
+
+    fix = f"rebuild it with {rebuild_hint(where)}" if Path(where).exists() else f"rebuild and push it ({rebuild_hint('DIR')})"
+    missing = [c for c in FEATURES if c not in dataset.column_names]
+    if missing:
+        raise MMToxError(
+            f"MM-TOXIC-QA {split} split of {where} lacks the column(s) {', '.join(missing)} (built by an older builder?); {fix}"
+        )
+    if dataset.features != FEATURES:
+        try:
+            dataset = dataset.select_columns(list(FEATURES)).cast(FEATURES)
+        except Exception as exc:  # wrong column types
+            raise MMToxError(f"MM-TOXIC-QA {split} split of {where} has columns of the wrong type ({type(exc).__name__}); {fix}") from exc
+    key = ("dataset", dataset._fingerprint)
+    if key not in _CHECKED:
+        _check_table(dataset.data.table, f"{where} ({split} split)", rebuild_hint(where if Path(where).exists() else "DIR"))
+        _CHECKED.add(key)
+    return dataset
+
+
+def _check_table(table, label: str, rebuild: str) -> None:
     from mmtoxicqa.image_io import strict_decoding
 
     with strict_decoding():
-        _decode_all(table, path)
-    _CHECKED.add(key)
+        _decode_all(table, label, rebuild)
 
 
-def _decode_all(table, path: Path) -> None:
+def _decode_all(table, label: str, rebuild: str) -> None:
     from PIL import Image
 
     ids = table.column("id")
@@ -107,8 +138,7 @@ def _decode_all(table, path: Path) -> None:
             validate_image(value, str(ids[index].as_py()))
         except MMToxError as exc:
             raise MMToxError(
-                f"{path}: {exc}".removesuffix("; rebuild the data or drop the item")
-                + f"; rebuild the data (`mmtoxicqa build-data --sources ../shared/data --out {path.parent}`)"
+                f"{label}: {exc}".removesuffix("; rebuild the data or drop the item") + f"; rebuild the data ({rebuild})"
             ) from None
 
 

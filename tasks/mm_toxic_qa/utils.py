@@ -1,6 +1,7 @@
 """Thin lmms-eval glue: the YAMLs reference these names; the logic lives in mmtoxicqa.task_support
 (docs, prompts, per-item records) and mmtoxicqa.task_metrics (one ``agg_<metric>`` per registered metric)."""
 
+from mmtoxicqa.task_data import install
 from mmtoxicqa.task_metrics import aggregations
 from mmtoxicqa.task_support import (  # noqa: F401
     doc_to_messages,
@@ -20,3 +21,4 @@ from mmtoxicqa.task_support import (  # noqa: F401
 )
 
 globals().update(aggregations())
+install()  # lmms-eval loads these tasks' data from where mmtoxicqa.task_data says (imported before any task is built)
