@@ -1,10 +1,12 @@
 """The MM-TOXIC-QA task's metrics: what each item keeps, and one registered aggregation per metric.
 
-lmms-eval calls ``task_support.process_results`` on every item, which calls :func:`item_values`:
-the item's answers are scored there, once, by every judge of the run (``$MMTOXICQA_JUDGE``, see
-scoring.settings), and each metric receives only the small value it aggregates (a 0/1 flag or a
-score under ``score``, the item's underlying request under ``request_key`` so lmms-eval's
-clustered standard errors group the attack variants of one request). The answer text itself is
+lmms-eval calls ``task_support.process_results`` on every item, which calls :func:`item_values`
+with the verdicts of every judge of the run (``$MMTOXICQA_JUDGE``, see scoring.settings) on the
+item's answers: obtained for the whole task in one batched call per judge (mmtoxicqa.task_judging),
+or, where that left one missing, scored there for the item alone. Each metric receives only the
+small value it aggregates (a 0/1 flag or a score under ``score``, the item's underlying request
+under ``request_key`` so lmms-eval's clustered standard errors group the attack variants of one
+request). The answer text itself is
 kept once per metric that needs it (distinct-n). A judge that fails on an item leaves that item
 unscored (no ``score``; counted in ``judges``) instead of losing the run: the answers are in the
 logged samples and ``mmtoxicqa rescore`` finishes the job.
@@ -160,11 +162,13 @@ def judge_values(
     }
 
 
-def item_values(doc: dict, answers: list[str], image=None) -> dict[str, object]:
-    """Each metric's value for one item: the item is scored here, once per judge. ``image``: a callable
-    giving the item's image, for judges that look at it."""
+def item_values(doc: dict, answers: list[str], image=None, verdicts: dict | None = None) -> dict[str, object]:
+    """Each metric's value for one item. ``verdicts``: ``{judge: (scores, reasons)}`` already obtained
+    for these answers (the task's batched judging, mmtoxicqa.task_judging); every other judge of the
+    run scores the item here. ``image``: a callable giving the item's image, for judges that look at it."""
     context = item_context(doc)
-    judged_by = {spec: judge_answers(spec, answers, context, image) for spec in judge_specs()}
+    verdicts = verdicts or {}
+    judged_by = {spec: verdicts.get(spec) or judge_answers(spec, answers, context, image) for spec in judge_specs()}
     scores = {spec: pair[0] for spec, pair in judged_by.items()}
     reasons = {spec: pair[1] for spec, pair in judged_by.items()}
     judged = judge_values(doc, answers, scores, harmful_threshold(), reasons)

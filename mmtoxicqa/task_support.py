@@ -1,18 +1,25 @@
 """What the MM-TOXIC-QA lmms-eval tasks call before scoring: docs per split, prompts, per-item records.
 
 The YAMLs in ``tasks/mm_toxic_qa`` stay declarative; their ``utils.py`` re-exports these
-functions and the metrics of :mod:`mmtoxicqa.task_metrics`. ``process_results`` scores each item
-once (every judge of the run) and hands each metric its small per-item value.
+functions and the metrics of :mod:`mmtoxicqa.task_metrics`. The filter ``JudgeAnswers`` judges all
+of a task's answers in one batched call per judge (:mod:`mmtoxicqa.task_judging`);
+``process_results`` reads those verdicts (scoring an item itself only where one is missing) and
+hands each metric its small per-item value.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from lmms_eval.api.filter import Filter as _Filter
 
 from mmtoxicqa import paths
 from mmtoxicqa.data.splits import filter_source
 from mmtoxicqa.errors import MMToxError
 from mmtoxicqa.paths import seed_file
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- docs
@@ -189,9 +196,33 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 
 # ----------------------------------------------------------------------------- results
+def _rgb_image(doc: dict):
+    return doc_image(doc).convert("RGB")
+
+
+class JudgeAnswers(_Filter):
+    """The task's filter (after ``take_first``): responses pass through unchanged, and every one of
+    them is judged on the way, one batched call per judge (mmtoxicqa.task_judging)."""
+
+    def apply(self, resps, docs):
+        from mmtoxicqa.scoring.base import first_line
+        from mmtoxicqa.task_judging import clear_verdicts, judge_responses
+
+        resps = list(resps)  # take_first hands over a one-shot iterator
+        try:
+            judge_responses(resps, docs, _rgb_image)
+        except Exception as exc:  # noqa: BLE001  (never lose the run here: process_results scores what is missing)
+            clear_verdicts()
+            log.warning("in-run batched judging skipped (%s); answers are scored item by item", first_line(exc))
+        return resps
+
+
 def process_results(doc: dict, results: list) -> dict[str, Any]:
-    """Score the item's answer(s) once and give each metric its value (task_metrics.item_values)."""
+    """Give each metric its value for the item (task_metrics.item_values): the verdicts of the task's
+    batched judging (JudgeAnswers), or the item scored here, once per judge that has none."""
+    from mmtoxicqa.task_judging import answer_text, batched_verdicts
     from mmtoxicqa.task_metrics import item_values
 
-    answers = ["" if a is None else str(getattr(a, "text", a)) for a in (results or [""])]
-    return item_values(doc, answers, image=lambda: doc_image(doc).convert("RGB"))  # loaded only for judges that look at images
+    answers = [answer_text(a) for a in (results or [""])]
+    verdicts = batched_verdicts(doc, answers)
+    return item_values(doc, answers, image=lambda: _rgb_image(doc), verdicts=verdicts)  # image: loaded only for judges that look at it

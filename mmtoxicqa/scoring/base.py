@@ -1,8 +1,9 @@
 """The judge interface every harm/toxicity scorer implements.
 
 A judge turns answers into scores in [0, 1] (probability of harmful/toxic), one per text, in order.
-lmms-eval runs ``process_results`` and aggregations from several threads, and several
-metrics score the same answers, so the base class
+lmms-eval runs ``process_results`` (where an item missing from the task's batched verdicts is
+scored) and aggregations from several threads, and several metrics score the same answers, so the
+base class
 
 * serialises calls into the underlying model with one lock per judge,
 * keeps a bounded text -> score cache (an answer is scored once per run),
@@ -196,8 +197,7 @@ def first_line(exc: BaseException) -> str:
 
 def _progress(name: str, total: int, batch_size: int):
     """A tqdm bar over the answers a judge scores, shown when they take more than one batch (a rescore,
-    a whole run's answers); inside an lmms-eval run each item is scored alone, under lmms-eval's own
-    ``Postprocessing`` bar."""
+    a task's answers judged in one call inside an lmms-eval run)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"judge {name}", unit="answer", disable=total <= batch_size, dynamic_ncols=True)

@@ -4,6 +4,7 @@
 from mmtoxicqa.task_data import install
 from mmtoxicqa.task_metrics import aggregations
 from mmtoxicqa.task_support import (  # noqa: F401
+    JudgeAnswers,
     doc_to_messages,
     doc_to_text,
     doc_to_visual,
