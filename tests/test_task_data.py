@@ -53,7 +53,13 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MMTOXICQA_DATA", raising=False)
     monkeypatch.delenv("MMTOXICQA_SOURCE", raising=False)
-    return monkeypatch
+    from lmms_eval.api import task as lmms_task
+
+    # lmms-eval resolves its datasets cache once per process (lru_cache): without this, a test that ran
+    # earlier in the same pytest process decides where this one's datasets go
+    lmms_task._resolve_hf_datasets_cache_dir.cache_clear()
+    yield monkeypatch
+    lmms_task._resolve_hf_datasets_cache_dir.cache_clear()
 
 
 def old_ids(folder: Path, task: str) -> list[str]:
