@@ -46,7 +46,7 @@ class MMTox(lmms):
         dtype: str = "auto",
         trust_remote_code: bool | str = False,
         method: str | None = None,
-        max_new_tokens: int | str = 64,
+        max_new_tokens: int | str | None = None,
         revision: str | None = None,
         device_map: str | dict | None = None,
         max_memory: str | dict | None = None,
@@ -90,7 +90,10 @@ class MMTox(lmms):
             raise MMToxError(f"batch_size={batch_size!r} must be a positive integer") from exc
         if self.batch_size_per_gpu < 1:
             raise MMToxError(f"batch_size={batch_size!r} must be a positive integer")
-        self.default_max_new_tokens = gen_int("max_new_tokens", max_new_tokens)
+        # the answer length when a task names none; a task's own generation_kwargs win (one warning if they differ)
+        self.explicit_max_new_tokens = max_new_tokens is not None
+        self.default_max_new_tokens = gen_int("max_new_tokens", 64 if max_new_tokens is None else max_new_tokens)
+        self._length_warned: set = set()
         self.generation_seconds = 0.0  # time spent inside the method's generate (sweeps report it per item)
         self.generated_items = 0
         started = time.perf_counter()
@@ -203,6 +206,19 @@ class MMTox(lmms):
             eval_logger.warning(f"{self.loaded.model_id} is text-only: images are dropped")
         return conversation
 
+    def _warn_if_length_overridden(self, gen_kwargs: dict, task: str) -> None:
+        """``--model_args max_new_tokens=N`` is only a default: say so, once per task, when a task's own length wins."""
+        asked = gen_kwargs.get("max_new_tokens")
+        if not self.explicit_max_new_tokens or asked is None or task in self._length_warned:
+            return
+        if gen_int("max_new_tokens", asked) != self.default_max_new_tokens:
+            self._length_warned.add(task)
+            eval_logger.warning(
+                f"mmtox: task {task} asks for max_new_tokens={asked}, which wins over model_args max_new_tokens="
+                f"{self.default_max_new_tokens}; pass --gen_kwargs max_new_tokens={self.default_max_new_tokens} "
+                "(mmtoxicqa sweep: --max-new-tokens) to change a task's answer length"
+            )
+
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         def sort_key(args):
             return args[3], args[3]
@@ -218,6 +234,7 @@ class MMTox(lmms):
                 self.conversation_for(fn, doc_id, task, split) for fn, doc_id, task, split in zip(doc_to_messages, doc_ids, tasks, splits)
             ]
             gen_kwargs = dict(all_gen_kwargs[0] or {})
+            self._warn_if_length_overridden(gen_kwargs, tasks[0])
             gen_kwargs.setdefault("max_new_tokens", self.default_max_new_tokens)
             start = time.perf_counter()
             answers = self.method.generate(conversations, gen_kwargs)

@@ -139,3 +139,28 @@ def test_hub_id_without_network_is_one_line(monkeypatch):
 def test_bad_batch_size():
     with pytest.raises(MMToxError, match="batch_size"):
         MMTox(pretrained="/nonexistent", batch_size="zero")
+
+
+def test_model_args_length_is_a_default_and_says_so_when_a_task_overrides_it(tiny_llava_dir):
+    """--model_args max_new_tokens=N applies only where a task names no length; a task that names another
+    one wins, and the wrapper says so once per task (the powered organism study's 48 silently became 64)."""
+    from loguru import logger
+
+    lines = []
+    sink = logger.add(lines.append, level="WARNING")
+    try:
+        lm = MMTox(pretrained=str(tiny_llava_dir), device="cpu", batch_size=3, max_new_tokens=3)
+        lm.task_dict = {"t": {"test": _docs()}}
+        [one] = lm.generate_until(_requests(n=1, gen_kwargs={"until": ["<|im_end|>"]}))  # the task names no length
+        assert len(lm.tokenizer(one.text, add_special_tokens=False)["input_ids"]) <= 3
+        assert not any("wins over model_args" in str(line) for line in lines)
+        lm.generate_until(_requests(n=2, gen_kwargs={"max_new_tokens": 5}))
+        lm.generate_until(_requests(n=1, gen_kwargs={"max_new_tokens": 5}))
+        warned = [str(line) for line in lines if "wins over model_args max_new_tokens=3" in str(line)]
+        assert len(warned) == 1 and "--gen_kwargs max_new_tokens=3" in warned[0]
+        plain = MMTox(pretrained=str(tiny_llava_dir), device="cpu", batch_size=3)  # no length given: nothing to say
+        plain.task_dict = {"t": {"test": _docs()}}
+        plain.generate_until(_requests(n=1, gen_kwargs={"max_new_tokens": 5}))
+        assert len([line for line in lines if "wins over model_args" in str(line)]) == 1
+    finally:
+        logger.remove(sink)
