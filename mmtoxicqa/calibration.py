@@ -379,20 +379,9 @@ def add_load_arguments(parser) -> None:
 def load_from_args(args):
     """``load_model`` with the flags of :func:`add_load_arguments` (and ``--model`` / ``--device``)."""
     from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.placement import LOAD_OPTIONS
 
-    return load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        revision=args.revision,
-        device_map=args.device_map,
-        max_memory=args.max_memory,
-        attn_implementation=args.attn_implementation,
-        offload_folder=args.offload_folder,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-    )
+    return load_model(args.model, **{name: getattr(args, name) for name in LOAD_OPTIONS})
 
 
 def _cli_calibrate(args) -> int:

@@ -140,11 +140,11 @@ def _record_worn() -> None:
     def recorded(*args, **kwargs):
         from mmtoxicqa import methods
 
-        methods._BUILT.clear()
+        methods.forget_last_built()
         results = simple(*args, **kwargs)
-        method = methods.last_built()
-        if isinstance(results, dict) and isinstance(results.get("config"), dict) and method is not None:
-            results["config"]["mmtoxicqa_method"] = {"name": method.name, "worn": method.worn}
+        built = methods.last_built()
+        if isinstance(results, dict) and isinstance(results.get("config"), dict) and built is not None:
+            results["config"]["mmtoxicqa_method"] = built
         return results
 
     recorded._mmtoxicqa_records = True

@@ -64,9 +64,7 @@ class MMTox(lmms):
 
         # Everything a typo can break is refused here, before the weights are read.
         check_method(method or self.default_method, method_kwargs)
-        check_placement(
-            device,
-            dtype,
+        placement = dict(
             device_map=device_map,
             max_memory=max_memory,
             attn_implementation=attn_implementation,
@@ -74,6 +72,7 @@ class MMTox(lmms):
             min_pixels=min_pixels,
             max_pixels=max_pixels,
         )
+        check_placement(device, dtype, **placement)
         self.accelerator = Accelerator()
         if device is None:
             device = f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
@@ -103,12 +102,7 @@ class MMTox(lmms):
             dtype=dtype,
             trust_remote_code=_as_bool(trust_remote_code),
             revision=revision,
-            device_map=device_map,
-            max_memory=max_memory,
-            attn_implementation=attn_implementation,
-            offload_folder=offload_folder,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
+            **placement,
         )
         from mmtoxicqa.methods import build_method
 

@@ -50,18 +50,25 @@ def method_options(spec: str) -> set[str]:
     return set().union(*(_accepted(builders[n]) for n in names if n in builders)) if names else set()
 
 
-_BUILT: list[Method] = []  # the methods this process built, newest last (for the run's results JSON)
+# What the method most recently built in this process wears (for the run's results JSON): its name and
+# ``worn`` record only, so no reference to the model outlives the wrapper that loaded it.
+_LAST_BUILT: dict = {}
 
 
-def last_built() -> Method | None:
-    """The method most recently built in this process (what an lmms-eval run is wearing)."""
-    return _BUILT[-1] if _BUILT else None
+def last_built() -> dict | None:
+    """``{"name", "worn"}`` of the method most recently built in this process, or None."""
+    return dict(_LAST_BUILT) if _LAST_BUILT else None
+
+
+def forget_last_built() -> None:
+    _LAST_BUILT.clear()
 
 
 def build_method(spec: str, loaded: LoadedModel, **kwargs) -> Method:
     """Build ``spec`` (a name or ``a+b+...``); each option goes to the builders that accept it."""
     method = _build(spec, loaded, **kwargs)
-    _BUILT[:] = [method]
+    _LAST_BUILT.clear()
+    _LAST_BUILT.update(name=method.name, worn=method.worn)
     return method
 
 
@@ -129,4 +136,14 @@ from mmtoxicqa.methods import catalog as _catalog  # noqa: E402,F401  (registers
 from mmtoxicqa.methods import neurons as _neurons  # noqa: E402,F401
 from mmtoxicqa.methods import steering as _steering  # noqa: E402,F401
 
-__all__ = ["Method", "Part", "build_method", "check_method", "compose", "known_methods", "last_built", "register_method"]
+__all__ = [
+    "Method",
+    "Part",
+    "build_method",
+    "check_method",
+    "compose",
+    "forget_last_built",
+    "known_methods",
+    "last_built",
+    "register_method",
+]
