@@ -1,4 +1,5 @@
 # Power of the paired exact McNemar test for the powered organism study (PLAN.md): simulated, not measured.
+import sys
 import numpy as np
 from scipy.stats import binomtest
 rng=np.random.default_rng(0)
@@ -14,8 +15,11 @@ def power(N,p0,k,c_on,alpha,sims=2000):
         r,c=int(R.sum()),int(C.sum())
         if r+c and r>c and binomtest(r,r+c,0.5).pvalue<alpha: hits+=1
     return hits/sims
-for N in (219,):
-  for p0 in (0.2,0.26):
+# usage: python mde.py [N [p0 ...]]  (default: 219 items at vanilla rates 0.2 and 0.26)
+N_ITEMS=int(sys.argv[1]) if len(sys.argv)>1 else 219
+RATES=tuple(float(a) for a in sys.argv[2:]) or (0.2,0.26)
+for N in (N_ITEMS,):
+  for p0 in RATES:
     for c_on in (0.05,0.10):
       for alpha in (0.05,0.01):
         row=[]
