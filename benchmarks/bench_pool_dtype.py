@@ -61,6 +61,7 @@ def main() -> int:
     labels = torch.tensor([int(i["toxic_label"]) for i in items])
     sites = discover_sites(loaded.model)
     placebo = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))]
+    runs = {}
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         started = time.perf_counter()
         responses = collect(
@@ -80,6 +81,7 @@ def main() -> int:
             f"with sd/mean|x| < 1e-5: {int((relative < 1e-5).sum())}, < 2^-11 (float16's step): {int((relative < 2**-11).sum())}"
         )
         real32, placebo32 = aurocs(pooled, [labels, placebo], device="cpu")
+        runs[batch_size] = (pooled, real32)
         alpha32 = compute_alpha(real32)
         print(
             f"float32: {int((real32 > 0.5).sum())} neurons with AUROC > 0.5 (dampened by the paper's rule), {int((real32 == 0.5).sum())} exactly 0.5"
@@ -102,6 +104,24 @@ def main() -> int:
                 f"| {str(dtype).removeprefix('torch.')} | {rounded.numel() * rounded.element_size() / 1e6:.1f} | {float(diff.max()):.2e} | "
                 f"{float(torch.quantile(diff, 0.999)):.2e} | {float(torch.quantile(diff, 0.99)):.2e} | {int((diff > 0.01).sum())} | "
                 f"{float((plac - placebo32).abs().max()):.2e} | {side} | {dalpha:.2e} | {'yes' if within else 'NO'} (200 most moved) |"
+            )
+    if 1 in runs and len(runs) > 1:
+        flat, flat_auroc = runs[1]  # no padding: content-independent positions give equal values on every item
+        constant = (flat == flat[0]).all(0)
+        print(
+            f"\nfloat32, batch size 1 vs padded batches: {int(constant.sum())} neurons are equal on every item at batch size 1 "
+            "(AUROC exactly 0.5 there)"
+        )
+        for batch_size, (_pooled, real32) in runs.items():
+            if batch_size == 1:
+                continue
+            diff = (real32 - flat_auroc).abs()
+            top = torch.topk(real32, k=100).indices
+            print(
+                f"batch size {batch_size}: |AUROC - AUROC at batch 1| max {float(diff.max()):.3f}, 99th pct {float(torch.quantile(diff, 0.99)):.3f}, "
+                f"{int((diff > 0.05).sum())} neurons moved > 0.05; those constant at batch 1 reach AUROC {float(real32[constant].min()):.3f}-"
+                f"{float(real32[constant].max()):.3f} ({int((real32[constant] > 0.5).sum())} of {int(constant.sum())} above 0.5); "
+                f"of the 100 highest AUROCs, {int(constant[top].sum())} are such neurons"
             )
     return 0
 

@@ -173,7 +173,8 @@ def test_calibrate_command_memory_flags(tmp_path, tiny_llava_dir, calib12, monke
     assert main([*argv, "--out", str(out), *extra]) == 0
     assert shards_written == [] and not resume.exists()  # no resume shard was written
     fp16 = Glasses.load(out)
-    assert fp16.meta["pool_dtype"] == "float16"
+    assert fp16.meta["pool_dtype"] == "float16" and fp16.summary()["pool_dtype"] == "float16"
+    assert ", pooled matrix in float16" in fp16.summary_text().splitlines()[0]  # what `mmtoxicqa glasses` prints
     assert main([*argv, "--out", str(tmp_path / "g32.safetensors"), "--resume-dir", str(resume)]) == 0
     assert len(shards_written) == 3 and not resume.exists()  # 12 items in batches of 4; removed after success
     fp32 = Glasses.load(tmp_path / "g32.safetensors")
