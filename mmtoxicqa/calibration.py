@@ -311,14 +311,14 @@ def calibrate(
         auroc_device=auroc_device,
         auroc_chunk=auroc_chunk,
     )
+    error = None
     with hooks:
         if group.parallel:
-            glasses = fit_glasses_sharded(group, loaded, batches, labels, bounds, batch_size=batch_size, **fit)
+            glasses, error = fit_glasses_sharded(group, loaded, batches, labels, bounds, batch_size=batch_size, **fit)
         else:
             glasses = fit_glasses(loaded, batches, labels, total=(len(items) + batch_size - 1) // batch_size, **fit)
     steering_complete = reduce_steering(group, steering) if steering is not None else False
-    error = None
-    if group.main:
+    if group.main and error is None:
         try:
             glasses.meta["text_only"] = text_only
             glasses.meta["tokens"] = tokens

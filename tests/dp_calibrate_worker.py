@@ -6,7 +6,8 @@
 It builds the ``mmtox`` lmms-eval wrapper with ``method=sgm`` and no ``glasses=`` (accelerate sets
 up torch.distributed from the launcher's environment, as under ``accelerate launch -m lmms_eval``),
 so the wrapper calibrates. Spies (the real functions still run) count what this process collected
-and wrote; the counts go to ``REPORT_DIR/rank{R}.json``. ``fail``: process 1 raises while collecting.
+and wrote; the counts go to ``REPORT_DIR/rank{R}.json``. ``fail``: process 1 raises while collecting;
+``fail-rate``: process 0 raises while rating the neurons (after every row was gathered).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 def main() -> int:
     model_dir, calib, report_dir = sys.argv[1:4]
-    fail = sys.argv[4:5] == ["fail"]
+    fail = sys.argv[4] if len(sys.argv) > 4 else None
     import mmtoxicqa.calibration as calibration
     import mmtoxicqa.sgm.artifact as artifact
 
@@ -38,7 +39,14 @@ def main() -> int:
 
     calibration.iter_batches = counting_iter
     artifact.save_glasses = recording_save
-    if fail:
+    if fail == "fail-rate":
+        import mmtoxicqa.sgm.api as api
+
+        def failing_rate(*args, **kwargs):
+            raise RuntimeError("planted failure in process 0 while rating")
+
+        api.rate_responses = failing_rate
+    if fail == "fail":
         import mmtoxicqa.sgm.collect  # noqa: F401  (the package re-exports the function under the module's name)
 
         collect_module = sys.modules["mmtoxicqa.sgm.collect"]

@@ -112,12 +112,19 @@ def test_the_sgm_wrapper_calibrates_once_in_two_processes(tmp_path, tiny_llava_d
 
 
 @pytest.mark.slow
-def test_a_failing_process_stops_every_process(tmp_path, tiny_llava_dir, calib16):
-    proc, ranks = _run_worker(tmp_path, "fail", 2, tiny_llava_dir, calib16, "fail")
+@pytest.mark.parametrize(
+    "mode, planted, others",
+    [
+        ("fail", "planted failure in process 1", "collecting the calibration responses failed in process 1 of 2"),
+        ("fail-rate", "planted failure in process 0 while rating", "rating the neurons and writing the glasses failed in process 0 of 2"),
+    ],
+)
+def test_a_failing_process_stops_every_process(tmp_path, tiny_llava_dir, calib16, mode, planted, others):
+    proc, ranks = _run_worker(tmp_path, mode, 2, tiny_llava_dir, calib16, mode)  # no process waits forever: subprocess.run returns
     assert proc.returncode != 0 and ranks == {}
-    assert "planted failure in process 1" in proc.stderr
-    assert "collecting the calibration responses failed in process 1 of 2 (its error is above); this process stops too" in proc.stderr
-    assert not list((tmp_path / "fail-cache" / "glasses").glob("*.safetensors"))
+    assert planted in proc.stderr
+    assert f"{others} (its error is above); this process stops too" in proc.stderr
+    assert not list((tmp_path / f"{mode}-cache" / "glasses").glob("*.safetensors"))
 
 
 @pytest.mark.slow

@@ -224,10 +224,12 @@ def fit_glasses_sharded(
 ):
     """:func:`~mmtoxicqa.sgm.api.fit_glasses` as one of ``group.world`` processes: ``batches`` are this
     process's items ``bounds[group.rank]`` (in batches of ``batch_size``), ``labels`` those of all items.
-    Returns the glasses on rank 0 and None elsewhere (the caller shares them through a file)."""
-    from mmtoxicqa.sgm.api import rate_responses
+    Returns ``(glasses, error)``: on rank 0 the glasses, or the exception that rating the neurons raised
+    (returned, not raised: the others are already waiting for the file, and the caller's
+    :meth:`Group.agree` tells them); ``(None, None)`` elsewhere. Errors while collecting are agreed
+    here and raised in every process."""
     from mmtoxicqa.sgm.auroc import MIN_PER_CLASS, check_labels
-    from mmtoxicqa.sgm.collect import Responses, collect
+    from mmtoxicqa.sgm.collect import collect
     from mmtoxicqa.sgm.discovery import discover_sites, unwrap_model
 
     all_labels = torch.as_tensor(list(labels), dtype=torch.int64)
@@ -271,7 +273,17 @@ def fit_glasses_sharded(
     if local is not None:
         del local  # rank 0 keeps only the gathered matrix from here on
     if not group.main:
-        return None
+        return None, None
+    try:
+        return _rate_gathered(group, model, sites, pooled, counts, all_labels, ran, pooling, layers, dtype, site, rate_options), None
+    except Exception as exc:
+        return None, exc
+
+
+def _rate_gathered(group, model, sites, pooled, counts, all_labels, ran, pooling, layers, dtype, site, rate_options):
+    from mmtoxicqa.sgm.api import rate_responses
+    from mmtoxicqa.sgm.collect import Responses
+
     responses = Responses(
         sites=sites,
         pooled=pooled,
