@@ -482,7 +482,6 @@ def load_from_args(args):
 
 
 def _cli_calibrate(args) -> int:
-
     from mmtoxicqa.placement import parse_device_map
     from mmtoxicqa.sgm.memory import check_auroc_device
     from mmtoxicqa.sgm.shards import init_from_env
