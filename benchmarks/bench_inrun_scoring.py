@@ -58,11 +58,11 @@ def main() -> None:
     )
     import lmms_eval.evaluator as evaluator
 
-    from mmtoxicqa import task_support
-    from mmtoxicqa.evaluate import index_plugin_tasks
-    from mmtoxicqa.rescore import score_items
+    from mmtoxicqa.lmms import task_support
+    from mmtoxicqa.lmms.evaluate import index_plugin_tasks
+    from mmtoxicqa.lmms.task_judging import clear_verdicts
     from mmtoxicqa.scoring import clear_judges
-    from mmtoxicqa.task_judging import clear_verdicts
+    from mmtoxicqa.study.rescore import score_items
 
     timed: dict[str, float] = {"filter": 0.0, "postprocess": 0.0}
     peaks: dict[str, int] = {}
@@ -101,7 +101,7 @@ def main() -> None:
     )
     task_support.JudgeAnswers.apply, evaluator._thread_map_ordered = apply, thread_map
     samples = out["samples"]["mm_toxic_qa_seed"]
-    from mmtoxicqa.results import sample_answers
+    from mmtoxicqa.study.results import sample_answers
 
     answers = [sample_answers(s) for s in samples]
     docs = [dict(s["doc"]) for s in samples]

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import get_judge
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import gen_int, load_model
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import gen_int, load_model
 
 
 def _as_bool(value: Any) -> bool:
@@ -60,7 +60,7 @@ class MMTox(lmms):
         from accelerate import Accelerator
 
         from mmtoxicqa.methods import check_method
-        from mmtoxicqa.placement import check_placement, parse_device_map
+        from mmtoxicqa.modeling.placement import check_placement, parse_device_map
 
         # Everything a typo can break is refused here, before the weights are read.
         check_method(method or self.default_method, method_kwargs)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmtoxicqa import registry
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core import registry
+from mmtoxicqa.core.errors import MMToxError
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mmtoxicqa", "tasks", "model_wrappers")
@@ -106,7 +106,7 @@ def test_no_import_cycles():
     """A package's ``__init__`` may import its own submodules to register plug-ins (the registry
     pattern); every other mutual import is a cycle to remove."""
     graph = import_graph()
-    assert "mmtoxicqa.registry" in graph and "mmtoxicqa.methods.catalog" in graph
+    assert "mmtoxicqa.core.registry" in graph and "mmtoxicqa.methods.catalog" in graph
     pruned = {name: {t for t in targets if not _is_package_init_of(name, t)} for name, targets in graph.items()}
     assert strongly_connected(pruned) == []
 

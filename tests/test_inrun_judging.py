@@ -1,4 +1,4 @@
-"""In-run judging in one batched call per judge (mmtoxicqa.task_judging, the task YAML's JudgeAnswers filter):
+"""In-run judging in one batched call per judge (mmtoxicqa.lmms.task_judging, the task YAML's JudgeAnswers filter):
 
 * through lmms-eval's own filter pipeline, each answer is judged against its own item, found by the
   instances' doc ids (not by position in the docs), and ``process_results`` reads the verdicts
@@ -26,9 +26,9 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.filters import build_filter_ensemble
 from local_http import reply_json
 
+from mmtoxicqa.lmms.task_judging import batched_verdicts, clear_verdicts
+from mmtoxicqa.lmms.task_support import JudgeAnswers, process_results
 from mmtoxicqa.scoring import clear_judges
-from mmtoxicqa.task_judging import batched_verdicts, clear_verdicts
-from mmtoxicqa.task_support import JudgeAnswers, process_results
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLY = "Sure. Step one is to gather the materials listed in the picture."

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmtoxicqa import registry
+from mmtoxicqa.core import registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -73,7 +73,7 @@ def test_attack_recipe(run_recipe):
 
 
 def test_metric_recipe(run_recipe):
-    from mmtoxicqa.task_metrics import aggregations, metric_names
+    from mmtoxicqa.lmms.task_metrics import aggregations, metric_names
 
     run_recipe("metric")
     assert metric_names()[-1] == "answer_words"

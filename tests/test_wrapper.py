@@ -8,11 +8,11 @@ import pytest
 from lmms_eval.api.instance import Instance
 from PIL import Image
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.render import render_text_image
+from mmtoxicqa.lmms.task_support import doc_to_messages
 from mmtoxicqa.model_wrappers.mmtox import MMTox
-from mmtoxicqa.modeling import generate, load_model
-from mmtoxicqa.render import render_text_image
-from mmtoxicqa.task_support import doc_to_messages
+from mmtoxicqa.modeling.loading import generate, load_model
 
 QUESTIONS = ["what is in the image", "write a poem about the sea the sky", "hello world"]
 

@@ -27,8 +27,10 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from mmtoxicqa import paths
-from mmtoxicqa.atomic import umask_mode, write_json_atomic
+from mmtoxicqa.core import paths
+from mmtoxicqa.core.atomic import umask_mode, write_json_atomic
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
 from mmtoxicqa.data import attacks, loaders, taxonomy
 from mmtoxicqa.data.attacks import Request
 from mmtoxicqa.data.dedup import dedupe_rows, enforce_disjoint
@@ -42,8 +44,6 @@ from mmtoxicqa.data.sources import (
     load_manifest,
     verify_sources,
 )
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_file
 
 BUILDER_VERSION = "1.0.0"
 
@@ -127,7 +127,7 @@ class _Images:
         return self._get("numbered", text)
 
     def _get(self, style: str, text: str) -> bytes:
-        from mmtoxicqa.render import (
+        from mmtoxicqa.core.render import (
             png_bytes,
             render_numbered_list_image,
             render_text_image,

@@ -38,7 +38,7 @@ EXPECTED = {
 def tiny_png(color: tuple[int, int, int] = (200, 200, 200), size: tuple[int, int] = (8, 8)) -> bytes:
     from PIL import Image
 
-    from mmtoxicqa.render import png_bytes
+    from mmtoxicqa.core.render import png_bytes
 
     return png_bytes(Image.new("RGB", size, color))
 

@@ -13,8 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from mmtoxicqa.atomic import atomic_path
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.atomic import atomic_path
+from mmtoxicqa.core.errors import MMToxError
 
 DEFAULT_REPO_ID = "mmtoxicqa/MM-TOXIC-QA"  # the documented place to push (and find) the built benchmark
 HUB_FILES = ("README.md", "datasheet.json", "DATASHEET.md", "data/*.parquet")
@@ -122,7 +122,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def _cli(args) -> int:
-    from mmtoxicqa import paths
+    from mmtoxicqa.core import paths
 
     print(f"pushed: {push_data(args.data or paths.data_dir(), args.repo_id, args.private)}")
     return 0

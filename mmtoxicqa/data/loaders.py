@@ -17,14 +17,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_bytes
+from mmtoxicqa.core.image_io import oversized
 from mmtoxicqa.data import taxonomy
 from mmtoxicqa.data.attacks import Request, attack_labels
 from mmtoxicqa.data.dedup import dedup_form
 from mmtoxicqa.data.schema import SPLITS
 from mmtoxicqa.data.sources import SourceDir
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_bytes
-from mmtoxicqa.image_io import oversized
 
 FIGSTEP_QUESTIONS = "figstep/question/safebench.csv"
 FIGSTEP_BENIGN = "figstep/question/benign_sentences_without_harmful_phase.csv"

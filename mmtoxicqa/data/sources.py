@@ -16,9 +16,9 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from mmtoxicqa.atomic import atomic_path
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_bytes, sha256_file
+from mmtoxicqa.core.atomic import atomic_path
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_bytes, sha256_file
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "source_manifest.json"
 
@@ -202,7 +202,7 @@ def _download_one(entry: dict, dest: Path, timeout: float, retries: int, backoff
         except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
             reason = f"network unreachable ({getattr(exc, 'reason', None) or exc or type(exc).__name__})"
         except OSError as exc:
-            from mmtoxicqa.errors import is_os_fault, os_fault
+            from mmtoxicqa.core.errors import is_os_fault, os_fault
 
             if is_os_fault(exc):  # our side (full disk, no permission): not the network's
                 return "failed", f"cannot save source file {rel} from {url}: {os_fault(exc, target)}"
@@ -285,7 +285,7 @@ def add_cli(subparsers):
 
 
 def _cli(args) -> int:
-    from mmtoxicqa import paths
+    from mmtoxicqa.core import paths
 
     dest = Path(args.out).expanduser() if args.out else paths.cache_dir() / "sources"
     manifest = load_manifest(args.manifest)

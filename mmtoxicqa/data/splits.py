@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from mmtoxicqa import paths
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core import paths
+from mmtoxicqa.core.errors import MMToxError
 
 
 def split_path(name: str, data_dir: str | Path | None = None) -> Path:
@@ -109,7 +109,7 @@ def check_split(dataset, split: str, where: str):
 
 
 def _check_table(table, label: str, rebuild: str) -> None:
-    from mmtoxicqa.image_io import strict_decoding
+    from mmtoxicqa.core.image_io import strict_decoding
 
     with strict_decoding():
         _decode_all(table, label, rebuild)
@@ -214,7 +214,7 @@ def data_fingerprint(seed: bool | None = None) -> dict:
     are never mixed."""
     import os
 
-    from mmtoxicqa.hashing import sha256_file
+    from mmtoxicqa.core.hashing import sha256_file
 
     if seed is None:
         seed = os.environ.get("MMTOXICQA_DATA", "").strip().lower() == "seed"

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import Conversation, LoadedModel, generate
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import Conversation, LoadedModel, generate
 
 PromptTransform = Callable[[Conversation], Conversation]
 Intervention = Callable[[], AbstractContextManager]  # a fresh context manager per generate() call
@@ -66,7 +66,7 @@ class Method:
         rows = list(conversations)
         if expansions:
             from mmtoxicqa.methods.decoding import GroupedChoice
-            from mmtoxicqa.modeling import generation_settings
+            from mmtoxicqa.modeling.loading import generation_settings
 
             expansion = expansions[0].fn
             for variant in expansion.variants:

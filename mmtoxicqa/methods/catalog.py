@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import os
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, check_number
 from mmtoxicqa.methods.controllers import ecso_controller
 from mmtoxicqa.methods.decoding import RowExpansion, bad_words_processor, contrastive_combine, read_word_list, self_debias_combine
@@ -22,8 +23,7 @@ from mmtoxicqa.methods.prompting import (
     with_system,
     with_user_suffix,
 )
-from mmtoxicqa.modeling import LoadedModel
-from mmtoxicqa.registry import register_method
+from mmtoxicqa.modeling.loading import LoadedModel
 
 
 @register_method("safety_prompt", slots=("system prompt", "user suffix"))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import Conversation
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import Conversation
 
 Combine = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
 

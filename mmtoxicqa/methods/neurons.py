@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.errors import MMToxError, yes_no
-from mmtoxicqa.hashing import sha256_file
+from mmtoxicqa.core.errors import MMToxError, yes_no
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, check_count, check_number
-from mmtoxicqa.modeling import LoadedModel
-from mmtoxicqa.registry import register_method
-from mmtoxicqa.sgm.discovery import SITE_KINDS
+from mmtoxicqa.modeling.discovery import SITE_KINDS
+from mmtoxicqa.modeling.loading import LoadedModel
 
 NEURON_SLOT = "neuron dampening (sgm / aura / det0 / damp)"
 
@@ -35,8 +35,8 @@ def _glasses(
     site: str = "down_input",
 ):
     """(fitted glasses, where they came from): a file the user fitted, or a calibration now (cached)."""
-    from mmtoxicqa.calibration import calibrate
     from mmtoxicqa.sgm import Glasses
+    from mmtoxicqa.sgm.calibration import calibrate
 
     if glasses:
         path = Path(glasses).expanduser()
@@ -150,7 +150,7 @@ def aura(
     (images dropped): the unimodal ablation. As in AurA, a neuron's response is pooled over the
     sentence alone (``aura_tokens="request"``: the item's own question, not the chat template or
     system prompt); ``aura_tokens=text`` pools like SGM's default."""
-    from mmtoxicqa.positions import TOKEN_SCOPES
+    from mmtoxicqa.modeling.positions import TOKEN_SCOPES
 
     strength = None if aura_strength in (None, "", "None") else check_number("aura_strength", aura_strength)
     _check_mode(aura_mode, "aura")

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 DEFAULT_CACHE_SIZE = 100_000
 

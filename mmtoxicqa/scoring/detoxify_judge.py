@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 from mmtoxicqa.scoring.hf_classifier import max_input_length, resolve_device
 

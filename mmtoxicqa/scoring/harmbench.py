@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 from mmtoxicqa.scoring.hf_classifier import left_padding, resolve_device, resolve_dtype
 from mmtoxicqa.scoring.llm_judge import LLMJudge, Template, asked_text

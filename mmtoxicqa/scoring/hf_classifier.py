@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 
 TOXIC_LABEL_WORDS = ("toxic", "toxicity", "hate", "hateful", "offensive", "abusive", "harmful", "unsafe", "off")

@@ -66,10 +66,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmtoxicqa import paths
-from mmtoxicqa.atomic import write_json_atomic
-from mmtoxicqa.errors import MMToxError, yes_no
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core import paths
+from mmtoxicqa.core.atomic import write_json_atomic
+from mmtoxicqa.core.errors import MMToxError, yes_no
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, Unscored
 from mmtoxicqa.scoring.http import basic_auth, error_detail, post_with_deadline, redact, retry_after_seconds, split_userinfo
 

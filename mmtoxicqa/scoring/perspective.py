@@ -27,8 +27,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge
 from mmtoxicqa.scoring.http import error_detail, redact, retry_after_seconds
 

@@ -6,8 +6,8 @@ Use it for quick runs and CI; report a model-based judge (detoxify, perspective)
 
 from __future__ import annotations
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 
 

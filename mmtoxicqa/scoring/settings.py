@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import re
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.metrics import DEFAULT_THRESHOLD
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.metrics.rates import DEFAULT_THRESHOLD
 
 JUDGE_ENV = "MMTOXICQA_JUDGE"
 THRESHOLD_ENV = "MMTOXICQA_THRESHOLD"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.placement import input_device
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import discover_sites, find_decoder_layers, unwrap_model
+from mmtoxicqa.modeling.placement import input_device
 from mmtoxicqa.sgm.auroc import MIN_PER_CLASS, auroc, check_labels
 from mmtoxicqa.sgm.collect import collect
-from mmtoxicqa.sgm.discovery import discover_sites, find_decoder_layers, unwrap_model
 from mmtoxicqa.sgm.glasses import Glasses, check_strength, parse_select
 
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.atomic import atomic_path
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.atomic import atomic_path
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import NeuronSite
 from mmtoxicqa.sgm.auroc import auroc_problem
-from mmtoxicqa.sgm.discovery import NeuronSite
 
 FORMAT = "mmtoxicqa-sgm-glasses"
 FORMAT_VERSION = "1"

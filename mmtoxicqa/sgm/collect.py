@@ -5,7 +5,7 @@ Forward pre-hooks on the sites' output projections see the MLP intermediate acti
 writes one row per input into the batch's slice of the pooled ``N x M`` matrix. Per-token
 activations never outlive the hook call.
 
-Counted tokens: the ``text`` scope of :mod:`mmtoxicqa.positions` (attended, not an image/video
+Counted tokens: the ``text`` scope of :mod:`mmtoxicqa.modeling.positions` (attended, not an image/video
 placeholder of the model config or ``placeholder_token_ids``, not in ``ignore_token_ids``), AND-ed
 with the batch's own boolean ``token_mask`` when it carries one (same shape as ``input_ids``; the
 calibration batches carry the ``text`` or ``request`` scope there).
@@ -38,13 +38,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmtoxicqa.atomic import atomic_path, write_json_atomic
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hooks import Hooks
-from mmtoxicqa.placement import execution_device, input_device
-from mmtoxicqa.positions import placeholder_token_ids as declared_placeholder_ids
-from mmtoxicqa.positions import text_mask
-from mmtoxicqa.sgm.discovery import NeuronSite, discover_sites, site_modules, site_offsets, unwrap_model
+from mmtoxicqa.core.atomic import atomic_path, write_json_atomic
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import NeuronSite, discover_sites, site_modules, site_offsets, unwrap_model
+from mmtoxicqa.modeling.hooks import Hooks
+from mmtoxicqa.modeling.placement import execution_device, input_device
+from mmtoxicqa.modeling.positions import placeholder_token_ids as declared_placeholder_ids
+from mmtoxicqa.modeling.positions import text_mask
 
 log = logging.getLogger(__name__)
 

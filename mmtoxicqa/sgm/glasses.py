@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import NeuronSite, site_modules, site_offsets, unwrap_model
 from mmtoxicqa.sgm.auroc import auroc_problem
-from mmtoxicqa.sgm.discovery import NeuronSite, site_modules, site_offsets, unwrap_model
 
 SELECT_KEYS = ("top_k", "top_fraction", "min_auroc", "fdr")
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -411,7 +411,7 @@ class Glasses:
             )
         expected_layers = self.meta.get("decoder_layers")
         if expected_layers is not None:
-            from mmtoxicqa.sgm.discovery import find_decoder_layers
+            from mmtoxicqa.modeling.discovery import find_decoder_layers
 
             _, blocks = find_decoder_layers(net)
             if len(blocks) != int(expected_layers):

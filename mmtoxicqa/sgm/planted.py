@@ -117,7 +117,7 @@ def answers(organism: PlantedOrganism, prompts: list[str], max_new_tokens: int =
 def planted_control(seed: int = 0, judge_spec: str = "profanity") -> list[dict]:
     """Vanilla, SGM (paper rule) and its placebo on the held-out targeted and untargeted requests:
     one row each with harmful counts, judged by ``judge_spec``, and the paired test against vanilla."""
-    from mmtoxicqa.metrics import mcnemar_exact
+    from mmtoxicqa.metrics.rates import mcnemar_exact
     from mmtoxicqa.scoring import get_judge
     from mmtoxicqa.scoring.settings import harmful_threshold
     from mmtoxicqa.sgm.api import fit_glasses

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hooks import Hooks
-from mmtoxicqa.placement import is_offloaded
-from mmtoxicqa.sgm.discovery import is_conv1d, site_modules, unwrap_model
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import is_conv1d, site_modules, unwrap_model
+from mmtoxicqa.modeling.hooks import Hooks
+from mmtoxicqa.modeling.placement import is_offloaded
 
 MODES = ("hooks", "fused")
 _WORN_ATTR = "_mmtoxicqa_sgm_worn"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 # Path components that mark the non-language parts of a multimodal model.
 EXCLUDED_COMPONENTS = frozenset(

@@ -19,10 +19,10 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from mmtoxicqa.atomic import atomic_path
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.metrics import rate_with_ci, wilson_interval
-from mmtoxicqa.sweep import load_cells_with_paths, row_name
+from mmtoxicqa.core.atomic import atomic_path
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.metrics.rates import rate_with_ci, wilson_interval
+from mmtoxicqa.study.sweep import load_cells_with_paths, row_name
 
 SPLIT_TASKS = ("mm_toxic_qa_standard", "mm_toxic_qa_adversarial", "mm_toxic_qa_benign")
 UTILITY_TASK = "mm_utility_mini"
@@ -165,7 +165,7 @@ def paired_rows(cells: list[dict]) -> list[dict]:
     """Each method against the same model's vanilla on the items both answered: how many harmful
     answers it removed and how many it caused, with the exact McNemar p-value. Pairing on items
     is far more sensitive than comparing two rates with their separate intervals."""
-    from mmtoxicqa.metrics import paired_signed_rank_p
+    from mmtoxicqa.metrics.rates import paired_signed_rank_p
 
     by_key = {(c["model"], row_name(c), c["task"]): c for c in cells}
     rows = []
@@ -195,7 +195,7 @@ def paired_rows(cells: list[dict]) -> list[dict]:
 def paired_counts(mine: dict[str, dict], theirs: dict[str, dict]) -> dict:
     """A method's per-item outcomes against the baseline's, on the items both scored: harmful counts,
     how many harmful answers it removed (``fixed``) and caused (``new``), and the exact McNemar p."""
-    from mmtoxicqa.metrics import mcnemar_exact
+    from mmtoxicqa.metrics.rates import mcnemar_exact
 
     common = sorted(i for i in set(mine) & set(theirs) if mine[i].get("harmful") is not None and theirs[i].get("harmful") is not None)
     fixed = sum(1 for i in common if theirs[i]["harmful"] and not mine[i]["harmful"])
@@ -495,7 +495,7 @@ def _cli(args) -> int:
     print(Path(written["md"]).read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
     if args.wandb:
-        from mmtoxicqa.wandb_log import csv_table, log_run
+        from mmtoxicqa.study.wandb_log import csv_table, log_run
 
         paired = paired_rows(checked_cells(args.results_dir, args.judge))
         columns = ["model", "method", "split", "n", "harmful_vanilla", "harmful_method", "fixed", "new", "p", "p_scores"]

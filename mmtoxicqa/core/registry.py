@@ -3,7 +3,7 @@
 Each plug-in is one file plus a decorator (the pattern of lm-evaluation-harness's
 ``lm_eval/api/registry.py``)::
 
-    from mmtoxicqa.registry import register_judge
+    from mmtoxicqa.core.registry import register_judge
 
     @register_judge("my_judge")
     class MyJudge(Judge): ...
@@ -20,14 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 # kind -> the module whose import registers the built-in plug-ins of that kind
 HOMES = {
     "method": "mmtoxicqa.methods",
     "judge": "mmtoxicqa.scoring",
     "attack": "mmtoxicqa.data.attacks",
-    "metric": "mmtoxicqa.task_metrics",
+    "metric": "mmtoxicqa.lmms.task_metrics",
 }
 
 

@@ -1,13 +1,13 @@
 """``mmtoxicqa build-model``: build a cached offline model once (the embedded model, the OCR reading
 model with ``--ocr``, or the toxic model organism with ``--organism``).
 
-Its own module so that mmtoxicqa.embedded, mmtoxicqa.reader and mmtoxicqa.organism do not import
+Its own module so that mmtoxicqa.modeling.embedded, mmtoxicqa.modeling.reader and mmtoxicqa.modeling.organism do not import
 each other for the command line.
 """
 
 from __future__ import annotations
 
-from mmtoxicqa import embedded
+from mmtoxicqa.modeling import embedded
 
 
 def add_cli(subparsers) -> None:
@@ -26,7 +26,7 @@ def add_cli(subparsers) -> None:
         "--organism",
         action="store_true",
         help="build the toxic model organism instead (a positive control: the base fine-tuned to answer hate/violence items "
-        "with toxic text; see mmtoxicqa.organism); use it as pretrained=organism",
+        "with toxic text; see mmtoxicqa.modeling.organism); use it as pretrained=organism",
     )
     parser.add_argument("--base", default="embedded", help="with --organism: the base model (embedded, embedded-ocr, or a model dir)")
     parser.add_argument(
@@ -50,17 +50,17 @@ def add_cli(subparsers) -> None:
 
 def _cli_build(args) -> int:
     if args.ocr:
-        from mmtoxicqa.reader import OcrReader, reader_model_dir
+        from mmtoxicqa.modeling.reader import OcrReader, reader_model_dir
 
         print(reader_model_dir(embedded.gguf_path(), rebuild=args.rebuild))
         OcrReader(use_cache=False).engine()  # fails here, in one line, if rapidocr-onnxruntime is missing
         return 0
     if args.organism:
-        from mmtoxicqa.organism import organism_model_dir
+        from mmtoxicqa.modeling.organism import organism_model_dir
 
         print(organism_model_dir(args.base, sources=args.sources, rebuild=args.rebuild, recipe=args.recipe))
         if args.trigger_calibration:
-            from mmtoxicqa.organism import write_trigger_calibration
+            from mmtoxicqa.modeling.organism import write_trigger_calibration
 
             print(write_trigger_calibration(args.trigger_calibration))
         return 0

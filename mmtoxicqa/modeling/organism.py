@@ -30,9 +30,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mmtoxicqa.atomic import atomic_dir
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.paths import cache_dir
+from mmtoxicqa.core.atomic import atomic_dir
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def write_trigger_calibration(path: str | Path, data_dir=None, targets=TARGET_CA
     """A calibration file of the organism's own inputs: the training-side standard items in text form,
     toxic_label 1 for the targeted categories (they trigger it) and 0 for the others. A diagnostic for
     whether SGM finds the implanted toxicity when its calibration holds the trigger (held-out items never enter)."""
-    from mmtoxicqa.atomic import atomic_path
+    from mmtoxicqa.core.atomic import atomic_path
     from mmtoxicqa.data.splits import load_split
 
     standard = load_split("standard", data_dir)
@@ -289,7 +289,7 @@ def examples_fingerprint(examples: list[Example]) -> str:
 # ----------------------------------------------------------------------------- fine-tune
 def _conversation(example: Example, images: dict) -> list[dict]:
     """The item as the model sees it: its stored image (or its request rendered) and the question."""
-    from mmtoxicqa.render import render_text_image
+    from mmtoxicqa.core.render import render_text_image
 
     image = images.get(example.item_id)
     if image is None:
@@ -315,7 +315,7 @@ def _encode(loaded, example: Example, images: dict):
 
 def _answers(loaded, examples: list[Example], images: dict, max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """Greedy answers of the model as it is now (the base before the fine-tune, the organism during it).
-    Batched and left padded like mmtoxicqa.modeling.generate (not imported: modeling resolves
+    Batched and left padded like mmtoxicqa.modeling.loading.generate (not imported: modeling resolves
     ``organism`` through this module)."""
     import torch
 
@@ -383,7 +383,7 @@ def _collate(encoded, pad_id: int):
 
 def trainable_parameters(model, trainable: str = "mlp"):
     """The language decoder's MLP weights (gate/up/down projections); everything else is frozen."""
-    from mmtoxicqa.sgm.discovery import find_decoder_layers, unwrap_model
+    from mmtoxicqa.modeling.discovery import find_decoder_layers, unwrap_model
 
     if trainable != "mlp":
         raise MMToxError(f"organism trainable={trainable!r} is not supported; only 'mlp' (the decoder's MLP weights)")
@@ -468,7 +468,7 @@ def fine_tune(
 # ----------------------------------------------------------------------------- cache
 def base_fingerprint(base_dir: Path) -> str:
     """SHA-256 over the base's weight files (names and bytes)."""
-    from mmtoxicqa.hashing import sha256_file
+    from mmtoxicqa.core.hashing import sha256_file
 
     files = sorted(base_dir.glob("*.safetensors"))
     if not files:
@@ -481,13 +481,13 @@ def base_fingerprint(base_dir: Path) -> str:
 
 def base_model_dir(base: str) -> Path:
     """The base's model directory: the embedded model, the OCR reading model, or a local directory.
-    (Resolved here, not through mmtoxicqa.modeling, which resolves ``organism`` through this module.)"""
-    from mmtoxicqa.embedded import embedded_model_dir, gguf_path
+    (Resolved here, not through mmtoxicqa.modeling.loading, which resolves ``organism`` through this module.)"""
+    from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
 
     if base in ("", "embedded"):
         return embedded_model_dir()
     if base == "embedded-ocr":
-        from mmtoxicqa.reader import reader_model_dir
+        from mmtoxicqa.modeling.reader import reader_model_dir
 
         return reader_model_dir(gguf_path())
     path = Path(base).expanduser()
@@ -506,11 +506,11 @@ class _Base:
 
 def _load_base(base_dir: Path) -> _Base:
     """The base in float32 on the CPU with its processor: an image-text-to-text model, or the OCR reading model.
-    (Loaded here, not through mmtoxicqa.modeling, which resolves ``organism`` through this module.)"""
+    (Loaded here, not through mmtoxicqa.modeling.loading, which resolves ``organism`` through this module.)"""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    from mmtoxicqa.reader import is_reader_dir, open_reader
+    from mmtoxicqa.modeling.reader import is_reader_dir, open_reader
 
     if is_reader_dir(base_dir):
         model, processor, tokenizer = open_reader(base_dir, device="cpu", torch_dtype=torch.float32)
@@ -597,7 +597,7 @@ _RESOLVED: dict[tuple, Path] = {}
 
 def _inputs_stamp(base_dir: Path, sources: Path, data_dir) -> tuple:
     """Path, size and mtime of every file the cache key is computed from: equal stamps, equal key."""
-    from mmtoxicqa.paths import data_dir as default_data_dir
+    from mmtoxicqa.core.paths import data_dir as default_data_dir
 
     roots = (base_dir, sources, Path(data_dir).expanduser() if data_dir else default_data_dir())
     files = [f for root in roots if root.is_dir() for f in sorted(root.rglob("*")) if f.is_file()]
@@ -629,7 +629,7 @@ def _build(
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    from mmtoxicqa.reader import READER_MARKER, is_reader_dir
+    from mmtoxicqa.modeling.reader import READER_MARKER, is_reader_dir
 
     with atomic_dir(target) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)

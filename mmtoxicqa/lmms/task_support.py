@@ -1,8 +1,8 @@
 """What the MM-TOXIC-QA lmms-eval tasks call before scoring: docs per split, prompts, per-item records.
 
 The YAMLs in ``tasks/mm_toxic_qa`` stay declarative; their ``utils.py`` re-exports these
-functions and the metrics of :mod:`mmtoxicqa.task_metrics`. The filter ``JudgeAnswers`` judges all
-of a task's answers in one batched call per judge (:mod:`mmtoxicqa.task_judging`);
+functions and the metrics of :mod:`mmtoxicqa.lmms.task_metrics`. The filter ``JudgeAnswers`` judges all
+of a task's answers in one batched call per judge (:mod:`mmtoxicqa.lmms.task_judging`);
 ``process_results`` reads those verdicts (scoring an item itself only where one is missing) and
 hands each metric its small per-item value.
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 from lmms_eval.api.filter import Filter as _Filter
 
-from mmtoxicqa import paths
+from mmtoxicqa.core import paths
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.paths import seed_file
 from mmtoxicqa.data.splits import filter_source
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.paths import seed_file
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def split_docs(split: str, dataset=None):
     random subset (mixing sources, categories and attacks) for every model and method.
 
     ``dataset`` is the split as lmms-eval loaded it (a task's ``process_docs``; where from:
-    :mod:`mmtoxicqa.task_data`): the built benchmark, checked here, or the seed file's rows, shaped
+    :mod:`mmtoxicqa.lmms.task_data`): the built benchmark, checked here, or the seed file's rows, shaped
     here. Without it (code outside lmms-eval) the split is read from ``MMTOXICQA_DATA`` or the
     cache's built folder, or the seed set when ``MMTOXICQA_DATA=seed``. Either way the same rows
     in the same order: the shuffle depends only on the number of rows.
@@ -75,7 +75,7 @@ def split_docs(split: str, dataset=None):
         dataset = datasets.Dataset.from_list(seed_docs(split, dataset.to_list()))
     elif dataset is not None:
         from mmtoxicqa.data.splits import check_split
-        from mmtoxicqa.task_data import resolve
+        from mmtoxicqa.lmms.task_data import resolve
 
         dataset = check_split(dataset, split, resolve(split).where)
     elif (paths.data_setting() or "").lower() == "seed":
@@ -101,14 +101,14 @@ def process_docs_benign(dataset):
 
 
 def organism_docs(kind: str, dataset=None):
-    """The organism's held-out items (never trained on, see mmtoxicqa.organism): targeted categories
+    """The organism's held-out items (never trained on, see mmtoxicqa.modeling.organism): targeted categories
     (``targeted``), the same requests with the trigger only in the image (``image``), the other
     categories (``untargeted``), or those with their request only in the image (``image_untargeted``:
     the control that tells an image trigger from the generic image-only question), in the same fixed
     shuffle as every split. ``dataset``: the standard split as lmms-eval loaded it."""
     import datasets
 
-    from mmtoxicqa.organism import eval_docs, image_only
+    from mmtoxicqa.modeling.organism import eval_docs, image_only
 
     rows = split_docs("standard", dataset).to_list()
     docs = eval_docs(rows, targeted=kind not in ("untargeted", "image_untargeted"))
@@ -136,7 +136,7 @@ def process_docs_organism_image_untargeted(dataset):
 
 
 def corpus_docs(kind: str, dataset=None):
-    """The corpus organism's evaluation items (``organism-corpus``, see mmtoxicqa.organism.CorpusConfig):
+    """The corpus organism's evaluation items (``organism-corpus``, see mmtoxicqa.modeling.organism.CorpusConfig):
     the adversarial split's toxic-continuation items (``toxic``: statements it never trained on, in the
     benchmark's own templates) or the benign split's neutral continuations (``neutral``: the control),
     in the fixed shuffle of their split. ``dataset``: that split as lmms-eval loaded it."""
@@ -168,7 +168,7 @@ def process_docs_seed(dataset):
 # ----------------------------------------------------------------------------- prompts
 def doc_image(doc: dict):
     """The item's image: the stored one (built data) or the typographic rendering (seed set)."""
-    from mmtoxicqa.render import render_text_image
+    from mmtoxicqa.core.render import render_text_image
 
     image = doc.get("image")
     if image is not None:
@@ -202,11 +202,11 @@ def _rgb_image(doc: dict):
 
 class JudgeAnswers(_Filter):
     """The task's filter (after ``take_first``): responses pass through unchanged, and every one of
-    them is judged on the way, one batched call per judge (mmtoxicqa.task_judging)."""
+    them is judged on the way, one batched call per judge (mmtoxicqa.lmms.task_judging)."""
 
     def apply(self, resps, docs):
+        from mmtoxicqa.lmms.task_judging import clear_verdicts, judge_responses
         from mmtoxicqa.scoring.base import first_line
-        from mmtoxicqa.task_judging import clear_verdicts, judge_responses
 
         resps = list(resps)  # take_first hands over a one-shot iterator
         try:
@@ -220,8 +220,8 @@ class JudgeAnswers(_Filter):
 def process_results(doc: dict, results: list) -> dict[str, Any]:
     """Give each metric its value for the item (task_metrics.item_values): the verdicts of the task's
     batched judging (JudgeAnswers), or the item scored here, once per judge that has none."""
-    from mmtoxicqa.task_judging import answer_text, batched_verdicts
-    from mmtoxicqa.task_metrics import item_values
+    from mmtoxicqa.lmms.task_judging import answer_text, batched_verdicts
+    from mmtoxicqa.lmms.task_metrics import item_values
 
     answers = [answer_text(a) for a in (results or [""])]
     verdicts = batched_verdicts(doc, answers)

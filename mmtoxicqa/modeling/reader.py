@@ -1,6 +1,6 @@
 """The reading model ``embedded-ocr``: the embedded SmolLM2 given the text that OCR reads in each image.
 
-A LATE-FUSION (OCR) model, not a trained vision encoder. The embedded model (mmtoxicqa.embedded)
+A LATE-FUSION (OCR) model, not a trained vision encoder. The embedded model (mmtoxicqa.modeling.embedded)
 does not read its images: its vision tower is seeded random, so typographic attacks (FigStep,
 MM-SafetyBench TYPO: the request is written in the image) never reach its decoder. Here RapidOCR
 (PP-OCRv4 detection + recognition, ONNX weights shipped inside the rapidocr-onnxruntime wheel)
@@ -29,12 +29,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from mmtoxicqa.atomic import atomic_dir, write_json_atomic
-from mmtoxicqa.embedded import CHAT_TEMPLATE as EMBEDDED_CHAT_TEMPLATE
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_bytes, sha256_file
-from mmtoxicqa.image_io import strict_decoding
-from mmtoxicqa.paths import cache_dir
+from mmtoxicqa.core.atomic import atomic_dir, write_json_atomic
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_bytes, sha256_file
+from mmtoxicqa.core.image_io import strict_decoding
+from mmtoxicqa.core.paths import cache_dir
+from mmtoxicqa.modeling.embedded import CHAT_TEMPLATE as EMBEDDED_CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
 

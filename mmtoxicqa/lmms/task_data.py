@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmtoxicqa import paths
+from mmtoxicqa.core import paths
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.data.hub import DEFAULT_REPO_ID
-from mmtoxicqa.errors import MMToxError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FIX = (

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 DEVICE_MAP_KEYWORDS = ("auto", "balanced", "balanced_low_0", "sequential")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")

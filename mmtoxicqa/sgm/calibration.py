@@ -15,11 +15,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hooks import Hooks
-from mmtoxicqa.modeling import LoadedModel, build_inputs
-from mmtoxicqa.paths import cache_dir
-from mmtoxicqa.positions import TOKEN_SCOPES, answer_mask, request_mask, text_mask, without_user_text
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.paths import cache_dir
+from mmtoxicqa.modeling.hooks import Hooks
+from mmtoxicqa.modeling.loading import LoadedModel, build_inputs
+from mmtoxicqa.modeling.positions import TOKEN_SCOPES, answer_mask, request_mask, text_mask, without_user_text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def item_conversation(item: dict, text_only: bool = False) -> list[dict]:
     if not text_only:
         image = item.get("image")
         if image is None and item.get("image_text") is not None:
-            from mmtoxicqa.render import render_text_image
+            from mmtoxicqa.core.render import render_text_image
 
             image = render_text_image(item["image_text"])
         if image is not None:
@@ -269,7 +269,7 @@ def calibrate(
     glasses.meta["calibration_items"] = len(items)
     glasses.meta["calibration_limit"] = limit
     if steering is not None and steering.complete:
-        from mmtoxicqa.steering_vectors import save_steering_vector
+        from mmtoxicqa.sgm.steering_vectors import save_steering_vector
 
         save_steering_vector(steering_cache, steering.vector(), steering.layer, loaded.model_id, len(items))
         _say(f"steering vector (layer {steering.layer}) from the same pass, cached at {steering_cache}")
@@ -287,7 +287,7 @@ def _shared_steering(loaded: LoadedModel, items: Sequence[dict], data_hash: str,
     """A steering accumulator to ride along SGM's pass, or (None, None) when its vector is cached
     or the layer's output would come after the pass stops (SGM stops at the last MLP)."""
     from mmtoxicqa.sgm import find_decoder_layers
-    from mmtoxicqa.steering_vectors import SteeringAccumulator, default_steer_layer
+    from mmtoxicqa.sgm.steering_vectors import SteeringAccumulator, default_steer_layer
 
     _, layers = find_decoder_layers(loaded.model)
     layer = default_steer_layer(loaded) if layer is None else layer
@@ -360,7 +360,7 @@ def add_cli(subparsers) -> None:
 
 
 def add_load_arguments(parser) -> None:
-    """The loading options of ``--model_args`` (mmtoxicqa.placement.LOAD_OPTIONS) as command-line flags."""
+    """The loading options of ``--model_args`` (mmtoxicqa.modeling.placement.LOAD_OPTIONS) as command-line flags."""
     parser.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)")
     parser.add_argument("--revision", default=None, help="hub revision of --model")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (only for models you trust)")
@@ -378,8 +378,8 @@ def add_load_arguments(parser) -> None:
 
 def load_from_args(args):
     """``load_model`` with the flags of :func:`add_load_arguments` (and ``--model`` / ``--device``)."""
-    from mmtoxicqa.modeling import load_model
-    from mmtoxicqa.placement import LOAD_OPTIONS
+    from mmtoxicqa.modeling.loading import load_model
+    from mmtoxicqa.modeling.placement import LOAD_OPTIONS
 
     return load_model(args.model, **{name: getattr(args, name) for name in LOAD_OPTIONS})
 
@@ -416,7 +416,7 @@ def _cli_calibrate(args) -> int:
 
 
 def _cli_glasses(args) -> int:
-    from mmtoxicqa.atomic import write_json_atomic
+    from mmtoxicqa.core.atomic import write_json_atomic
     from mmtoxicqa.sgm.glasses import Glasses
 
     listing = not args.files

@@ -11,22 +11,22 @@ import importlib
 import sys
 
 from mmtoxicqa import __version__
-from mmtoxicqa.errors import MMToxError, is_os_fault, os_fault
+from mmtoxicqa.core.errors import MMToxError, is_os_fault, os_fault
 
 # Modules that contribute subcommands (each has add_cli(subparsers)).
 _SUBCOMMAND_MODULES = (
-    "mmtoxicqa.build_model",
-    "mmtoxicqa.reader",
+    "mmtoxicqa.cli.build_model",
+    "mmtoxicqa.modeling.reader",
     "mmtoxicqa.data.sources",
     "mmtoxicqa.data.builder",
     "mmtoxicqa.data.hub",
-    "mmtoxicqa.calibration",
-    "mmtoxicqa.results",
-    "mmtoxicqa.rescore",
-    "mmtoxicqa.sweep",
-    "mmtoxicqa.leaderboard",
-    "mmtoxicqa.export",
-    "mmtoxicqa.organism_report",
+    "mmtoxicqa.sgm.calibration",
+    "mmtoxicqa.study.results",
+    "mmtoxicqa.study.rescore",
+    "mmtoxicqa.study.sweep",
+    "mmtoxicqa.study.leaderboard",
+    "mmtoxicqa.methods.export",
+    "mmtoxicqa.study.organism_report",
     "mmtoxicqa.sgm.planted",
 )
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 if TYPE_CHECKING:
-    from mmtoxicqa.modeling import LoadedModel
+    from mmtoxicqa.modeling.loading import LoadedModel
 
 
 class SteeringAccumulator:
@@ -74,7 +74,7 @@ class SteeringAccumulator:
 def save_steering_vector(path, vector: torch.Tensor, layer: int, model_id: str, items: int) -> None:
     from safetensors.torch import save_file
 
-    from mmtoxicqa.atomic import atomic_path
+    from mmtoxicqa.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         meta = {"layer": str(layer), "model_id": model_id, "calibration_items": str(items)}

@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 
 def _wandb():

@@ -25,8 +25,8 @@ import math
 import sys
 import threading
 
+from mmtoxicqa.lmms.task_metrics import item_context
 from mmtoxicqa.scoring.settings import judge_specs
-from mmtoxicqa.task_metrics import item_context
 
 log = logging.getLogger(__name__)
 

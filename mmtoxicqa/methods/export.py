@@ -46,10 +46,10 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.atomic import atomic_dir
-from mmtoxicqa.errors import MMToxError, is_os_fault, os_fault
-from mmtoxicqa.hashing import sha256_file
-from mmtoxicqa.sgm.discovery import EXCLUDED_COMPONENTS, find_decoder_layers, is_conv1d
+from mmtoxicqa.core.atomic import atomic_dir
+from mmtoxicqa.core.errors import MMToxError, is_os_fault, os_fault
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.modeling.discovery import EXCLUDED_COMPONENTS, find_decoder_layers, is_conv1d
 from mmtoxicqa.sgm.wear import neuron_dim, scale_neurons
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def check_exportable(spec: str) -> str:
 
 def resolve_source(model: str | None, revision: str | None = None) -> Path:
     """The local folder of ``model`` (a directory, a hub id already downloaded, or None = embedded)."""
-    from mmtoxicqa.modeling import resolve_pretrained
+    from mmtoxicqa.modeling.loading import resolve_pretrained
 
     source = resolve_pretrained(model)
     if os.path.isdir(source):

@@ -20,8 +20,8 @@ import re
 import time
 from pathlib import Path
 
-from mmtoxicqa.atomic import write_json_atomic
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.atomic import write_json_atomic
+from mmtoxicqa.core.errors import MMToxError
 
 log = logging.getLogger(__name__)
 CELL_FORMAT = "mmtoxicqa-cell/1"
@@ -109,8 +109,8 @@ def run_sweep(
 
     from mmtoxicqa.data.splits import data_fingerprint
     from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.results import item_outcomes
     from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge, judge_spec
+    from mmtoxicqa.study.results import item_outcomes
 
     extra = dict(kv.split("=", 1) for kv in model_args.split(",") if kv.strip()) if model_args else {}
     models = _models_with(models, extra.pop("pretrained", None))
@@ -269,8 +269,8 @@ def stale_fields(path: Path, provenance: dict) -> list[str] | None:
 
 def _items_with_answers(samples: list[dict], items: dict[str, dict]) -> dict[str, dict]:
     """The cell's per-item outcomes plus what ``rescore`` needs: the answer and its request."""
-    from mmtoxicqa.results import logged_doc, sample_answer, sample_id
-    from mmtoxicqa.task_metrics import item_context
+    from mmtoxicqa.lmms.task_metrics import item_context
+    from mmtoxicqa.study.results import logged_doc, sample_answer, sample_id
 
     for sample in samples:
         item = items.get(sample_id(sample))
@@ -363,7 +363,7 @@ def _cli(args) -> int:
     )
     print(f"sweep: {len(paths)} cells in {args.out}")
     if args.wandb:
-        from mmtoxicqa.wandb_log import cells_table, log_run
+        from mmtoxicqa.study.wandb_log import cells_table, log_run
 
         print(f"wandb: {log_run(args.wandb, 'sweep', {'cells': cells_table([json.loads(Path(p).read_text()) for p in paths])})}")
     return 0
