@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from mmtoxicqa.core import paths
+from mmtoxicqa.core import paths, settings
 from mmtoxicqa.core.errors import MMToxError
 
 
@@ -151,9 +151,8 @@ def filter_source(dataset, sources: str | None = None):
 
     ``MMTOXICQA_SOURCE=extra`` evaluates only the items added with ``build-data --extra``.
     A filter that keeps no row is a one-line error naming the sources the split has."""
-    import os
 
-    wanted = os.environ.get(SOURCE_ENV, "") if sources is None else sources
+    wanted = settings.raw(SOURCE_ENV) if sources is None else sources
     names = [n.strip() for n in str(wanted).split(",") if n.strip()]
     if not names:
         return dataset
@@ -212,15 +211,14 @@ def data_fingerprint(seed: bool | None = None) -> dict:
     (it pins every split file's hash), or of the shipped seed file (``seed=True``, or by default when
     ``MMTOXICQA_DATA=seed``). Recorded in results and sweep cells, so numbers from different data
     are never mixed."""
-    import os
 
     from mmtoxicqa.core.hashing import sha256_file
 
     if seed is None:
-        seed = os.environ.get("MMTOXICQA_DATA", "").strip().lower() == "seed"
+        seed = settings.seed_data()
     if seed:
         return {"path": "seed", "sha256": sha256_file(paths.seed_file())}
     sheet = paths.data_dir() / "datasheet.json"
     found = {"path": str(paths.data_dir()), "sha256": sha256_file(sheet) if sheet.is_file() else None}
-    source = os.environ.get("MMTOXICQA_SOURCE", "").strip()
+    source = settings.text("MMTOXICQA_SOURCE")
     return {**found, "source": source} if source else found  # a source filter changes what is evaluated

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmtoxicqa.core import paths
+from mmtoxicqa.core import paths, settings
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.data.hub import DEFAULT_REPO_ID
 
@@ -61,8 +61,8 @@ def folder_data(root: Path, split: str) -> TaskData | None:
 
 def resolve(split: str, declared: str = DEFAULT_REPO_ID) -> TaskData:
     """Where split ``split`` comes from now (see the module docstring for the order)."""
-    setting = paths.data_setting()
-    if setting and setting.lower() == "seed":
+    setting = settings.data_setting()
+    if settings.seed_data():
         return TaskData("json", {"data_files": {split: str(paths.seed_file())}}, "seed", "seed")
     if setting:
         root = Path(setting).expanduser()
@@ -77,7 +77,7 @@ def resolve(split: str, declared: str = DEFAULT_REPO_ID) -> TaskData:
 
 def unreachable(data: TaskData, exc: BaseException) -> MMToxError:
     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-    also = f" (MMTOXICQA_DATA={data.where} is no folder here either)" if paths.data_setting() == data.where else ""
+    also = f" (MMTOXICQA_DATA={data.where} is no folder here either)" if settings.data_setting() == data.where else ""
     return MMToxError(f"MM-TOXIC-QA data: cannot load the hub dataset {data.where}{also} ({type(exc).__name__}: {reason}); {FIX}")
 
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import threading
 
-from mmtoxicqa.core import registry
+from mmtoxicqa.core import registry, settings
 from mmtoxicqa.core.registry import register_metric
 from mmtoxicqa.metrics import rates as metrics
 from mmtoxicqa.scoring.settings import harmful_threshold, judge_spec, judge_specs
@@ -305,7 +304,7 @@ _FLUENCY_LOCK = threading.Lock()  # lmms-eval runs process_results in threads; o
 
 
 def fluency_model_spec() -> str:
-    return os.environ.get("MMTOXICQA_FLUENCY_MODEL", "embedded")
+    return settings.text("MMTOXICQA_FLUENCY_MODEL", "embedded")
 
 
 def _reference_lm():

@@ -14,7 +14,7 @@ from typing import Any
 
 from lmms_eval.api.filter import Filter as _Filter
 
-from mmtoxicqa.core import paths
+from mmtoxicqa.core import settings
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.paths import seed_file
 from mmtoxicqa.data.splits import filter_source
@@ -78,7 +78,7 @@ def split_docs(split: str, dataset=None):
         from mmtoxicqa.lmms.task_data import resolve
 
         dataset = check_split(dataset, split, resolve(split).where)
-    elif (paths.data_setting() or "").lower() == "seed":
+    elif settings.seed_data():
         dataset = datasets.Dataset.from_list(seed_docs(split))
     else:
         from mmtoxicqa.data.splits import load_split

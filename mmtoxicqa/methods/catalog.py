@@ -7,8 +7,8 @@ option is prefixed with its method's name so compositions never clash.
 from __future__ import annotations
 
 import functools
-import os
 
+from mmtoxicqa.core import settings
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, check_number
@@ -81,7 +81,7 @@ def self_debias(loaded: LoadedModel, self_debias_strength: float = 50.0) -> Meth
 def bad_words(loaded: LoadedModel, bad_words_path: str | None = None) -> Method:
     """Word filtering at decoding time (as in Gehman et al. 2020's word-ban baseline): every
     tokenisation of each listed word is banned."""
-    path = bad_words_path or os.environ.get("MMTOXICQA_BAD_WORDS")
+    path = bad_words_path or settings.raw("MMTOXICQA_BAD_WORDS")
     if not path:
         raise MMToxError("method bad_words needs a word list: pass bad_words_path=FILE (or set MMTOXICQA_BAD_WORDS)")
     processor = bad_words_processor(loaded.tokenizer, read_word_list(path))

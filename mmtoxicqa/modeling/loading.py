@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from mmtoxicqa.core import settings
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.modeling.positions import placeholder_token_ids
 
@@ -80,7 +81,7 @@ def resolve_pretrained(pretrained: str | None) -> str:
 
 
 def _hub_error(pretrained: str, exc: Exception) -> MMToxError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    offline = settings.hub_offline()
     why = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "the Hugging Face hub could not be reached or has no such model"
     return MMToxError(
         f"pretrained={pretrained!r}: {why}; download it on a connected machine (`hf download {pretrained}`) "

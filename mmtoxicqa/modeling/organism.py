@@ -23,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mmtoxicqa.core import settings
 from mmtoxicqa.core.atomic import atomic_dir
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.paths import cache_dir
@@ -545,7 +545,7 @@ def organism_recipe(pretrained: str) -> str:
 
 
 def sources_dir(sources: str | Path | None = None) -> Path:
-    return Path(sources or os.environ.get("MMTOXICQA_SOURCES") or DEFAULT_SOURCES).expanduser()
+    return Path(sources or settings.raw("MMTOXICQA_SOURCES") or DEFAULT_SOURCES).expanduser()
 
 
 def organism_model_dir(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmtoxicqa.core import settings
 from mmtoxicqa.core.atomic import atomic_dir, write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_bytes, sha256_file
@@ -142,7 +143,7 @@ def image_key(image: Image.Image) -> str:
 
 
 def _threads() -> int:
-    value = os.environ.get("MMTOXICQA_OCR_THREADS", "1")
+    value = settings.text("MMTOXICQA_OCR_THREADS", "1")
     try:
         threads = int(value)
     except ValueError:

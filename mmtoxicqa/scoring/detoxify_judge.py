@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mmtoxicqa.core import settings
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
@@ -38,7 +39,7 @@ TOXICITY_CLASSES = ("toxicity", "toxic")
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return settings.hub_offline()
 
 
 def cached_checkpoint_path(variant: str) -> Path:
@@ -75,8 +76,8 @@ class DetoxifyJudge(Judge):
             raise MMToxError(f"unknown detoxify variant {variant!r}; use one of {', '.join(MODEL_URLS)} (e.g. detoxify:unbiased)")
         self.name = f"detoxify:{variant}"
         self.device = resolve_device(device, f"judge {self.name}")
-        checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
-        config_dir = config_dir or os.environ.get(CONFIG_DIR_ENV) or None
+        checkpoint = checkpoint or settings.raw(CHECKPOINT_ENV) or None
+        config_dir = config_dir or settings.raw(CONFIG_DIR_ENV) or None
         path = self._checkpoint_file(variant, checkpoint)
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)

@@ -32,9 +32,9 @@ template and passed to the processor, instead of the image text.
 
 from __future__ import annotations
 
-import os
 import re
 
+from mmtoxicqa.core import settings
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
@@ -98,7 +98,7 @@ class LlamaGuardJudge(Judge):
         super().__init__(cache_size=cache_size)
         import torch
 
-        model = (model or os.environ.get(MODEL_ENV, "") or DEFAULT_MODEL).strip()
+        model = (model or settings.raw(MODEL_ENV) or DEFAULT_MODEL).strip()
         self.name = f"llamaguard:{model}"
         if over not in ("vocab", "pair"):
             raise MMToxError(f"judge {self.name}: over={over!r} must be 'vocab' (softmax over the vocabulary) or 'pair' (over safe/unsafe)")
