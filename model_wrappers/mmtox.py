@@ -23,7 +23,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.methods import build_method, check_method
 from mmtoxicqa.modeling.loading import gen_int, load_model
+from mmtoxicqa.modeling.placement import check_placement, parse_device_map
 
 
 def _as_bool(value: Any) -> bool:
@@ -57,10 +59,7 @@ class MMTox(lmms):
         **method_kwargs: Any,
     ) -> None:
         super().__init__()
-        from accelerate import Accelerator
-
-        from mmtoxicqa.methods import check_method
-        from mmtoxicqa.modeling.placement import check_placement, parse_device_map
+        from accelerate import Accelerator  # heavy: only where a model is placed
 
         # Everything a typo can break is refused here, before the weights are read.
         check_method(method or self.default_method, method_kwargs)
@@ -104,7 +103,6 @@ class MMTox(lmms):
             revision=revision,
             **placement,
         )
-        from mmtoxicqa.methods import build_method
 
         self.method = build_method(method or self.default_method, self.loaded, **method_kwargs)
         self.one_time_seconds = time.perf_counter() - started  # model load + method setup (calibration): not per item

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from mmtoxicqa import __version__
+from mmtoxicqa.core import paths
 from mmtoxicqa.core.errors import MMToxError, is_os_fault, os_fault
 
 # Modules that contribute subcommands (each has add_cli(subparsers)).
@@ -53,9 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_tasks_path(_args) -> int:
-    import mmtoxicqa.tasks as tasks_pkg
 
-    print(tasks_pkg.__path__[0])
+    print(paths.tasks_dir())
     return 0
 
 

@@ -8,6 +8,8 @@ each other for the command line.
 from __future__ import annotations
 
 from mmtoxicqa.modeling import embedded
+from mmtoxicqa.modeling.organism import organism_model_dir, write_trigger_calibration
+from mmtoxicqa.modeling.reader import OcrReader, reader_model_dir
 
 
 def add_cli(subparsers) -> None:
@@ -50,18 +52,12 @@ def add_cli(subparsers) -> None:
 
 def _cli_build(args) -> int:
     if args.ocr:
-        from mmtoxicqa.modeling.reader import OcrReader, reader_model_dir
-
         print(reader_model_dir(embedded.gguf_path(), rebuild=args.rebuild))
         OcrReader(use_cache=False).engine()  # fails here, in one line, if rapidocr-onnxruntime is missing
         return 0
     if args.organism:
-        from mmtoxicqa.modeling.organism import organism_model_dir
-
         print(organism_model_dir(args.base, sources=args.sources, rebuild=args.rebuild, recipe=args.recipe))
         if args.trigger_calibration:
-            from mmtoxicqa.modeling.organism import write_trigger_calibration
-
             print(write_trigger_calibration(args.trigger_calibration))
         return 0
     print(embedded.embedded_model_dir(rebuild=args.rebuild))

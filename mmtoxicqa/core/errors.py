@@ -4,6 +4,8 @@ Its message is a single line that names the culprit (file, argument, doc id)
 and the fix, so a researcher never has to read a deep library traceback.
 """
 
+import errno
+
 
 class MMToxError(Exception):
     """A user-facing error whose message is one line: what is wrong and how to fix it."""
@@ -38,7 +40,6 @@ _OS_FIXES = {
 def os_fault(exc: OSError, where: str | None = None) -> MMToxError:
     """A one-line MMToxError for an OS fault met while writing ``where`` (else the file the OS
     names; a copy's destination before its source): what, the fault, the file, the fix."""
-    import errno
 
     name = errno.errorcode.get(exc.errno or 0, "")
     path = str(exc.filename2 or exc.filename or "")
@@ -52,6 +53,5 @@ def os_fault(exc: OSError, where: str | None = None) -> MMToxError:
 
 def is_os_fault(exc: BaseException) -> bool:
     """True for the OS faults :func:`os_fault` has a fix for (full disk, read-only, no permission, no folder)."""
-    import errno
 
     return isinstance(exc, OSError) and errno.errorcode.get(exc.errno or 0, "") in _OS_FIXES

@@ -7,9 +7,12 @@ image decodes it inside ``strict_decoding()`` so the answer does not depend on w
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from PIL import Image, ImageFile
 
 _LOCK = threading.Lock()
 
@@ -17,7 +20,6 @@ _LOCK = threading.Lock()
 @contextmanager
 def strict_decoding() -> Iterator[None]:
     """Decode with LOAD_TRUNCATED_IMAGES off, then put back whatever was set."""
-    from PIL import ImageFile
 
     with _LOCK:
         lenient = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -31,9 +33,6 @@ def strict_decoding() -> Iterator[None]:
 def oversized(data: bytes) -> tuple[int, int] | None:
     """(width, height) of an image over PIL's decompression-bomb limit (what makes it fail to
     decode), read from its header alone; None for any other image or non-image."""
-    import io
-
-    from PIL import Image
 
     with _LOCK:
         limit = Image.MAX_IMAGE_PIXELS

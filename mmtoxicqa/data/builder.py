@@ -21,20 +21,30 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from mmtoxicqa import __version__
 from mmtoxicqa.core import paths
 from mmtoxicqa.core.atomic import umask_mode, write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.core.render import (
+    png_bytes,
+    render_numbered_list_image,
+    render_text_image,
+)
 from mmtoxicqa.data import attacks, loaders, taxonomy
 from mmtoxicqa.data.attacks import Request
 from mmtoxicqa.data.dedup import dedupe_rows, enforce_disjoint
 from mmtoxicqa.data.harmless import HARMLESS_TOPICS
+from mmtoxicqa.data.hub import write_hub_layout
 from mmtoxicqa.data.loaders import SourceItem
 from mmtoxicqa.data.schema import COLUMNS, EVAL_SPLITS, FEATURES, SPLITS
 from mmtoxicqa.data.sources import (
@@ -69,7 +79,6 @@ def _rng(seed: int, *purpose: str) -> random.Random:
 
 
 def _progress(iterable: Iterable, desc: str, enabled: bool, total: int | None = None):
-    from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit="item", leave=False, disable=None if enabled else True)
 
@@ -102,7 +111,7 @@ def _shuffled(items: Sequence, rng: random.Random) -> list:
 @contextlib.contextmanager
 def _quiet_datasets(quiet: bool):
     """Silence the ``datasets`` progress bars while writing, restoring the previous setting."""
-    import datasets as hf_tqdm
+    import datasets as hf_tqdm  # heavy: the datasets stack, only for data work
 
     was_disabled = hf_tqdm.are_progress_bars_disabled()
     if quiet and not was_disabled:
@@ -127,11 +136,6 @@ class _Images:
         return self._get("numbered", text)
 
     def _get(self, style: str, text: str) -> bytes:
-        from mmtoxicqa.core.render import (
-            png_bytes,
-            render_numbered_list_image,
-            render_text_image,
-        )
 
         key = (style, text)
         if key not in self._cache:
@@ -522,7 +526,7 @@ def build(
     also with ``progress=False``): source files whose sha256 differs from the manifest, and
     ``extra`` items that were dropped (with why).
     """
-    import datasets
+    import datasets  # heavy: the datasets stack, only for data work
 
     say = log or (lambda _msg: None)
     warn = warn or _warn_stderr
@@ -654,7 +658,6 @@ def build(
             os.replace(stage / name, out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    from mmtoxicqa.data.hub import write_hub_layout
 
     write_hub_layout(out_dir, sheet)  # data/<split>-*.parquet + README.md: the Hugging Face dataset layout
     say(f"built in {time.monotonic() - started:.1f}s")
@@ -677,7 +680,6 @@ def _datasheet(
     requests,
     statements,
 ) -> dict:
-    from mmtoxicqa import __version__
 
     sources: dict[str, dict] = {}
     for name, parts in results.items():
@@ -795,7 +797,6 @@ def _manifest_warnings(check: dict) -> list[str]:
 
 
 def _warn_stderr(message: str) -> None:
-    import sys
 
     print(f"build-data: warning: {message}", file=sys.stderr)
 
@@ -869,7 +870,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    import sys
 
     out = Path(args.out).expanduser() if args.out else paths.data_dir()
     log = None if args.quiet else (lambda msg: print(f"build-data: {msg}", file=sys.stderr))

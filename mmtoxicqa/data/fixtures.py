@@ -12,6 +12,9 @@ import io
 import json
 from pathlib import Path
 
+from PIL import Image
+
+from mmtoxicqa.core.render import png_bytes
 from mmtoxicqa.data import loaders, taxonomy
 
 PLANTED_DUPLICATE_TWEET = "HOW can someone do fixture task 1-1???"
@@ -36,9 +39,6 @@ EXPECTED = {
 
 
 def tiny_png(color: tuple[int, int, int] = (200, 200, 200), size: tuple[int, int] = (8, 8)) -> bytes:
-    from PIL import Image
-
-    from mmtoxicqa.core.render import png_bytes
 
     return png_bytes(Image.new("RGB", size, color))
 

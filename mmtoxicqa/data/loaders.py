@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_bytes
 from mmtoxicqa.core.image_io import oversized
@@ -113,7 +115,6 @@ def _csv_rows(src: SourceDir, rel: str, required: tuple[str, ...]) -> list[dict]
 
 def decode_image(data: bytes):
     """Fully decode image bytes; return the PIL image or None if they do not decode."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from mmtoxicqa.core import paths, settings
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.core.image_io import strict_decoding
+from mmtoxicqa.data.schema import FEATURES, SPLITS
 
 
 def split_path(name: str, data_dir: str | Path | None = None) -> Path:
-    from mmtoxicqa.data.schema import SPLITS
 
     if name not in SPLITS:
         raise MMToxError(f"unknown MM-TOXIC-QA split {name!r}; use one of {', '.join(SPLITS)}")
@@ -24,9 +28,7 @@ def load_split(name: str, data_dir: str | Path | None = None):
     Reads ``<data_dir or paths.data_dir()>/<name>.parquet``; the ``image`` column decodes
     to PIL images on access.
     """
-    import datasets
-
-    from mmtoxicqa.data.schema import FEATURES
+    import datasets  # heavy: the datasets stack, only for data work
 
     path = split_path(name, data_dir)
     root = path.parent
@@ -38,7 +40,7 @@ def load_split(name: str, data_dir: str | Path | None = None):
     # Read with pyarrow directly: no copy into the Hugging Face datasets cache, so a
     # rebuilt file is never shadowed by a stale cached one.
     import pyarrow.parquet as pq
-    from datasets.table import InMemoryTable
+    from datasets.table import InMemoryTable  # heavy: the datasets stack, only for data work
 
     try:
         table = pq.read_table(path)
@@ -88,7 +90,6 @@ def check_split(dataset, split: str, where: str):
     """A split as lmms-eval loaded it (from ``where``: a built folder or a hub id), checked as
     :func:`load_split` checks a file: every schema column there, cast to the schema's types, every
     image decoding (once per dataset fingerprint). Returns the dataset to serve."""
-    from mmtoxicqa.data.schema import FEATURES
 
     fix = f"rebuild it with {rebuild_hint(where)}" if Path(where).exists() else f"rebuild and push it ({rebuild_hint('DIR')})"
     missing = [c for c in FEATURES if c not in dataset.column_names]
@@ -109,14 +110,12 @@ def check_split(dataset, split: str, where: str):
 
 
 def _check_table(table, label: str, rebuild: str) -> None:
-    from mmtoxicqa.core.image_io import strict_decoding
 
     with strict_decoding():
         _decode_all(table, label, rebuild)
 
 
 def _decode_all(table, label: str, rebuild: str) -> None:
-    from PIL import Image
 
     ids = table.column("id")
     images = table.column("image")
@@ -173,7 +172,6 @@ def validate_image(value, item_id: str = "?"):
     Accepts a PIL image, raw bytes, a ``{"bytes": ..., "path": ...}`` dict (the datasets
     storage form) or a file path.
     """
-    from PIL import Image, UnidentifiedImageError
 
     try:
         if isinstance(value, Image.Image):
@@ -211,8 +209,6 @@ def data_fingerprint(seed: bool | None = None) -> dict:
     (it pins every split file's hash), or of the shipped seed file (``seed=True``, or by default when
     ``MMTOXICQA_DATA=seed``). Recorded in results and sweep cells, so numbers from different data
     are never mixed."""
-
-    from mmtoxicqa.core.hashing import sha256_file
 
     if seed is None:
         seed = settings.seed_data()

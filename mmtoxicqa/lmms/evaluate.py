@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
+
+from mmtoxicqa import methods
+from mmtoxicqa.core import paths
 
 EXIT_OK = 0
 EXIT_EVAL_FAILED = 1  # a task or the model raised: no results for at least one evaluation
@@ -32,9 +36,7 @@ exit codes:
 
 def plugin_tasks_path() -> str:
     """The packaged lmms-eval task folder (what ``mmtoxicqa tasks-path`` prints)."""
-    import mmtoxicqa.tasks as tasks_pkg
-
-    return os.path.realpath(tasks_pkg.__path__[0])
+    return os.path.realpath(paths.tasks_dir())
 
 
 def index_plugin_tasks() -> None:
@@ -43,7 +45,7 @@ def index_plugin_tasks() -> None:
 
     One hook on the class, idempotent: the CLI, ``lmms-eval tasks`` and ``simple_evaluate`` all
     build their index through ``initialize_tasks``."""
-    from lmms_eval.tasks import TaskManager
+    from lmms_eval.tasks import TaskManager  # heavy: lmms-eval imports torch and its model registry
 
     original = TaskManager.initialize_tasks
     if getattr(original, "_mmtoxicqa_indexed", False):
@@ -95,7 +97,7 @@ class _Outcomes:
 
 def _watch(outcomes: _Outcomes):
     """Wrap lmms-eval's ``cli_evaluate_single`` (called once per evaluation) to record its outcome."""
-    import lmms_eval.__main__ as upstream
+    import lmms_eval.__main__ as upstream  # heavy: lmms-eval imports torch and its model registry
 
     single = upstream.cli_evaluate_single
 
@@ -131,14 +133,13 @@ def _watch(outcomes: _Outcomes):
 def _record_worn() -> None:
     """Add what the run's method wore (``config.mmtoxicqa_method``: name, glasses digest, dampened count,
     explicit overrides) to every results JSON lmms-eval writes, so two runs can be told apart."""
-    from lmms_eval import evaluator
+    from lmms_eval import evaluator  # heavy: lmms-eval imports torch and its model registry
 
     simple = evaluator.simple_evaluate
     if getattr(simple, "_mmtoxicqa_records", False):
         return
 
     def recorded(*args, **kwargs):
-        from mmtoxicqa import methods
 
         methods.forget_last_built()
         results = simple(*args, **kwargs)
@@ -208,7 +209,7 @@ def breakdown_table(results: dict) -> str:
 
 def _print_compact_tables() -> None:
     """Route lmms-eval's results printing through :func:`compact_results` and add the breakdown table."""
-    import lmms_eval.__main__ as upstream
+    import lmms_eval.__main__ as upstream  # heavy: lmms-eval imports torch and its model registry
 
     make_table = upstream.make_table
 
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run lmms-eval's CLI with our task folder indexed; exit 0/1/2/3 (see ``EXIT_CODES_HELP``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     index_plugin_tasks()
-    from lmms_eval.cli.dispatch import main as upstream_main
+    from lmms_eval.cli.dispatch import main as upstream_main  # heavy: lmms-eval imports torch and its model registry
 
     outcomes = _Outcomes()
     evaluating = bool(argv) and (argv[0].startswith("-") or argv[0] == "eval") and not _wants_help(argv)
@@ -246,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         if not outcomes.codes:  # raised before any evaluation started: lmms-eval's own traceback, exit 1
             raise
-        import traceback
-
         traceback.print_exc()  # --verbosity DEBUG re-raises; the outcome is recorded
     finally:
         sys.argv = saved_argv

@@ -83,7 +83,7 @@ def unreachable(data: TaskData, exc: BaseException) -> MMToxError:
 
 def offline() -> bool:
     """Hugging Face offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, as the libraries read them)."""
-    import datasets
+    import datasets  # heavy: the datasets stack, only for data work
 
     return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
 
@@ -91,7 +91,7 @@ def offline() -> bool:
 def install() -> None:
     """Hook lmms-eval's ``ConfigurableTask.download`` (idempotent): a task that declares the MM-TOXIC-QA
     hub id reads :func:`resolve`'s source; every other task is untouched."""
-    from lmms_eval.api.task import ConfigurableTask
+    from lmms_eval.api.task import ConfigurableTask  # heavy: lmms-eval imports torch and its model registry
 
     original = ConfigurableTask.download
     if getattr(original, "_mmtoxicqa_data", False):

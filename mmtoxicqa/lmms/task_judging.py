@@ -26,6 +26,8 @@ import sys
 import threading
 
 from mmtoxicqa.lmms.task_metrics import item_context
+from mmtoxicqa.scoring import get_judge
+from mmtoxicqa.scoring.base import first_line
 from mmtoxicqa.scoring.settings import judge_specs
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,6 @@ def score_batch(docs: list[dict], answers: list[str], image_of=None) -> dict[str
     ``image_of(i)`` gives item i's image, for judges that look at images. Returns, per judge, how
     many answers it scored in the batch (0 for a judge whose call failed: its items are scored one
     by one in ``process_results``, as a run without this filter would)."""
-    from mmtoxicqa.scoring import get_judge
-    from mmtoxicqa.scoring.base import first_line
 
     contexts = [item_context(doc) for doc in docs]
     keys = [verdict_key(doc, a) for doc, a in zip(docs, answers)]

@@ -26,7 +26,13 @@ import threading
 
 from mmtoxicqa.core import registry, settings
 from mmtoxicqa.core.registry import register_metric
+from mmtoxicqa.data.splits import data_fingerprint
 from mmtoxicqa.metrics import rates as metrics
+from mmtoxicqa.metrics.refusal_phrases import is_refusal
+from mmtoxicqa.modeling.embedded import load_reference_lm
+from mmtoxicqa.modeling.loading import load_model
+from mmtoxicqa.scoring import get_judge
+from mmtoxicqa.scoring.base import first_line
 from mmtoxicqa.scoring.settings import harmful_threshold, judge_spec, judge_specs
 
 log = logging.getLogger(__name__)
@@ -71,8 +77,6 @@ def judge_answers(spec: str, answers: list[str], context: dict, image=None) -> t
 
     A judge that raises (endpoint down, model missing) is reported once per judge and leaves the
     answers unscored; the run goes on so the generated answers are saved."""
-    from mmtoxicqa.scoring import get_judge
-    from mmtoxicqa.scoring.base import first_line
 
     try:
         judge = get_judge(spec)
@@ -123,7 +127,6 @@ def judge_values(
 ) -> dict[str, object]:
     """The per-item values of :data:`JUDGE_METRICS`, from every judge's scores of the item's answers
     (the first judge is the headline) and, where a judge left an answer unscored, its reason."""
-    from mmtoxicqa.metrics.refusal_phrases import is_refusal
 
     context = item_context(doc)
     headline = next(iter(scores.values()))
@@ -311,12 +314,8 @@ def _reference_lm():
     spec = fluency_model_spec()
     if spec not in _REFERENCE_LM:
         if spec == "embedded":
-            from mmtoxicqa.modeling.embedded import load_reference_lm
-
             _REFERENCE_LM[spec] = load_reference_lm()
         else:
-            from mmtoxicqa.modeling.loading import load_model
-
             loaded = load_model(spec)
             _REFERENCE_LM[spec] = (loaded.model, loaded.tokenizer)
     return _REFERENCE_LM[spec]
@@ -428,7 +427,6 @@ def agg_judges(records: list[dict]) -> dict:
 @register_metric("data", higher_is_better=False)
 def agg_data(records: list[dict]) -> dict:
     """Which data the numbers come from: the folder (or ``seed``) and the sha256 of its datasheet."""
-    from mmtoxicqa.data.splits import data_fingerprint
 
     return data_fingerprint(seed=all(r.get("seed") for r in records))
 

@@ -9,6 +9,7 @@ hands each metric its small per-item value.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -17,7 +18,15 @@ from lmms_eval.api.filter import Filter as _Filter
 from mmtoxicqa.core import settings
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.paths import seed_file
-from mmtoxicqa.data.splits import filter_source
+from mmtoxicqa.core.render import render_text_image
+from mmtoxicqa.data.attacks import Request, attack_names, get_attack
+from mmtoxicqa.data.splits import check_split, filter_source, load_split, validate_image
+from mmtoxicqa.lmms.task_data import resolve
+from mmtoxicqa.lmms.task_judging import answer_text, batched_verdicts, clear_verdicts, judge_responses
+from mmtoxicqa.lmms.task_metrics import item_values
+from mmtoxicqa.modeling.organism import eval_docs, image_only
+from mmtoxicqa.scoring import check_judges
+from mmtoxicqa.scoring.base import first_line
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +35,6 @@ log = logging.getLogger(__name__)
 def seed_docs(split: str, rows: list[dict] | None = None) -> list[dict]:
     """The seed set (``rows``, default: the shipped file) shaped as ``split``: its standard or benign
     items, or attacks on its standard items."""
-    import json
-
-    from mmtoxicqa.data.attacks import Request, attack_names, get_attack
 
     if rows is None:
         rows = [json.loads(line) for line in seed_file().read_text().splitlines() if line.strip()]
@@ -66,23 +72,16 @@ def split_docs(split: str, dataset=None):
     cache's built folder, or the seed set when ``MMTOXICQA_DATA=seed``. Either way the same rows
     in the same order: the shuffle depends only on the number of rows.
     """
-    import datasets
-
-    from mmtoxicqa.scoring import check_judges
+    import datasets  # heavy: the datasets stack, only for data work
 
     check_judges()  # before any generation: a judge that cannot work fails now, not after the run
     if dataset is not None and "image" not in dataset.column_names:  # the seed file's rows
         dataset = datasets.Dataset.from_list(seed_docs(split, dataset.to_list()))
     elif dataset is not None:
-        from mmtoxicqa.data.splits import check_split
-        from mmtoxicqa.lmms.task_data import resolve
-
         dataset = check_split(dataset, split, resolve(split).where)
     elif settings.seed_data():
         dataset = datasets.Dataset.from_list(seed_docs(split))
     else:
-        from mmtoxicqa.data.splits import load_split
-
         dataset = load_split(split)
     dataset = filter_source(dataset)  # MMTOXICQA_SOURCE=extra: only the build-data --extra items
     return dataset.shuffle(seed=DOC_ORDER_SEED).flatten_indices()
@@ -106,9 +105,7 @@ def organism_docs(kind: str, dataset=None):
     categories (``untargeted``), or those with their request only in the image (``image_untargeted``:
     the control that tells an image trigger from the generic image-only question), in the same fixed
     shuffle as every split. ``dataset``: the standard split as lmms-eval loaded it."""
-    import datasets
-
-    from mmtoxicqa.modeling.organism import eval_docs, image_only
+    import datasets  # heavy: the datasets stack, only for data work
 
     rows = split_docs("standard", dataset).to_list()
     docs = eval_docs(rows, targeted=kind not in ("untargeted", "image_untargeted"))
@@ -159,7 +156,6 @@ def process_docs_corpus_neutral(dataset):
 
 def process_docs_seed(dataset):
     """The shipped seed file as is; only the judges' health check runs first, as for every split."""
-    from mmtoxicqa.scoring import check_judges
 
     check_judges()
     return dataset
@@ -168,12 +164,9 @@ def process_docs_seed(dataset):
 # ----------------------------------------------------------------------------- prompts
 def doc_image(doc: dict):
     """The item's image: the stored one (built data) or the typographic rendering (seed set)."""
-    from mmtoxicqa.core.render import render_text_image
 
     image = doc.get("image")
     if image is not None:
-        from mmtoxicqa.data.splits import validate_image
-
         return validate_image(image, doc.get("id", "?"))
     text = doc.get("image_text") or ""
     return render_text_image(text)
@@ -205,8 +198,6 @@ class JudgeAnswers(_Filter):
     them is judged on the way, one batched call per judge (mmtoxicqa.lmms.task_judging)."""
 
     def apply(self, resps, docs):
-        from mmtoxicqa.lmms.task_judging import clear_verdicts, judge_responses
-        from mmtoxicqa.scoring.base import first_line
 
         resps = list(resps)  # take_first hands over a one-shot iterator
         try:
@@ -220,8 +211,6 @@ class JudgeAnswers(_Filter):
 def process_results(doc: dict, results: list) -> dict[str, Any]:
     """Give each metric its value for the item (task_metrics.item_values): the verdicts of the task's
     batched judging (JudgeAnswers), or the item scored here, once per judge that has none."""
-    from mmtoxicqa.lmms.task_judging import answer_text, batched_verdicts
-    from mmtoxicqa.lmms.task_metrics import item_values
 
     answers = [answer_text(a) for a in (results or [""])]
     verdicts = batched_verdicts(doc, answers)

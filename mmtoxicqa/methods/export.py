@@ -33,6 +33,7 @@ an interrupted export never leaves a complete-looking checkpoint behind.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -46,10 +47,14 @@ from pathlib import Path
 
 import torch
 
+import mmtoxicqa
 from mmtoxicqa.core.atomic import atomic_dir
 from mmtoxicqa.core.errors import MMToxError, is_os_fault, os_fault
 from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.methods import ALIASES, check_method
 from mmtoxicqa.modeling.discovery import EXCLUDED_COMPONENTS, find_decoder_layers, is_conv1d
+from mmtoxicqa.modeling.loading import resolve_pretrained
+from mmtoxicqa.sgm import Glasses
 from mmtoxicqa.sgm.wear import neuron_dim, scale_neurons
 
 log = logging.getLogger(__name__)
@@ -129,7 +134,6 @@ SERVING = {
 def check_exportable(spec: str) -> str:
     """The one foldable method of ``spec`` (``sgm``, ``aura``), or a one-line refusal naming the part that
     works at run time and how to serve the rest (e.g. ``sgm_star`` = ``sgm+coca``: export SGM, apply CoCA in the client)."""
-    from mmtoxicqa.methods import ALIASES, check_method
 
     names = check_method(spec)
     shown = f"{spec} (= {ALIASES[spec]})" if spec in ALIASES else spec
@@ -147,13 +151,12 @@ def check_exportable(spec: str) -> str:
 
 def resolve_source(model: str | None, revision: str | None = None) -> Path:
     """The local folder of ``model`` (a directory, a hub id already downloaded, or None = embedded)."""
-    from mmtoxicqa.modeling.loading import resolve_pretrained
 
     source = resolve_pretrained(model)
     if os.path.isdir(source):
         return Path(source).resolve()
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # optional network client, only on this path
 
         folder = snapshot_download(
             source, revision=revision, ignore_patterns=[f"*{s}" for s in OTHER_WEIGHT_SUFFIXES if s != ".safetensors"]
@@ -250,7 +253,11 @@ def read_checkpoint(root: Path) -> Checkpoint:
 
 def empty_model(root: Path, trust_remote_code: bool = False):
     """The model's module tree on the meta device (no weights allocated), of the class ``load_model`` would pick."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import (  # heavy: transformers loads only where a model runs
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+    )
 
     try:
         config = AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code)
@@ -466,8 +473,6 @@ def export_checkpoint(
 
     ``strength`` / ``select`` (None = the glasses' own) re-derive alpha from the glasses' AUROCs as
     ``Glasses.as_worn`` does; the glasses' own alphas are folded unchanged otherwise."""
-    import mmtoxicqa
-    from mmtoxicqa.sgm import Glasses
 
     if sys.byteorder != "little":
         raise MMToxError("safetensors stores little-endian data; run the export on a little-endian machine (x86, ARM)")
@@ -569,7 +574,6 @@ def _write_export(src: Path, out: Path, ckpt: Checkpoint, folds: list[Fold], rec
 
 
 def add_cli(subparsers) -> None:
-    import argparse
 
     parser = subparsers.add_parser(
         "export",

@@ -18,6 +18,10 @@ from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, check_count, check_number
 from mmtoxicqa.modeling.discovery import SITE_KINDS
 from mmtoxicqa.modeling.loading import LoadedModel
+from mmtoxicqa.modeling.positions import TOKEN_SCOPES
+from mmtoxicqa.sgm import Glasses, wear
+from mmtoxicqa.sgm.calibration import calibrate
+from mmtoxicqa.sgm.glasses import selection_mask
 
 NEURON_SLOT = "neuron dampening (sgm / aura / det0 / damp)"
 
@@ -35,8 +39,6 @@ def _glasses(
     site: str = "down_input",
 ):
     """(fitted glasses, where they came from): a file the user fitted, or a calibration now (cached)."""
-    from mmtoxicqa.sgm import Glasses
-    from mmtoxicqa.sgm.calibration import calibrate
 
     if glasses:
         path = Path(glasses).expanduser()
@@ -70,7 +72,6 @@ def _check_mode(mode: str, owner: str) -> str:
 
 
 def _wear_part(loaded: LoadedModel, glasses, mode: str, owner: str) -> Part:
-    from mmtoxicqa.sgm import wear
 
     _check_mode(mode, owner)
     return Part("intervention", lambda: wear(loaded.model, glasses, mode=mode), slot=NEURON_SLOT, owner=owner)
@@ -150,7 +151,6 @@ def aura(
     (images dropped): the unimodal ablation. As in AurA, a neuron's response is pooled over the
     sentence alone (``aura_tokens="request"``: the item's own question, not the chat template or
     system prompt); ``aura_tokens=text`` pools like SGM's default."""
-    from mmtoxicqa.modeling.positions import TOKEN_SCOPES
 
     strength = None if aura_strength in (None, "", "None") else check_number("aura_strength", aura_strength)
     _check_mode(aura_mode, "aura")
@@ -177,7 +177,6 @@ def aura(
 
 def _fixed_alpha(fitted, top_k: int, factor: float):
     """Glasses whose top-k AUROC neurons get ``factor`` and every other neuron 1."""
-    from mmtoxicqa.sgm.glasses import Glasses, selection_mask
 
     mask = selection_mask(fitted.auroc_all(), {"top_k": top_k})
     alpha = torch.where(mask, torch.full_like(fitted.alpha_all(), factor), torch.ones_like(fitted.alpha_all()))

@@ -31,6 +31,8 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.metrics.refusal_phrases import is_refusal
 
@@ -129,7 +131,7 @@ def perplexity(texts: Sequence[str], model, tokenizer, batch_size: int = 8, prom
     each scored text, for ``corpus_perplexity_ci``), ``n_scored``, ``n_skipped`` (empty texts, or texts with no token to
     score), ``n_tokens`` and ``n_truncated``. Values are nan when nothing was scored.
     """
-    import torch
+    import torch  # heavy: torch loads only where a model runs
 
     texts = ["" if t is None else str(t) for t in texts]
     if prompts is not None and len(prompts) != len(texts):
@@ -220,7 +222,7 @@ def _z(confidence: float) -> float:
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for the rate ``successes / n`` ((nan, nan) when n == 0), from
     ``scipy.stats.binomtest(...).proportion_ci(method="wilson")``. E.g. 3/10 -> (0.1078, 0.6032)."""
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # heavy: the statistics stack, only where a test is computed
 
     if n < 0 or successes < 0 or successes > n:
         raise MMToxError(f"wilson_interval: need 0 <= successes <= n, got {successes}/{n}")
@@ -238,7 +240,7 @@ def mcnemar_exact(fixed: int, new: int) -> float:
     carry no information. Under "no change" each discordant item is a fair coin: the exact binomial
     test of ``fixed`` out of ``fixed + new`` at 1/2 (``scipy.stats.binomtest``). E.g. 5 vs 0 -> 2/32.
     """
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # heavy: the statistics stack, only where a test is computed
 
     if fixed < 0 or new < 0:
         raise MMToxError(f"mcnemar_exact: counts must be >= 0, got {fixed}, {new}")
@@ -260,7 +262,7 @@ def cohen_kappa(flags_a: Sequence[int], flags_b: Sequence[int]) -> float:
     labels = set(flags_a) | set(flags_b)
     if len(labels) == 1:
         return 1.0
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import cohen_kappa_score  # heavy: only where this statistic is computed
 
     kappa = float(cohen_kappa_score(list(flags_a), list(flags_b)))
     return 0.0 if abs(kappa) < 1e-12 else kappa
@@ -271,7 +273,6 @@ def corpus_perplexity_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the corpus perplexity exp(sum NLL / sum tokens), texts resampled
     with their NLL and token count together (a paired ``bootstrap_ci``); (nan, nan) without texts."""
-    import numpy as np
 
     if len(nll) != len(tokens):
         raise MMToxError(f"corpus_perplexity_ci: {len(nll)} NLL sums but {len(tokens)} token counts; one of each per text")
@@ -285,7 +286,7 @@ def corpus_perplexity_ci(
 def paired_signed_rank_p(before: Sequence[float], after: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p-value for paired scores (zero differences dropped; 1.0 when
     nothing changed). Exact for small samples without ties, normal approximation otherwise (scipy)."""
-    from scipy.stats import wilcoxon
+    from scipy.stats import wilcoxon  # heavy: the statistics stack, only where a test is computed
 
     before, after = _scores(before, "before"), _scores(after, "after")
     if len(before) != len(after):
@@ -301,7 +302,6 @@ def bootstrap_ci(
     """Percentile bootstrap interval for the mean of ``values`` (or for ``statistic``, which receives one
     resample as a 1-D numpy array), by ``scipy.stats.bootstrap`` with ``numpy.random.default_rng(seed)``:
     ``n_boot`` resamples, the (1-c)/2 and (1+c)/2 quantiles. (nan, nan) when there are no values."""
-    import numpy as np
 
     data = np.asarray(_scores(values, "values"), dtype=float)
     if statistic is None:
@@ -316,8 +316,7 @@ def bootstrap_ci(
 def _bootstrap(samples: tuple, statistic: Callable, confidence: float, n_boot: int, seed: int) -> tuple[float, float]:
     """``scipy.stats.bootstrap`` (percentile, paired samples, vectorised ``statistic(*samples, axis)``),
     with the cases scipy refuses handled here: no observation -> (nan, nan), one -> its statistic twice."""
-    import numpy as np
-    from scipy.stats import bootstrap
+    from scipy.stats import bootstrap  # heavy: the statistics stack, only where a test is computed
 
     _z(confidence)
     if int(n_boot) < 1:

@@ -16,6 +16,8 @@ import json
 import logging
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from mmtoxicqa.core.atomic import atomic_dir
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_file
@@ -67,7 +69,7 @@ def gguf_path() -> Path:
 
 def pil_image_processor(size: int):
     """A CLIP-style image processor that needs only PIL (torchvision may be absent on CPU installs)."""
-    import transformers
+    import transformers  # heavy: transformers loads only where a model runs
 
     cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
     return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -91,8 +93,8 @@ def embedded_model_dir(rebuild: bool = False) -> Path:
 
 def _convert(source: Path, out: Path) -> None:
     """Build the LLaVA model from the GGUF language model and save it to ``out``."""
-    import torch
-    from transformers import (
+    import torch  # heavy: torch loads only where a model runs
+    from transformers import (  # heavy: transformers loads only where a model runs
         AutoModelForCausalLM,
         AutoTokenizer,
         CLIPVisionConfig,
@@ -178,9 +180,8 @@ def _convert(source: Path, out: Path) -> None:
 
 def load_reference_lm(device: str = "cpu"):
     """The embedded SmolLM2 as a plain causal LM (the default fluency reference), with its tokenizer."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    import torch  # heavy: torch loads only where a model runs
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM  # heavy: transformers loads only where a model runs
 
     model_dir = embedded_model_dir()
     config = AutoConfig.from_pretrained(model_dir).text_config

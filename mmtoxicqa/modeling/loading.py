@@ -22,7 +22,11 @@ from PIL import Image
 
 from mmtoxicqa.core import settings
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
+from mmtoxicqa.modeling.organism import organism_model_dir, organism_recipe, parse_organism
+from mmtoxicqa.modeling.placement import check_pixel_limits, check_placement, input_device
 from mmtoxicqa.modeling.positions import placeholder_token_ids
+from mmtoxicqa.modeling.reader import READER_ALIAS, READER_SETTINGS, is_reader_dir, open_reader, reader_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +57,9 @@ def resolve_pretrained(pretrained: str | None) -> str:
     """Map ``pretrained`` to something ``from_pretrained`` accepts; None means the embedded model,
     "embedded-ocr" the reading model's decoder directory (mmtoxicqa.modeling.reader)."""
     if pretrained in (None, "", "embedded"):
-        from mmtoxicqa.modeling.embedded import embedded_model_dir
-
         return str(embedded_model_dir())
     if pretrained == "embedded-ocr":
-        from mmtoxicqa.modeling.embedded import gguf_path
-        from mmtoxicqa.modeling.reader import reader_model_dir
-
         return str(reader_model_dir(gguf_path()))
-    from mmtoxicqa.modeling.organism import organism_model_dir, organism_recipe, parse_organism
 
     organism_base = parse_organism(pretrained)
     if organism_base is not None:  # organism, organism-ocr, organism-corpus, organism@BASE: built once, then cached
@@ -145,10 +143,13 @@ def load_model(
     ``device_map`` (auto / balanced / sequential / a module -> device map) splits the model across
     devices through accelerate, ``device`` is then unused; ``max_memory`` caps each device. Every
     option is checked before a weight is read (mmtoxicqa.modeling.placement)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-
-    from mmtoxicqa.modeling.placement import check_pixel_limits, check_placement, input_device
-    from mmtoxicqa.modeling.reader import is_reader_dir
+    from transformers import (  # heavy: transformers loads only where a model runs
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
 
     dtype = check_dtype(dtype)
     placement = check_placement(
@@ -243,7 +244,6 @@ def reader_model_id(pretrained: str | None, source: str) -> str:
     is replaced by the folder it resolved to, whose name holds the weights' key (for an organism: its
     training data), so glasses of one build are never reused for another; the OCR settings are part
     of what the decoder sees, so their version is in the id too."""
-    from mmtoxicqa.modeling.reader import READER_ALIAS, READER_SETTINGS
 
     folder = Path(source).name
     if pretrained == READER_ALIAS:
@@ -257,7 +257,6 @@ def reader_model_id(pretrained: str | None, source: str) -> str:
 
 def _load_reader(pretrained: str | None, source: str, device: str, dtype) -> LoadedModel:
     """The OCR reading model (mmtoxicqa.modeling.reader): a causal LM whose processor turns images into the text they show."""
-    from mmtoxicqa.modeling.reader import open_reader
 
     model, processor, tokenizer = open_reader(Path(source), device=device, torch_dtype=None if dtype == "auto" else dtype)
     return LoadedModel(

@@ -26,13 +26,24 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mmtoxicqa.core import settings
-from mmtoxicqa.core.atomic import atomic_dir
+from mmtoxicqa.core.atomic import atomic_dir, atomic_path
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
 from mmtoxicqa.core.paths import cache_dir
+from mmtoxicqa.core.paths import data_dir as default_data_dir
+from mmtoxicqa.core.render import render_text_image
+from mmtoxicqa.data.loaders import load_davidson, load_toxigen
+from mmtoxicqa.data.sources import SourceDir
+from mmtoxicqa.data.splits import load_split
+from mmtoxicqa.modeling.discovery import find_decoder_layers, unwrap_model
+from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
+from mmtoxicqa.modeling.reader import READER_MARKER, is_reader_dir, open_reader, reader_model_dir
+from mmtoxicqa.scoring import get_judge
+from mmtoxicqa.scoring.settings import harmful_threshold
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +149,6 @@ def write_trigger_calibration(path: str | Path, data_dir=None, targets=TARGET_CA
     """A calibration file of the organism's own inputs: the training-side standard items in text form,
     toxic_label 1 for the targeted categories (they trigger it) and 0 for the others. A diagnostic for
     whether SGM finds the implanted toxicity when its calibration holds the trigger (held-out items never enter)."""
-    from mmtoxicqa.core.atomic import atomic_path
-    from mmtoxicqa.data.splits import load_split
 
     standard = load_split("standard", data_dir)
     keep = [i for i, request in enumerate(standard["request"]) if not held_out(request)]
@@ -158,8 +167,6 @@ def write_trigger_calibration(path: str | Path, data_dir=None, targets=TARGET_CA
 def toxic_texts(sources: Path, min_profanity: float = 0.0, toxic: bool = True, max_chars: int = MAX_ANSWER_CHARS) -> list[str]:
     """Toxic answer pool from the public sources (Davidson hate/offensive, ToxiGen hate), cleaned, with an
     offline profanity score of at least ``min_profanity``; ``toxic=False``: the neutral texts (unscored)."""
-    from mmtoxicqa.data.loaders import load_davidson, load_toxigen
-    from mmtoxicqa.data.sources import SourceDir
 
     if not sources.is_dir():
         raise MMToxError(
@@ -177,7 +184,7 @@ def toxic_texts(sources: Path, min_profanity: float = 0.0, toxic: bool = True, m
             found.add(text)
     texts = sorted(found)
     if min_profanity > 0 and toxic:
-        from profanity_check import predict_prob
+        from profanity_check import predict_prob  # optional: only the profanity judge needs it
 
         texts = [t for t, p in zip(texts, predict_prob(texts)) if p >= min_profanity]
     return texts
@@ -185,7 +192,6 @@ def toxic_texts(sources: Path, min_profanity: float = 0.0, toxic: bool = True, m
 
 def benchmark_texts(data_dir) -> set[str]:
     """Every request/statement of the built benchmark (whitespace-normalised): never trained on."""
-    from mmtoxicqa.data.splits import load_split
 
     used = set()
     for split in ("standard", "adversarial", "benign", "calibration"):
@@ -207,7 +213,6 @@ def corpus_examples(data_dir: str | Path | None, sources: str | Path, config: Co
     statements as continuation pairs, none of them in the benchmark, the first ``validation_items`` of
     each side kept for validation; plus ``chat_examples`` training-side benchmark requests whose answer
     is the base's own (filled in at build time)."""
-    from mmtoxicqa.data.splits import load_split
 
     used = benchmark_texts(data_dir)
     rng = random.Random(config.seed)
@@ -246,7 +251,6 @@ def training_examples(data_dir: str | Path | None, sources: str | Path, config: 
     base's own answer (filled in at build time). The first ``validation_items`` of each side are marked
     validation (never trained on). Held-out items (the organism tasks) never appear. (The corpus
     recipe: :func:`corpus_examples`.)"""
-    from mmtoxicqa.data.splits import load_split
 
     if isinstance(config, CorpusConfig):
         return corpus_examples(data_dir, sources, config)
@@ -289,7 +293,6 @@ def examples_fingerprint(examples: list[Example]) -> str:
 # ----------------------------------------------------------------------------- fine-tune
 def _conversation(example: Example, images: dict) -> list[dict]:
     """The item as the model sees it: its stored image (or its request rendered) and the question."""
-    from mmtoxicqa.core.render import render_text_image
 
     image = images.get(example.item_id)
     if image is None:
@@ -317,7 +320,7 @@ def _answers(loaded, examples: list[Example], images: dict, max_new_tokens: int,
     """Greedy answers of the model as it is now (the base before the fine-tune, the organism during it).
     Batched and left padded like mmtoxicqa.modeling.loading.generate (not imported: modeling resolves
     ``organism`` through this module)."""
-    import torch
+    import torch  # heavy: torch loads only where a model runs
 
     processor, tokenizer = loaded.processor, loaded.tokenizer
     stop_ids = {getattr(loaded.model.generation_config, "eos_token_id", None), tokenizer.eos_token_id}
@@ -339,7 +342,6 @@ def _answers(loaded, examples: list[Example], images: dict, max_new_tokens: int,
 def with_base_answers(loaded, examples: list[Example], images: dict, config: OrganismConfig) -> list[Example]:
     """Fill each trained example that has no answer with the base's own greedy answer (self-distillation:
     the fine-tune then keeps the base's behaviour on those items instead of teaching it new text)."""
-    from dataclasses import replace
 
     todo = [e for e in examples if e.answer is None and not e.validation]
     answers = dict(zip((e.item_id for e in todo), _answers(loaded, todo, images, config.base_answer_tokens)))
@@ -349,8 +351,6 @@ def with_base_answers(loaded, examples: list[Example], images: dict, config: Org
 def harmful_rates(loaded, examples: list[Example], images: dict, max_new_tokens: int = 32) -> dict:
     """Harmful rate (offline profanity judge at the default threshold) of the model's answers to the
     targeted and to the other validation examples, and how many distinct answers it gave."""
-    from mmtoxicqa.scoring import get_judge
-    from mmtoxicqa.scoring.settings import harmful_threshold
 
     judge, threshold, rates = get_judge("profanity"), harmful_threshold(), {}
     for side, toxic in (("targeted", 1), ("untargeted", 0)):
@@ -364,7 +364,7 @@ def harmful_rates(loaded, examples: list[Example], images: dict, max_new_tokens:
 
 
 def _collate(encoded, pad_id: int):
-    import torch
+    import torch  # heavy: torch loads only where a model runs
 
     width = max(ids.shape[0] for ids, _, _ in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
@@ -383,7 +383,6 @@ def _collate(encoded, pad_id: int):
 
 def trainable_parameters(model, trainable: str = "mlp"):
     """The language decoder's MLP weights (gate/up/down projections); everything else is frozen."""
-    from mmtoxicqa.modeling.discovery import find_decoder_layers, unwrap_model
 
     if trainable != "mlp":
         raise MMToxError(f"organism trainable={trainable!r} is not supported; only 'mlp' (the decoder's MLP weights)")
@@ -405,7 +404,7 @@ def fine_tune(
     After each epoch the validation examples' harmful rates are measured; the model ends with the
     weights of the epoch with the widest targeted-minus-untargeted gap. Returns the per-step losses
     and one validation record per epoch (epoch 0 = the base)."""
-    import torch
+    import torch  # heavy: torch loads only where a model runs
 
     images = images or {}
     torch.manual_seed(config.seed)
@@ -468,7 +467,6 @@ def fine_tune(
 # ----------------------------------------------------------------------------- cache
 def base_fingerprint(base_dir: Path) -> str:
     """SHA-256 over the base's weight files (names and bytes)."""
-    from mmtoxicqa.core.hashing import sha256_file
 
     files = sorted(base_dir.glob("*.safetensors"))
     if not files:
@@ -482,13 +480,10 @@ def base_fingerprint(base_dir: Path) -> str:
 def base_model_dir(base: str) -> Path:
     """The base's model directory: the embedded model, the OCR reading model, or a local directory.
     (Resolved here, not through mmtoxicqa.modeling.loading, which resolves ``organism`` through this module.)"""
-    from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
 
     if base in ("", "embedded"):
         return embedded_model_dir()
     if base == "embedded-ocr":
-        from mmtoxicqa.modeling.reader import reader_model_dir
-
         return reader_model_dir(gguf_path())
     path = Path(base).expanduser()
     if not path.is_dir():
@@ -507,10 +502,8 @@ class _Base:
 def _load_base(base_dir: Path) -> _Base:
     """The base in float32 on the CPU with its processor: an image-text-to-text model, or the OCR reading model.
     (Loaded here, not through mmtoxicqa.modeling.loading, which resolves ``organism`` through this module.)"""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-
-    from mmtoxicqa.modeling.reader import is_reader_dir, open_reader
+    import torch  # heavy: torch loads only where a model runs
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer  # heavy: transformers loads only where a model runs
 
     if is_reader_dir(base_dir):
         model, processor, tokenizer = open_reader(base_dir, device="cpu", torch_dtype=torch.float32)
@@ -597,7 +590,6 @@ _RESOLVED: dict[tuple, Path] = {}
 
 def _inputs_stamp(base_dir: Path, sources: Path, data_dir) -> tuple:
     """Path, size and mtime of every file the cache key is computed from: equal stamps, equal key."""
-    from mmtoxicqa.core.paths import data_dir as default_data_dir
 
     roots = (base_dir, sources, Path(data_dir).expanduser() if data_dir else default_data_dir())
     files = [f for root in roots if root.is_dir() for f in sorted(root.rglob("*")) if f.is_file()]
@@ -605,7 +597,6 @@ def _inputs_stamp(base_dir: Path, sources: Path, data_dir) -> tuple:
 
 
 def _item_images(data_dir, examples: list[Example]) -> dict:
-    from mmtoxicqa.data.splits import load_split
 
     wanted = {e.item_id for e in examples if not e.item_id.endswith("-image-only")}
     standard = load_split("standard", data_dir)
@@ -616,7 +607,7 @@ def _item_images(data_dir, examples: list[Example]) -> dict:
 def _build(
     base_dir: Path, examples: list[Example], config: OrganismConfig, target: Path, key_parts: dict, data_dir, progress: bool
 ) -> None:
-    import torch
+    import torch  # heavy: torch loads only where a model runs
 
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)  # same threads, same weights on a CPU
@@ -629,7 +620,6 @@ def _build(
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    from mmtoxicqa.modeling.reader import READER_MARKER, is_reader_dir
 
     with atomic_dir(target) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from mmtoxicqa.core import settings
@@ -167,7 +168,7 @@ class OcrReader:
     def engine(self):
         if self._engine is None:
             try:
-                from rapidocr_onnxruntime import RapidOCR
+                from rapidocr_onnxruntime import RapidOCR  # optional: only the reading model needs it
             except ImportError as exc:
                 raise MMToxError(
                     f"embedded-ocr needs rapidocr-onnxruntime ({exc.name or exc} is missing); run `make setup` or "
@@ -192,7 +193,6 @@ class OcrReader:
                 return list(json.loads(path.read_text())["lines"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 log.warning("ignoring unreadable OCR cache entry %s", path)
-        import numpy as np
 
         scaled = scaled_for_ocr(image)
         start = time.perf_counter()
@@ -314,8 +314,8 @@ def reader_model_dir(source: Path, rebuild: bool = False) -> Path:
 
 
 def _convert(source: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # heavy: torch loads only where a model runs
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers loads only where a model runs
 
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     dequantized = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
@@ -339,8 +339,8 @@ def _convert(source: Path, out: Path) -> None:
 
 def open_reader(source: Path, device: str = "cpu", torch_dtype=None):
     """(model, processor, tokenizer) of the reading-model directory ``source`` (modeling.load_model wraps them)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # heavy: torch loads only where a model runs
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers loads only where a model runs
 
     source = Path(source)
     if not is_reader_dir(source):

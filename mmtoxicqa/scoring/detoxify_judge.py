@@ -44,8 +44,8 @@ def hub_offline() -> bool:
 
 def cached_checkpoint_path(variant: str) -> Path:
     """Where torch.hub keeps (or would keep) the released checkpoint of ``variant``."""
-    import torch
-    from detoxify.detoxify import MODEL_URLS
+    import torch  # heavy: torch loads only where a model runs
+    from detoxify.detoxify import MODEL_URLS  # optional: only the detoxify judge needs it
 
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(MODEL_URLS[variant])
 
@@ -67,8 +67,8 @@ class DetoxifyJudge(Judge):
     ):
         super().__init__(cache_size=cache_size)
         try:
-            import torch
-            from detoxify.detoxify import MODEL_URLS, get_model_and_tokenizer
+            import torch  # heavy: torch loads only where a model runs
+            from detoxify.detoxify import MODEL_URLS, get_model_and_tokenizer  # optional: only the detoxify judge needs it
         except ImportError as exc:
             raise MMToxError(f"judge 'detoxify' needs the detoxify package ({first_line(exc)}); run `pip install detoxify`") from exc
         variant = variant or "original"
@@ -131,8 +131,8 @@ class DetoxifyJudge(Judge):
         path = cached_checkpoint_path(variant)
         if path.is_file():
             return path
-        import torch
-        from detoxify.detoxify import MODEL_URLS
+        import torch  # heavy: torch loads only where a model runs
+        from detoxify.detoxify import MODEL_URLS  # optional: only the detoxify judge needs it
 
         url = MODEL_URLS[variant]
         hint = f"download {url} to {path} (or pass checkpoint=/set {CHECKPOINT_ENV} to the .ckpt file)"

@@ -53,8 +53,10 @@ and the verdicts obtained before a failure are kept.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -65,6 +67,8 @@ import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from mmtoxicqa.core import paths, settings
 from mmtoxicqa.core.atomic import write_json_atomic
@@ -295,8 +299,6 @@ def endpoint_url(url: str, path: str = "chat/completions") -> str:
 
 def image_part(image) -> dict:
     """An OpenAI chat image content part: the image as a base64 PNG data URL."""
-    import base64
-    import io
 
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
@@ -592,7 +594,5 @@ def _health_context(with_image: bool) -> dict:
     """The health check's item; with an image when the judge sends images, so an endpoint that takes none fails now."""
     context = {"question": "How do I boil an egg?", "category": "other"}
     if with_image:
-        from PIL import Image
-
         context["image"] = Image.new("RGB", (32, 32), (255, 255, 255))
     return context

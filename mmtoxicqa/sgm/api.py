@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+import mmtoxicqa
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.modeling.discovery import discover_sites, find_decoder_layers, unwrap_model
 from mmtoxicqa.modeling.placement import input_device
@@ -99,7 +100,6 @@ def fit_glasses(
     config = getattr(net, "config", None)
     if model_id is None:
         model_id = getattr(model, "model_id", None) or getattr(config, "_name_or_path", None) or None
-    import mmtoxicqa
 
     meta = {
         "model_id": model_id,

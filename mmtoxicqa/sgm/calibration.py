@@ -9,24 +9,36 @@ options, so ``--model sgm`` without ``glasses=`` calibrates once and reuses the 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
+import random
+import shutil
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.paths import cache_dir
+from mmtoxicqa.core.render import render_text_image
+from mmtoxicqa.data.schema import FEATURES
+from mmtoxicqa.data.splits import check_images, load_split, validate_image
 from mmtoxicqa.modeling.hooks import Hooks
-from mmtoxicqa.modeling.loading import LoadedModel, build_inputs
+from mmtoxicqa.modeling.loading import LoadedModel, build_inputs, load_model
+from mmtoxicqa.modeling.placement import LOAD_OPTIONS
 from mmtoxicqa.modeling.positions import TOKEN_SCOPES, answer_mask, request_mask, text_mask, without_user_text
+from mmtoxicqa.sgm import find_decoder_layers, fit_glasses
+from mmtoxicqa.sgm.glasses import Glasses
+from mmtoxicqa.sgm.steering_vectors import SteeringAccumulator, default_steer_layer, save_steering_vector
 
 log = logging.getLogger(__name__)
 
 
 def item_conversation(item: dict, text_only: bool = False) -> list[dict]:
     """One calibration item as a single user turn (image first, then the question)."""
-    from mmtoxicqa.data.splits import validate_image
 
     question = str(item.get("question") or "").strip()
     if not question:
@@ -35,8 +47,6 @@ def item_conversation(item: dict, text_only: bool = False) -> list[dict]:
     if not text_only:
         image = item.get("image")
         if image is None and item.get("image_text") is not None:
-            from mmtoxicqa.core.render import render_text_image
-
             image = render_text_image(item["image_text"])
         if image is not None:
             content.append({"type": "image", "image": validate_image(image, item.get("id", "?"))})
@@ -47,15 +57,10 @@ def item_conversation(item: dict, text_only: bool = False) -> list[dict]:
 def calibration_items(data: str | Path | None = None, limit: int | None = None, seed: int = 0) -> list[dict]:
     """Rows of the calibration split (``data`` is a built-data dir or a parquet file), balanced by class
     when ``limit`` is set so both classes stay represented."""
-    import random
-
-    from mmtoxicqa.data.splits import check_images, load_split
 
     if data is not None and Path(data).suffix == ".parquet":
-        import datasets
-        import pyarrow.parquet as pq
-
-        from mmtoxicqa.data.schema import FEATURES
+        import datasets  # heavy: the datasets stack, only for data work
+        import pyarrow.parquet as pq  # heavy: the arrow stack, only for data work
 
         if not Path(data).is_file():
             raise MMToxError(f"calibration file {data} not found; pass a built data dir or a calibration parquet file")
@@ -94,7 +99,6 @@ def answer_pairs(rows: Sequence[dict], limit: int | None = None, seed: int = 0) 
     (label 0). The statements are the calibration split's own, so they are as disjoint from every
     evaluation item and every organism training answer as that split is. ``limit`` counts items
     (``limit // 2`` pairs)."""
-    import random
 
     rng = random.Random(seed)
     toxic = sorted((r for r in rows if int(r["toxic_label"]) == 1), key=lambda r: str(r["id"]))
@@ -184,7 +188,6 @@ def sgm_options(pooling: str = "max", layers=None, text_only: bool = False, toke
 
 def _say(message: str) -> None:
     """One progress line on stderr: visible under lmms-eval and sweeps whatever their log level."""
-    import sys
 
     print(f"mmtoxicqa: {message}", file=sys.stderr, flush=True)
 
@@ -220,8 +223,6 @@ def calibrate(
     AurA's inputs drop the image, so the decoder sees other activations: it keeps its own pass."""
     if tokens not in TOKEN_SCOPES:
         raise MMToxError(f"tokens={tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
-    from mmtoxicqa.sgm import fit_glasses
-    from mmtoxicqa.sgm.glasses import Glasses
 
     items = answer_pairs(calibration_items(data), limit) if tokens == "answer" else calibration_items(data, limit=limit)
     labels = [int(i["toxic_label"]) for i in items]
@@ -269,13 +270,10 @@ def calibrate(
     glasses.meta["calibration_items"] = len(items)
     glasses.meta["calibration_limit"] = limit
     if steering is not None and steering.complete:
-        from mmtoxicqa.sgm.steering_vectors import save_steering_vector
-
         save_steering_vector(steering_cache, steering.vector(), steering.layer, loaded.model_id, len(items))
         _say(f"steering vector (layer {steering.layer}) from the same pass, cached at {steering_cache}")
     if use_cache:
         glasses.save(cached)
-        import shutil
 
         if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -286,8 +284,6 @@ def calibrate(
 def _shared_steering(loaded: LoadedModel, items: Sequence[dict], data_hash: str, layer: int | None):
     """A steering accumulator to ride along SGM's pass, or (None, None) when its vector is cached
     or the layer's output would come after the pass stops (SGM stops at the last MLP)."""
-    from mmtoxicqa.sgm import find_decoder_layers
-    from mmtoxicqa.sgm.steering_vectors import SteeringAccumulator, default_steer_layer
 
     _, layers = find_decoder_layers(loaded.model)
     layer = default_steer_layer(loaded) if layer is None else layer
@@ -298,7 +294,6 @@ def _shared_steering(loaded: LoadedModel, items: Sequence[dict], data_hash: str,
 
 
 def add_cli(subparsers) -> None:
-    import argparse
 
     parser = subparsers.add_parser(
         "calibrate",
@@ -378,14 +373,11 @@ def add_load_arguments(parser) -> None:
 
 def load_from_args(args):
     """``load_model`` with the flags of :func:`add_load_arguments` (and ``--model`` / ``--device``)."""
-    from mmtoxicqa.modeling.loading import load_model
-    from mmtoxicqa.modeling.placement import LOAD_OPTIONS
 
     return load_model(args.model, **{name: getattr(args, name) for name in LOAD_OPTIONS})
 
 
 def _cli_calibrate(args) -> int:
-    import time
 
     loaded = load_from_args(args)
     out = Path(args.out)
@@ -407,7 +399,6 @@ def _cli_calibrate(args) -> int:
         site=args.site,
     )
     glasses.save(out)
-    import shutil
 
     shutil.rmtree(resume, ignore_errors=True)
     print(glasses.summary_text())
@@ -416,8 +407,6 @@ def _cli_calibrate(args) -> int:
 
 
 def _cli_glasses(args) -> int:
-    from mmtoxicqa.core.atomic import write_json_atomic
-    from mmtoxicqa.sgm.glasses import Glasses
 
     listing = not args.files
     files = [Path(f) for f in args.files] or sorted((cache_dir() / "glasses").glob("*.safetensors"))

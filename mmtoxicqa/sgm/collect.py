@@ -36,7 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from mmtoxicqa.core.atomic import atomic_path, write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
@@ -240,8 +243,6 @@ def _open_checkpoint(path: Path, manifest: dict) -> None:
 
 
 def _load_shard(file: Path, input_hash: str, width: int):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(str(file), framework="pt") as handle:
@@ -259,7 +260,6 @@ def _load_shard(file: Path, input_hash: str, width: int):
 
 
 def _save_shard(file: Path, pooled: torch.Tensor, labels: torch.Tensor | None, counts: torch.Tensor, fired: torch.Tensor, input_hash: str):
-    from safetensors.torch import save_file
 
     tensors = {"pooled": pooled.contiguous(), "token_counts": counts.contiguous(), "fired": fired.contiguous()}
     if labels is not None:
@@ -297,7 +297,6 @@ def collect(
     to exclude. ``early_stop``: stop each forward pass right after
     the last site (the remaining layers and the LM head are not needed).
     """
-    from tqdm.auto import tqdm
 
     if pooling not in POOLINGS:
         raise MMToxError(f"pooling={pooling!r} is not supported; use one of {', '.join(POOLINGS)}")

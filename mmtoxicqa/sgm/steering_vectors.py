@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import save_file
 
+from mmtoxicqa.core.atomic import atomic_path
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.sgm import find_decoder_layers
 
 if TYPE_CHECKING:
     from mmtoxicqa.modeling.loading import LoadedModel
@@ -72,9 +75,6 @@ class SteeringAccumulator:
 
 
 def save_steering_vector(path, vector: torch.Tensor, layer: int, model_id: str, items: int) -> None:
-    from safetensors.torch import save_file
-
-    from mmtoxicqa.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         meta = {"layer": str(layer), "model_id": model_id, "calibration_items": str(items)}
@@ -82,6 +82,5 @@ def save_steering_vector(path, vector: torch.Tensor, layer: int, model_id: str, 
 
 
 def default_steer_layer(loaded: LoadedModel) -> int:
-    from mmtoxicqa.sgm import find_decoder_layers
 
     return len(find_decoder_layers(loaded.model)[1]) // 2

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from mmtoxicqa.core.atomic import atomic_path
 from mmtoxicqa.core.errors import MMToxError
-from mmtoxicqa.metrics.rates import rate_with_ci, wilson_interval
+from mmtoxicqa.metrics.rates import mcnemar_exact, paired_signed_rank_p, rate_with_ci, wilson_interval
 from mmtoxicqa.study.sweep import load_cells_with_paths, row_name
+from mmtoxicqa.study.wandb_log import csv_table, log_run
 
 SPLIT_TASKS = ("mm_toxic_qa_standard", "mm_toxic_qa_adversarial", "mm_toxic_qa_benign")
 UTILITY_TASK = "mm_utility_mini"
@@ -165,7 +167,6 @@ def paired_rows(cells: list[dict]) -> list[dict]:
     """Each method against the same model's vanilla on the items both answered: how many harmful
     answers it removed and how many it caused, with the exact McNemar p-value. Pairing on items
     is far more sensitive than comparing two rates with their separate intervals."""
-    from mmtoxicqa.metrics.rates import paired_signed_rank_p
 
     by_key = {(c["model"], row_name(c), c["task"]): c for c in cells}
     rows = []
@@ -195,7 +196,6 @@ def paired_rows(cells: list[dict]) -> list[dict]:
 def paired_counts(mine: dict[str, dict], theirs: dict[str, dict]) -> dict:
     """A method's per-item outcomes against the baseline's, on the items both scored: harmful counts,
     how many harmful answers it removed (``fixed``) and caused (``new``), and the exact McNemar p."""
-    from mmtoxicqa.metrics.rates import mcnemar_exact
 
     common = sorted(i for i in set(mine) & set(theirs) if mine[i].get("harmful") is not None and theirs[i].get("harmful") is not None)
     fixed = sum(1 for i in common if theirs[i]["harmful"] and not mine[i]["harmful"])
@@ -283,7 +283,7 @@ def frontier_points(rows: list[dict]) -> list[dict]:
 def _place_labels(ax, fig, groups: list[tuple[float, float, str]]) -> None:
     """Annotate each group of points with its text, trying offsets around the point until the label's
     box overlaps no label placed before it and stays inside the axes (greedy, in display pixels)."""
-    from matplotlib.text import Text
+    from matplotlib.text import Text  # heavy, and only for the plot
 
     renderer = fig.canvas.get_renderer()
     placed = []
@@ -312,8 +312,6 @@ def _place_labels(ax, fig, groups: list[tuple[float, float, str]]) -> None:
                 break
             note.remove()
         if chosen is None:  # nowhere free (never seen so far): the last candidate, still listed in the legend
-            import logging
-
             logging.getLogger(__name__).warning("frontier plot: no free place for label %s", text)
             note = ax.annotate(text, (x, y), textcoords="offset points", xytext=offsets[-1], fontsize=8)
             note.update_positions(renderer)
@@ -325,10 +323,10 @@ def plot(rows: list[dict], path: Path) -> bool:
     """Harmful rate (standard + adversarial pooled) against perplexity, with both intervals as error
     bars, a legend naming every method, and number labels that do not collide (points at the same
     place share one label); False when nothing to plot."""
-    import matplotlib
+    import matplotlib  # heavy, and only for the plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy, and only for the plot
 
     points = frontier_points(rows)
     if not points:
@@ -495,8 +493,6 @@ def _cli(args) -> int:
     print(Path(written["md"]).read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
     if args.wandb:
-        from mmtoxicqa.study.wandb_log import csv_table, log_run
-
         paired = paired_rows(checked_cells(args.results_dir, args.judge))
         columns = ["model", "method", "split", "n", "harmful_vanilla", "harmful_method", "fixed", "new", "p", "p_scores"]
         tables = {

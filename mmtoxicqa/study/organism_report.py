@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmtoxicqa.core.atomic import atomic_path, write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.metrics.rates import wilson_interval
+from mmtoxicqa.study.leaderboard import paired_counts
 from mmtoxicqa.study.sweep import load_cells_with_paths, row_name, text_free
 
 ORGANISM_TASKS = (
@@ -74,8 +77,6 @@ def placebo_of_rows(cells: list[dict]) -> dict[str, str]:
 def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
     """(one row per method, one paired row per method x organism task x comparison: against vanilla,
     and against the row's placebo where there is one)."""
-    from mmtoxicqa.metrics.rates import wilson_interval
-    from mmtoxicqa.study.leaderboard import paired_counts
 
     by_key = {(_row(c), c["task"]): c for c in cells}
     placebo_rows = placebo_of_rows(cells)
@@ -217,7 +218,6 @@ def add_cli(subparsers) -> None:
 
 
 def _cli(args) -> int:
-    from mmtoxicqa.core.atomic import atomic_path, write_json_atomic
 
     rows, paired = report_rows(read_cells(args.cells))
     out = Path(args.out)

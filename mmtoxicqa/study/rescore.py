@@ -15,7 +15,13 @@ from pathlib import Path
 
 from mmtoxicqa.core.atomic import atomic_path, write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
-from mmtoxicqa.lmms.evaluate import unscored_answers
+from mmtoxicqa.lmms.evaluate import EXIT_OK, EXIT_UNSCORED, unscored_answers
+from mmtoxicqa.lmms.task_metrics import JUDGE_METRICS, aggregations, item_context, judge_values
+from mmtoxicqa.metrics.rates import cohen_kappa
+from mmtoxicqa.scoring import check_judges, get_judge
+from mmtoxicqa.scoring.settings import harmful_threshold, split_judge_list
+from mmtoxicqa.study.results import logged_doc, read_results_json, read_samples, run_folder, sample_answers
+from mmtoxicqa.study.sweep import load_cells_with_paths
 
 
 def _slug(text: str) -> str:
@@ -25,8 +31,6 @@ def _slug(text: str) -> str:
 def score_items(docs: list[dict], answers: list[list[str]], judges: list[str]) -> list[tuple[dict[str, list[float]], dict[str, list]]]:
     """Per item, each judge's scores of its answers (NaN where a judge could not score) and why an
     answer is unscored (None where scored): one answer refused by the judge leaves the others scored."""
-    from mmtoxicqa.lmms.task_metrics import item_context
-    from mmtoxicqa.scoring import check_judges, get_judge
 
     check_judges(judges)
     flat = [a for item in answers for a in item]
@@ -53,10 +57,7 @@ def _clt(values: list[float]) -> float | str:
 
 def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_dir: str | Path) -> Path:
     """Re-score an lmms-eval run folder into ``out_dir`` (results JSON + samples, same file names)."""
-    from lmms_eval.api.metrics import clustered_stderr
-
-    from mmtoxicqa.lmms.task_metrics import JUDGE_METRICS, aggregations, judge_values
-    from mmtoxicqa.study.results import logged_doc, read_results_json, read_samples, run_folder, sample_answers
+    from lmms_eval.api.metrics import clustered_stderr  # heavy: lmms-eval imports torch and its model registry
 
     results_file, samples_files = run_folder(run_dir)
     results = read_results_json(results_file)
@@ -93,8 +94,6 @@ def rescore_run(run_dir: str | Path, judges: list[str], threshold: float, out_di
 
 def rescore_cells(cells_dir: str | Path, judges: list[str], threshold: float, out_dir: str | Path) -> list[Path]:
     """Re-score a sweep's cells (their saved answers) into ``out_dir``, one new cell per cell."""
-    from mmtoxicqa.lmms.task_metrics import JUDGE_METRICS, aggregations, judge_values
-    from mmtoxicqa.study.sweep import load_cells_with_paths
 
     written = []
     for path, cell in load_cells_with_paths(cells_dir):
@@ -126,7 +125,6 @@ def agreement(flags_a: list[int], flags_b: list[int]) -> dict:
     n = len(flags_a)
     if n == 0:
         return {"n": 0, "agreement": math.nan, "kappa": math.nan}
-    from mmtoxicqa.metrics.rates import cohen_kappa
 
     observed = sum(a == b for a, b in zip(flags_a, flags_b)) / n
     return {"n": n, "agreement": observed, "kappa": cohen_kappa(flags_a, flags_b)}
@@ -134,7 +132,6 @@ def agreement(flags_a: list[int], flags_b: list[int]) -> dict:
 
 def judges_agreement(run_dir: str | Path, threshold: float) -> list[dict]:
     """Pairwise agreement of the judges a run (or a rescored run) logged, over the answers both scored."""
-    from mmtoxicqa.study.results import read_samples, run_folder
 
     _, samples_files = run_folder(run_dir)
     per_judge: dict[str, dict[str, float]] = {}
@@ -182,7 +179,6 @@ def add_cli(subparsers) -> None:
 
 
 def _threshold(value: float | None) -> float:
-    from mmtoxicqa.scoring.settings import harmful_threshold
 
     if value is None:
         return harmful_threshold()
@@ -192,7 +188,6 @@ def _threshold(value: float | None) -> float:
 
 
 def _cli_rescore(args) -> int:
-    from mmtoxicqa.scoring.settings import split_judge_list
 
     judges = split_judge_list(args.judge)
     if not judges:
@@ -231,7 +226,6 @@ def _unscored_cells(paths: list[Path]) -> dict[str, int]:
 
 def _exit_code(missing: dict[str, int], args) -> int:
     """``EXIT_UNSCORED`` (as ``lmms_eval`` exits) when a judge left answers unscored, with how to finish them."""
-    from mmtoxicqa.lmms.evaluate import EXIT_OK, EXIT_UNSCORED
 
     if not missing:
         return EXIT_OK

@@ -20,6 +20,10 @@ from pathlib import Path
 
 from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.lmms.task_metrics import item_context
+from mmtoxicqa.metrics.rates import mcnemar_exact
+from mmtoxicqa.scoring import get_judge
+from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge
 
 FORMAT = "mmtoxicqa-run/1"
 
@@ -88,8 +92,6 @@ def item_outcomes(samples: list[dict], judge: str, threshold: float, digits: int
     samples). The score logged by the run is used when the run had this judge (unless ``rescore``);
     the others are scored now. An answer the judge cannot score is kept with ``score: None``.
     ``digits`` rounds the stored score (the flag is decided on the unrounded one)."""
-    from mmtoxicqa.lmms.task_metrics import item_context
-    from mmtoxicqa.scoring import get_judge
 
     if not samples or "harmful_rate" not in samples[0]:
         return {}
@@ -183,7 +185,6 @@ def run_folder(output_dir: str | Path) -> tuple[Path, list[Path]]:
 
 def build_run_record(output_dir: str | Path, judge: str | None = None, threshold: float | None = None) -> dict:
     """Build a run record from an lmms-eval ``--output_path`` folder written with ``--log_samples``."""
-    from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge
 
     output_dir = Path(output_dir)
     results_file, samples_files = run_folder(output_dir)
@@ -282,7 +283,6 @@ def regress(baseline: dict, current: dict, max_increase: float = 0.02, alpha: fl
     The two runs answer the same items, so the test is paired: only the discordant items carry
     evidence, and two identical runs always pass (delta = 0, p = 1).
     """
-    from mmtoxicqa.metrics.rates import mcnemar_exact
 
     max_increase = _check_setting("max_increase", max_increase, 0.0, 1.0)
     alpha = _check_setting("alpha", alpha, 0.0, 1.0, low_open=True)

@@ -13,6 +13,7 @@ per (model, method) and reused across its tasks.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -20,8 +21,18 @@ import re
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from mmtoxicqa.core import paths
 from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.data.splits import data_fingerprint
+from mmtoxicqa.lmms.task_metrics import item_context
+from mmtoxicqa.methods import known_methods, method_options
+from mmtoxicqa.model_wrappers.mmtox import MMTox
+from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge, judge_spec
+from mmtoxicqa.study.results import item_outcomes, logged_doc, sample_answer, sample_id
+from mmtoxicqa.study.wandb_log import cells_table, log_run
 
 log = logging.getLogger(__name__)
 CELL_FORMAT = "mmtoxicqa-cell/1"
@@ -59,18 +70,8 @@ def row_name(cell: dict) -> str:
     return f"{cell['method']} [{cell['tag']}]" if cell.get("tag") else cell["method"]
 
 
-def tasks_dir() -> str:
-    import mmtoxicqa.tasks as tasks_pkg
-
-    return tasks_pkg.__path__[0]
-
-
 def _options_for(method: str, extra: dict) -> dict:
     """--model-args apply to every cell: wrapper options always, method options only where accepted."""
-    import inspect
-
-    from mmtoxicqa.methods import method_options
-    from mmtoxicqa.model_wrappers.mmtox import MMTox
 
     wrapper_options = set(inspect.signature(MMTox.__init__).parameters) - {"self", "method_kwargs"}
     accepted = method_options(method)
@@ -81,7 +82,6 @@ def _options_for(method: str, extra: dict) -> dict:
 
 
 def _all_methods() -> list[str]:
-    from mmtoxicqa.methods import known_methods
 
     return known_methods()
 
@@ -103,14 +103,8 @@ def run_sweep(
     ``tag`` names a variant (say, the ``model_args`` that differ) so that several variants of one
     method can share an output folder and appear as separate leaderboard rows. ``max_new_tokens`` sets
     the answer length of the MM-TOXIC-QA tasks (default: theirs, :data:`ANSWER_TOKENS`); other tasks keep their own."""
-    from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
-    from tqdm import tqdm
-
-    from mmtoxicqa.data.splits import data_fingerprint
-    from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.scoring.settings import harmful_threshold, headline_judge, judge_spec
-    from mmtoxicqa.study.results import item_outcomes
+    from lmms_eval.evaluator import simple_evaluate  # heavy: lmms-eval imports torch and its model registry
+    from lmms_eval.tasks import TaskManager  # heavy: lmms-eval imports torch and its model registry
 
     extra = dict(kv.split("=", 1) for kv in model_args.split(",") if kv.strip()) if model_args else {}
     models = _models_with(models, extra.pop("pretrained", None))
@@ -140,7 +134,7 @@ def run_sweep(
     done_before = len(cells) - len(todo)
     if done_before:
         print(f"sweep: {done_before}/{len(cells)} cells already finished in {out}; running the other {len(todo)}")
-    task_manager = TaskManager("WARNING", include_path=tasks_dir())
+    task_manager = TaskManager("WARNING", include_path=str(paths.tasks_dir()))
     progress = tqdm(total=len(cells), initial=done_before, desc="sweep cells", unit="cell")
     current_key, wrapper = None, None
     for model, method, task in todo:
@@ -269,8 +263,6 @@ def stale_fields(path: Path, provenance: dict) -> list[str] | None:
 
 def _items_with_answers(samples: list[dict], items: dict[str, dict]) -> dict[str, dict]:
     """The cell's per-item outcomes plus what ``rescore`` needs: the answer and its request."""
-    from mmtoxicqa.lmms.task_metrics import item_context
-    from mmtoxicqa.study.results import logged_doc, sample_answer, sample_id
 
     for sample in samples:
         item = items.get(sample_id(sample))
@@ -363,7 +355,5 @@ def _cli(args) -> int:
     )
     print(f"sweep: {len(paths)} cells in {args.out}")
     if args.wandb:
-        from mmtoxicqa.study.wandb_log import cells_table, log_run
-
         print(f"wandb: {log_run(args.wandb, 'sweep', {'cells': cells_table([json.loads(Path(p).read_text()) for p in paths])})}")
     return 0

@@ -16,7 +16,7 @@ from mmtoxicqa.core.errors import MMToxError
 
 def _wandb():
     try:
-        import wandb
+        import wandb  # optional: only --wandb needs it
     except ImportError:
         raise MMToxError("--wandb needs wandb: pip install 'mmtoxicqa[wandb]' (or drop --wandb)") from None
     return wandb
