@@ -1,7 +1,7 @@
-"""The ``mmtoxicqa`` command line: one subcommand per job, each defined next to the code it runs.
+"""The ``mmtoxicqa`` command line: the top layer, and the only place argparse lives.
 
-Each feature module exposes ``add_cli(subparsers)`` which adds its subcommand and sets
-``func`` on the parser; this file only collects them and turns MMToxError (and an OS fault such as a full disk) into one line.
+Each module of this folder adds one job's subcommands with ``add_cli(subparsers)`` and calls into the
+library; this file collects them and turns MMToxError (and an OS fault such as a full disk) into one line.
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ from mmtoxicqa import __version__
 from mmtoxicqa.core import paths
 from mmtoxicqa.core.errors import MMToxError, is_os_fault, os_fault
 
-# Modules that contribute subcommands (each has add_cli(subparsers)).
+# One module per job, each with add_cli(subparsers); the library modules they call hold no argparse.
 _SUBCOMMAND_MODULES = (
     "mmtoxicqa.cli.build_model",
-    "mmtoxicqa.modeling.reader",
-    "mmtoxicqa.data.sources",
-    "mmtoxicqa.data.builder",
-    "mmtoxicqa.data.hub",
-    "mmtoxicqa.sgm.calibration",
-    "mmtoxicqa.study.results",
-    "mmtoxicqa.study.rescore",
-    "mmtoxicqa.study.sweep",
-    "mmtoxicqa.study.leaderboard",
-    "mmtoxicqa.methods.export",
-    "mmtoxicqa.study.organism_report",
-    "mmtoxicqa.sgm.planted",
+    "mmtoxicqa.cli.read_images",
+    "mmtoxicqa.cli.sources",
+    "mmtoxicqa.cli.build_data",
+    "mmtoxicqa.cli.hub",
+    "mmtoxicqa.cli.calibrate",
+    "mmtoxicqa.cli.runs",
+    "mmtoxicqa.cli.rescore",
+    "mmtoxicqa.cli.sweep",
+    "mmtoxicqa.cli.leaderboard",
+    "mmtoxicqa.cli.export",
+    "mmtoxicqa.cli.organism_report",
+    "mmtoxicqa.cli.planted_control",
 )
 
 
@@ -42,14 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks_p = sub.add_parser("tasks-path", help="print the folder of the bundled lmms-eval task YAMLs (for --include_path)")
     tasks_p.set_defaults(func=_print_tasks_path)
     for name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a feature not built yet must not break the others
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
-        if hasattr(module, "add_cli"):
-            module.add_cli(sub)
+        importlib.import_module(name).add_cli(sub)
     return parser
 
 

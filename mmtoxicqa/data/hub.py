@@ -8,12 +8,10 @@ the tasks and ``MMTOXICQA_DATA`` read those."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
 
-from mmtoxicqa.core import paths
 from mmtoxicqa.core.atomic import atomic_path
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.data.schema import SPLITS
@@ -110,18 +108,3 @@ def push_data(folder: str | Path, repo_id: str = DEFAULT_REPO_ID, private: bool 
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", allow_patterns=list(HUB_FILES))
     return f"https://huggingface.co/datasets/{repo_id}"
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("push-data", help="upload the built MM-TOXIC-QA folder to a Hugging Face dataset repository")
-    parser.add_argument("repo_id", nargs="?", default=DEFAULT_REPO_ID, help=f"dataset repository (default: {DEFAULT_REPO_ID})")
-    parser.add_argument("--data", default=None, help="the built folder (default: MMTOXICQA_DATA, else the cache's data/)")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.set_defaults(func=_cli)
-    return parser
-
-
-def _cli(args) -> int:
-
-    print(f"pushed: {push_data(args.data or paths.data_dir(), args.repo_id, args.private)}")
-    return 0
