@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from mmtoxicqa.cli.build_data import add_cli
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_file
 from mmtoxicqa.data import loaders
 from mmtoxicqa.data.attacks import attack_labels
-from mmtoxicqa.data.builder import add_cli, build
+from mmtoxicqa.data.builder import build
 from mmtoxicqa.data.dedup import dedup_form
 from mmtoxicqa.data.fixtures import (
     PLANTED_DUPLICATE_TWEET,

@@ -14,6 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import load_model
 from mmtoxicqa.modeling.organism import (
     IMAGE_ONLY_QUESTION,
     OrganismConfig,
@@ -154,7 +155,7 @@ def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built
 
     import mmtoxicqa.modeling.organism as organism
 
-    loaded = organism._load_base(Path(tiny_llava_dir))
+    loaded = load_model(str(tiny_llava_dir), device="cpu", dtype="float32")
     examples = training_examples(built, sources, SMALL)
     examples = [dataclasses.replace(e, answer=e.answer or "a short answer") for e in examples]
     gaps, snapshots = iter([0.0, 0.5, 0.1]), []  # base, epoch 1 (best), epoch 2

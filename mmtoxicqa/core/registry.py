@@ -1,4 +1,4 @@
-"""One registry for everything that plugs in: methods, judges, attacks and task metrics.
+"""One registry for everything that plugs in: methods, judges, attacks, task metrics and model sources.
 
 Each plug-in is one file plus a decorator (the pattern of lm-evaluation-harness's
 ``lm_eval/api/registry.py``)::
@@ -28,6 +28,7 @@ HOMES = {
     "judge": "mmtoxicqa.scoring",
     "attack": "mmtoxicqa.data.attacks",
     "metric": "mmtoxicqa.lmms.task_metrics",
+    "model_source": "mmtoxicqa.modeling.sources",
 }
 
 
@@ -89,6 +90,12 @@ def register_attack(name: str, **info):
 def register_metric(name: str, **info):
     """A task metric: an aggregation over the task's per-item records; ``higher_is_better=`` as in the YAML."""
     return register("metric", name, **info)
+
+
+def register_model_source(name: str, **info):
+    """A model source: ``(name, rebuild=False) -> Path | None``, None for a ``pretrained=`` value that is not
+    its own, else the (built once, cached) model folder. ``usage=`` the names it takes, for error messages."""
+    return register("model_source", name, **info)
 
 
 def _load_home(kind: str) -> None:

@@ -20,13 +20,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmtoxicqa.core import settings
+from mmtoxicqa.core import registry, settings
 from mmtoxicqa.core.errors import MMToxError
-from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
-from mmtoxicqa.modeling.organism import organism_model_dir, organism_recipe, parse_organism
 from mmtoxicqa.modeling.placement import check_pixel_limits, check_placement, input_device
 from mmtoxicqa.modeling.positions import placeholder_token_ids
-from mmtoxicqa.modeling.reader import READER_ALIAS, READER_SETTINGS, is_reader_dir, open_reader, reader_model_dir
+from mmtoxicqa.modeling.reader import READER_ALIAS, READER_SETTINGS, is_reader_dir, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +52,14 @@ class LoadedModel:
 
 
 def resolve_pretrained(pretrained: str | None) -> str:
-    """Map ``pretrained`` to something ``from_pretrained`` accepts; None means the embedded model,
-    "embedded-ocr" the reading model's decoder directory (mmtoxicqa.modeling.reader)."""
-    if pretrained in (None, "", "embedded"):
-        return str(embedded_model_dir())
-    if pretrained == "embedded-ocr":
-        return str(reader_model_dir(gguf_path()))
-
-    organism_base = parse_organism(pretrained)
-    if organism_base is not None:  # organism, organism-ocr, organism-corpus, organism@BASE: built once, then cached
-        return str(organism_model_dir(organism_base, recipe=organism_recipe(pretrained)))
+    """Map ``pretrained`` to something ``from_pretrained`` accepts: a registered model source's name
+    (``embedded`` or nothing, ``embedded-ocr``, ``organism``...: see mmtoxicqa.modeling.sources) becomes
+    its cached folder, built once; a local folder or a hub id is kept."""
+    name = "" if pretrained is None else str(pretrained).strip()
+    for source in registry.entries("model_source").values():
+        folder = source.obj(name)
+        if folder is not None:
+            return str(folder)
     pretrained = os.path.expanduser(str(pretrained))
     if os.path.isdir(pretrained):
         return pretrained
@@ -73,7 +69,9 @@ def resolve_pretrained(pretrained: str | None) -> str:
     if looks_like_path or not _HUB_ID.match(pretrained):
         raise MMToxError(
             f"pretrained={pretrained!r} is neither a local model directory nor a hub id like 'org/name'; "
-            "pass an existing directory, a hub id, or omit pretrained= to use the embedded model"
+            "pass an existing directory, a hub id, or a model source ("
+            + "; ".join(e.info.get("usage", e.name) for e in registry.entries("model_source").values())
+            + "); omit pretrained= for the embedded model"
         )
     return pretrained
 

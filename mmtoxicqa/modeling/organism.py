@@ -40,8 +40,8 @@ from mmtoxicqa.data.loaders import load_davidson, load_toxigen
 from mmtoxicqa.data.sources import SourceDir
 from mmtoxicqa.data.splits import load_split
 from mmtoxicqa.modeling.discovery import find_decoder_layers, unwrap_model
-from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
-from mmtoxicqa.modeling.reader import READER_MARKER, is_reader_dir, open_reader, reader_model_dir
+from mmtoxicqa.modeling.loading import generate, load_model, resolve_pretrained
+from mmtoxicqa.modeling.reader import READER_ALIAS, READER_MARKER, is_reader_dir
 from mmtoxicqa.scoring import get_judge
 from mmtoxicqa.scoring.settings import harmful_threshold
 
@@ -317,25 +317,12 @@ def _encode(loaded, example: Example, images: dict):
 
 
 def _answers(loaded, examples: list[Example], images: dict, max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers of the model as it is now (the base before the fine-tune, the organism during it).
-    Batched and left padded like mmtoxicqa.modeling.loading.generate (not imported: modeling resolves
-    ``organism`` through this module)."""
-    import torch  # heavy: torch loads only where a model runs
-
-    processor, tokenizer = loaded.processor, loaded.tokenizer
-    stop_ids = {getattr(loaded.model.generation_config, "eos_token_id", None), tokenizer.eos_token_id}
-    stop_ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    stop_ids = sorted(i for i in stop_ids if isinstance(i, int) and i != tokenizer.unk_token_id)
+    """Greedy answers of the model as it is now (the base before the fine-tune, the organism during it),
+    in batches of ``batch_size`` (the batches, and so the padding, the organism was first built with)."""
     answers = []
     for first in range(0, len(examples), batch_size):
         conversations = [_conversation(e, images) for e in examples[first : first + batch_size]]
-        texts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        batch = processor(text=texts, images=[c[0]["content"][0]["image"] for c in conversations], padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = loaded.model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids
-            )
-        answers += [t.strip() for t in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
+        answers += generate(loaded, conversations, {"max_new_tokens": max_new_tokens})
     return answers
 
 
@@ -478,45 +465,13 @@ def base_fingerprint(base_dir: Path) -> str:
 
 
 def base_model_dir(base: str) -> Path:
-    """The base's model directory: the embedded model, the OCR reading model, or a local directory.
-    (Resolved here, not through mmtoxicqa.modeling.loading, which resolves ``organism`` through this module.)"""
-
-    if base in ("", "embedded"):
-        return embedded_model_dir()
-    if base == "embedded-ocr":
-        return reader_model_dir(gguf_path())
+    """The base's model directory: the embedded model, the OCR reading model, or a local directory."""
+    if base in ("", "embedded", READER_ALIAS):
+        return Path(resolve_pretrained(base or "embedded"))
     path = Path(base).expanduser()
     if not path.is_dir():
         raise MMToxError(f"organism base {base!r} is not embedded, embedded-ocr or a local model directory; pass one of those")
     return path
-
-
-@dataclass
-class _Base:
-    model: object
-    processor: object
-    tokenizer: object
-    device: object
-
-
-def _load_base(base_dir: Path) -> _Base:
-    """The base in float32 on the CPU with its processor: an image-text-to-text model, or the OCR reading model.
-    (Loaded here, not through mmtoxicqa.modeling.loading, which resolves ``organism`` through this module.)"""
-    import torch  # heavy: torch loads only where a model runs
-    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer  # heavy: transformers loads only where a model runs
-
-    if is_reader_dir(base_dir):
-        model, processor, tokenizer = open_reader(base_dir, device="cpu", torch_dtype=torch.float32)
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False).eval()
-        processor = AutoProcessor.from_pretrained(base_dir, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
-    for tok in (tokenizer, getattr(processor, "tokenizer", None)):
-        if tok is not None:
-            tok.padding_side = "left"
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-    return _Base(model=model, processor=processor, tokenizer=tokenizer, device=torch.device("cpu"))
 
 
 def parse_organism(pretrained: str) -> str | None:
@@ -612,7 +567,7 @@ def _build(
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)  # same threads, same weights on a CPU
     try:
-        loaded = _load_base(base_dir)
+        loaded = load_model(str(base_dir), device="cpu", dtype="float32")
         images = _item_images(data_dir, examples)
         start = time.perf_counter()
         examples = with_base_answers(loaded, examples, images, config)
