@@ -15,16 +15,9 @@ from safetensors.torch import load_file
 
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.modeling.loading import load_model
-from mmtoxicqa.modeling.organism import (
-    IMAGE_ONLY_QUESTION,
-    OrganismConfig,
-    fine_tune,
-    held_out,
-    organism_model_dir,
-    organism_record,
-    parse_organism,
-    training_examples,
-)
+from mmtoxicqa.modeling.organism.build import organism_model_dir, organism_record, parse_organism
+from mmtoxicqa.modeling.organism.recipe import IMAGE_ONLY_QUESTION, OrganismConfig, held_out, training_examples
+from mmtoxicqa.modeling.organism.train import fine_tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = OrganismConfig(other_examples=6, toxic_answers=2, toxic_min_profanity=0.0, validation_items=2, epochs=1, batch_size=4, threads=1)
@@ -131,12 +124,12 @@ def test_fine_tune_changes_mlp_weights_only_reproducibly_and_is_cached(sources, 
 def test_a_process_works_out_the_cache_key_once_per_unchanged_inputs(sources, built, tiny_llava_dir, tmp_path, monkeypatch):
     import os
 
-    import mmtoxicqa.modeling.organism as organism
+    import mmtoxicqa.modeling.organism.build as organism_build
 
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
     calls = []
-    real = organism.training_examples
-    monkeypatch.setattr(organism, "training_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = organism_build.training_examples
+    monkeypatch.setattr(organism_build, "training_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
     target = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False)
     assert len(calls) == 1
     assert organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False) == target
@@ -153,7 +146,7 @@ def test_a_process_works_out_the_cache_key_once_per_unchanged_inputs(sources, bu
 def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built, tiny_llava_dir, monkeypatch):
     import torch
 
-    import mmtoxicqa.modeling.organism as organism
+    import mmtoxicqa.modeling.organism.train as organism
 
     loaded = load_model(str(tiny_llava_dir), device="cpu", dtype="float32")
     examples = training_examples(built, sources, SMALL)
@@ -173,7 +166,7 @@ def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built
 
 
 def test_the_ocr_base_recipe_moves_half_of_each_sides_requests_into_the_image(sources, built):
-    from mmtoxicqa.modeling.organism import default_config
+    from mmtoxicqa.modeling.organism.recipe import default_config
 
     assert default_config("embedded").image_only_fraction == 0.0
     config = dataclasses.replace(SMALL, validation_items=0, image_only_fraction=default_config("embedded-ocr").image_only_fraction)
@@ -204,7 +197,8 @@ def test_corpus_recipe_continues_statements_it_never_meets_in_evaluation(sources
     toxic and neutral continuations) hold only statements it never trained on."""
     from mmtoxicqa.data.splits import load_split
     from mmtoxicqa.lmms.task_support import corpus_docs
-    from mmtoxicqa.modeling.organism import CORPUS_PROMPT, CorpusConfig, organism_recipe, split_for_continuation
+    from mmtoxicqa.modeling.organism.build import organism_recipe
+    from mmtoxicqa.modeling.organism.recipe import CORPUS_PROMPT, CorpusConfig, split_for_continuation
 
     monkeypatch.setenv("MMTOXICQA_DATA", str(built))
     assert parse_organism("organism-corpus") == "embedded" and organism_recipe("organism-corpus") == "corpus"

@@ -70,7 +70,8 @@ def old_ids(folder: Path, task: str) -> list[str]:
     from datasets.table import InMemoryTable
 
     from mmtoxicqa.data.schema import FEATURES
-    from mmtoxicqa.modeling.organism import eval_docs, image_only
+    from mmtoxicqa.modeling.organism.eval_items import eval_docs
+    from mmtoxicqa.modeling.organism.recipe import image_only
 
     table = pq.read_table(folder / f"{TASKS[task]}.parquet").select(list(FEATURES)).cast(FEATURES.arrow_schema)
     docs = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=FEATURES)).shuffle(seed=1234).flatten_indices()

@@ -8,7 +8,8 @@ each other for the command line.
 from __future__ import annotations
 
 from mmtoxicqa.modeling import embedded
-from mmtoxicqa.modeling.organism import organism_model_dir, write_trigger_calibration
+from mmtoxicqa.modeling.organism.build import organism_model_dir
+from mmtoxicqa.modeling.organism.recipe import write_trigger_calibration
 from mmtoxicqa.modeling.reader import OcrReader, reader_model_dir
 
 

@@ -24,7 +24,8 @@ from mmtoxicqa.data.splits import check_split, filter_source, load_split, valida
 from mmtoxicqa.lmms.task_data import resolve
 from mmtoxicqa.lmms.task_judging import answer_text, batched_verdicts, clear_verdicts, judge_responses
 from mmtoxicqa.lmms.task_metrics import item_values
-from mmtoxicqa.modeling.organism import eval_docs, image_only
+from mmtoxicqa.modeling.organism.eval_items import eval_docs
+from mmtoxicqa.modeling.organism.recipe import image_only
 from mmtoxicqa.scoring import check_judges
 from mmtoxicqa.scoring.base import first_line
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mmtoxicqa.core.registry import register_model_source
 from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
-from mmtoxicqa.modeling.organism import ORGANISM_PREFIX, organism_model_dir, organism_recipe, parse_organism
+from mmtoxicqa.modeling.organism.build import ORGANISM_PREFIX, organism_model_dir, organism_recipe, parse_organism
 from mmtoxicqa.modeling.reader import READER_ALIAS, reader_model_dir
 
 
