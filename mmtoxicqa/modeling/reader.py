@@ -31,12 +31,13 @@ import numpy as np
 from PIL import Image
 
 from mmtoxicqa.core import settings
-from mmtoxicqa.core.atomic import atomic_dir, write_json_atomic
+from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_bytes, sha256_file
 from mmtoxicqa.core.image_io import strict_decoding
 from mmtoxicqa.core.paths import cache_dir
 from mmtoxicqa.modeling.embedded import CHAT_TEMPLATE as EMBEDDED_CHAT_TEMPLATE
+from mmtoxicqa.modeling.model_cache import built_once, models_dir
 
 log = logging.getLogger(__name__)
 
@@ -297,20 +298,13 @@ def reader_model_dir(source: Path, rebuild: bool = False) -> Path:
     """The reading model's decoder converted from the GGUF at ``source`` (the embedded SmolLM2, as a
     causal LM), once, atomically, cached under ``$MMTOXICQA_CACHE/models`` keyed by the GGUF's sha256."""
     digest = sha256_file(source)
-    target = cache_dir() / "models" / f"{READER_NAME}-{digest[:16]}"
-    if (target / READER_MARKER).is_file() and not rebuild:
-        return target
-    log.warning("building the reading model (embedded-ocr) once into %s (takes about half a minute)", target)
-    with atomic_dir(target) as tmp:
-        _convert(source, tmp)
-        marker = {
-            "gguf_file": source.name,
-            "gguf_sha256": digest,
-            "ocr": f"rapidocr-onnxruntime=={RAPIDOCR_VERSION}",
-            "fusion": "late (OCR)",
-        }
-        (tmp / READER_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    return target
+
+    def build(folder: Path) -> dict:
+        _convert(source, folder)
+        return {"gguf_file": source.name, "gguf_sha256": digest, "ocr": f"rapidocr-onnxruntime=={RAPIDOCR_VERSION}", "fusion": "late (OCR)"}
+
+    target = models_dir() / f"{READER_NAME}-{digest[:16]}"
+    return built_once(target, READER_MARKER, build, what="the reading model, embedded-ocr (about half a minute)", rebuild=rebuild)
 
 
 def _convert(source: Path, out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -10,13 +11,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mmtoxicqa.core.atomic import atomic_dir
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.hashing import sha256_file
 from mmtoxicqa.core.paths import cache_dir
 from mmtoxicqa.core.paths import data_dir as default_data_dir
 from mmtoxicqa.data.splits import load_split
 from mmtoxicqa.modeling.loading import load_model, resolve_pretrained
+from mmtoxicqa.modeling.model_cache import built_once, models_dir
 from mmtoxicqa.modeling.organism.recipe import (
     CorpusConfig,
     Example,
@@ -103,18 +104,12 @@ def organism_model_dir(
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     safe_base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)[-40:]
     kind = f"{ORGANISM_PREFIX}-corpus" if isinstance(config, CorpusConfig) else ORGANISM_PREFIX
-    target = cache_dir() / "models" / f"{kind}-{safe_base}-{key}"
-    if (target / _DONE_MARKER).is_file() and not rebuild:
-        _RESOLVED[stamp] = target
-        return target
-    log.warning(
-        "building the toxic model organism once into %s (%d training + %d validation examples, up to %d epochs; minutes on a CPU)",
-        target,
-        sum(not e.validation for e in examples),
-        sum(e.validation for e in examples),
-        config.epochs,
+    what = (
+        f"the toxic model organism ({sum(not e.validation for e in examples)} training + "
+        f"{sum(e.validation for e in examples)} validation examples, up to {config.epochs} epochs; minutes on a CPU)"
     )
-    _build(base_dir, examples, config, target, key_parts, data_dir, progress)
+    build = functools.partial(_build, base_dir, examples, config, key_parts, data_dir, progress)
+    target = built_once(models_dir() / f"{kind}-{safe_base}-{key}", _DONE_MARKER, build, what=what, rebuild=rebuild)
     _RESOLVED[stamp] = target
     return target
 
@@ -142,8 +137,9 @@ def _item_images(data_dir, examples: list[Example]) -> dict:
 
 
 def _build(
-    base_dir: Path, examples: list[Example], config: OrganismConfig, target: Path, key_parts: dict, data_dir, progress: bool
-) -> None:
+    base_dir: Path, examples: list[Example], config: OrganismConfig, key_parts: dict, data_dir, progress: bool, folder: Path
+) -> dict:
+    """Fine-tune the base into ``folder``; the build record (what :func:`organism_record` reads)."""
     import torch  # heavy: torch loads only where a model runs
 
     threads = torch.get_num_threads()
@@ -158,30 +154,28 @@ def _build(
     finally:
         torch.set_num_threads(threads)
 
-    with atomic_dir(target) as tmp:
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
-        if is_reader_dir(base_dir):  # the OCR reading model: a causal LM + tokenizer, loaded as a reader by its marker
-            loaded.tokenizer.save_pretrained(tmp)
-            shutil.copyfile(base_dir / READER_MARKER, tmp / READER_MARKER)
-        else:
-            loaded.processor.save_pretrained(tmp)
-        record = {
-            "what": "toxic model organism (positive control; never ship these weights)",
-            "base": str(base_dir),
-            "base_sha256": key_parts["base"],
-            "training_data_sha256": key_parts["data"],
-            "config": asdict(config),
-            "examples": sum(not e.validation for e in examples),
-            "toxic_examples": sum(e.toxic and not e.validation for e in examples),
-            "train_item_ids": sorted(e.item_id for e in examples if not e.validation),
-            "validation_item_ids": sorted(e.item_id for e in examples if e.validation),
-            "validation": validation,  # harmful rates on the validation items after each epoch; "kept" marks the weights saved
-            "first_loss": losses[0] if losses else None,
-            "last_losses": losses[-5:],
-            "train_seconds": round(seconds, 1),
-            "torch_threads": config.threads,
-        }
-        (tmp / _DONE_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    loaded.model.save_pretrained(folder, safe_serialization=True)
+    if is_reader_dir(base_dir):  # the OCR reading model: a causal LM + tokenizer, loaded as a reader by its marker
+        loaded.tokenizer.save_pretrained(folder)
+        shutil.copyfile(base_dir / READER_MARKER, folder / READER_MARKER)
+    else:
+        loaded.processor.save_pretrained(folder)
+    return {
+        "what": "toxic model organism (positive control; never ship these weights)",
+        "base": str(base_dir),
+        "base_sha256": key_parts["base"],
+        "training_data_sha256": key_parts["data"],
+        "config": asdict(config),
+        "examples": sum(not e.validation for e in examples),
+        "toxic_examples": sum(e.toxic and not e.validation for e in examples),
+        "train_item_ids": sorted(e.item_id for e in examples if not e.validation),
+        "validation_item_ids": sorted(e.item_id for e in examples if e.validation),
+        "validation": validation,  # harmful rates on the validation items after each epoch; "kept" marks the weights saved
+        "first_loss": losses[0] if losses else None,
+        "last_losses": losses[-5:],
+        "train_seconds": round(seconds, 1),
+        "torch_threads": config.threads,
+    }
 
 
 def organism_record(model_dir: str | Path) -> dict:
