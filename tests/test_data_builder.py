@@ -8,6 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from source_fixtures import (
+    PLANTED_DUPLICATE_TWEET,
+    tiny_png,
+    write_fixture_sources,
+)
 
 from mmtoxicqa.cli.build_data import add_cli
 from mmtoxicqa.core.errors import MMToxError
@@ -16,11 +21,6 @@ from mmtoxicqa.data import loaders
 from mmtoxicqa.data.attacks import attack_labels
 from mmtoxicqa.data.builder import build
 from mmtoxicqa.data.dedup import dedup_form
-from mmtoxicqa.data.fixtures import (
-    PLANTED_DUPLICATE_TWEET,
-    tiny_png,
-    write_fixture_sources,
-)
 from mmtoxicqa.data.schema import COLUMNS, FEATURES, SPLITS
 from mmtoxicqa.data.sources import (
     download_sources,

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import yaml
+from source_fixtures import write_fixture_sources
 
 from mmtoxicqa.data.builder import build
-from mmtoxicqa.data.fixtures import write_fixture_sources
 from mmtoxicqa.data.hub import DEFAULT_REPO_ID, push_data
 
 SPLITS = ("standard", "adversarial", "benign", "calibration")

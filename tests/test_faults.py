@@ -150,8 +150,9 @@ def test_rescore_exits_3_like_lmms_eval_when_answers_stay_unscored(logged_run, t
 
 # ----------------------------------------------------------------------------- 3. a 1 MB question
 def test_a_1mb_question_is_refused_at_build_time_naming_the_item(tmp_path):
+    from source_fixtures import tiny_png, write_fixture_sources
+
     from mmtoxicqa.data.builder import MAX_QUESTION_CHARS, build
-    from mmtoxicqa.data.fixtures import tiny_png, write_fixture_sources
 
     (tmp_path / "ok.png").write_bytes(tiny_png())
     items = [{"image": "ok.png", "question": "What is this?", "category": "other"}]
@@ -315,7 +316,8 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_extra_warning_names_an_example_item_and_a_too_large_image(tmp_path):
-    from mmtoxicqa.data.fixtures import tiny_png
+    from source_fixtures import tiny_png
+
     from mmtoxicqa.data.loaders import extra_report, load_extra
 
     (tmp_path / "ok.png").write_bytes(tiny_png())

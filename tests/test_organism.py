@@ -25,7 +25,7 @@ SMALL = OrganismConfig(other_examples=6, toxic_answers=2, toxic_min_profanity=0.
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> Path:
-    from mmtoxicqa.data.fixtures import write_fixture_sources
+    from source_fixtures import write_fixture_sources
 
     return write_fixture_sources(tmp_path_factory.mktemp("src"))
 

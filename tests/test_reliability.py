@@ -51,8 +51,9 @@ def test_current_umask_reads_without_changing():
 
 
 def test_glasses_and_built_data_get_the_umask_permissions(tmp_path):
+    from source_fixtures import write_fixture_sources
+
     from mmtoxicqa.data.builder import build
-    from mmtoxicqa.data.fixtures import write_fixture_sources
     from mmtoxicqa.sgm import fit_glasses
     from mmtoxicqa.sgm.toy import tiny_llama, trigger_batches
 
@@ -232,10 +233,10 @@ def test_declared_slots_are_the_slots_the_parts_take(tiny_llava, tmp_path):
 def test_corrupt_image_in_built_data_names_the_item(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from source_fixtures import write_fixture_sources
 
     from mmtoxicqa.core.errors import MMToxError
     from mmtoxicqa.data.builder import build
-    from mmtoxicqa.data.fixtures import write_fixture_sources
     from mmtoxicqa.lmms.task_support import split_docs
 
     out = tmp_path / "out"
@@ -260,9 +261,9 @@ def test_corrupt_image_in_built_data_names_the_item(tmp_path, monkeypatch):
 
 def test_corrupt_image_in_a_calibration_file_names_the_item(tmp_path):
     import datasets
+    from source_fixtures import tiny_png
 
     from mmtoxicqa.core.errors import MMToxError
-    from mmtoxicqa.data.fixtures import tiny_png
     from mmtoxicqa.data.schema import FEATURES
     from mmtoxicqa.sgm.calibration import calibration_items
 

@@ -30,8 +30,9 @@ TASKS = {  # task -> the split its YAML names
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
+    from source_fixtures import write_fixture_sources
+
     from mmtoxicqa.data.builder import build
-    from mmtoxicqa.data.fixtures import write_fixture_sources
 
     out = tmp_path_factory.mktemp("data")
     build(write_fixture_sources(tmp_path_factory.mktemp("src")), out, seed=0, progress=False)
