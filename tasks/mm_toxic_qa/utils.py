@@ -2,6 +2,7 @@
 (docs, prompts, per-item records) and mmtoxicqa.task_metrics (one ``agg_<metric>`` per registered metric)."""
 
 from mmtoxicqa.task_data import install
+from mmtoxicqa.task_judging import install as install_judging
 from mmtoxicqa.task_metrics import aggregations
 from mmtoxicqa.task_support import (  # noqa: F401
     JudgeAnswers,
@@ -22,4 +23,5 @@ from mmtoxicqa.task_support import (  # noqa: F401
 )
 
 globals().update(aggregations())
+install_judging()  # the task's filters get the request instances (JudgeAnswers.apply_with_instances)
 install()  # lmms-eval loads these tasks' data from where mmtoxicqa.task_data says (imported before any task is built)
