@@ -3,8 +3,10 @@
 # embedded, reading (embedded-ocr) and organism models, logged by lmms-eval (--log_samples), on the
 # project's own seed items only (tasks/mm_toxic_qa/seed_items.jsonl, and the seed set's adversarial
 # variants with MMTOXICQA_DATA=seed). Greedy decoding, so a rerun gives the same answers.
-# Then: benchmarks/gold_answers/collect.py (answers -> rows), benchmarks/check_gold_overlap.py (the
-# licensing check), hand labels in benchmarks/gold_answers/labels.tsv, collect.py --labels (the file).
+# Then: benchmarks/gold_answers/collect.py (answers -> rows), hand labels (a TSV id<TAB>label<TAB>reason),
+# collect.py --labels (labelled rows), benchmarks/check_gold_overlap.py --drop (the licensing check) into
+# tests/data/judge_gold_answers.jsonl. The labels live in that file: collect.py --labels
+# tests/data/judge_gold_answers.jsonl rebuilds it from the runs.
 # Usage (repo root): bash benchmarks/gold_answers/run.sh [OUT]   (default out/gold_answers; resumes per run)
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
