@@ -8,13 +8,17 @@ judge (llamaguard, hf_classifier, detoxify) runs at its batch size. The verdicts
 keyed by the item (id and judge context) and the answer, until the next task's filter runs;
 ``process_results`` reads them with :func:`batched_verdicts`.
 
-lmms-eval hands a filter the responses (one entry per request instance) and the task's docs
-separately, not the instances; the doc of each response is read from the instances that
-lmms-eval's ``FilterEnsemble.apply`` holds, and used only where each instance's response is,
-position by position, the response the filter received. Whatever cannot be lined up that way,
-and every answer of a judge whose batched call fails, is scored item by item in
-``process_results`` as before: a failing judge leaves those answers unscored (the run goes on,
-the answers are saved; ``mmtoxicqa rescore`` finishes the job).
+lmms-eval 0.7.3 hands a filter the responses and the task's docs, not the request instances that
+say which doc each response answers. :func:`install` (called by the task glue,
+``tasks/mm_toxic_qa/utils.py``, as ``task_data.install`` is) wraps ``ConfigurableTask.apply_filters``:
+a filter ensemble that holds a filter with ``apply_with_instances`` (``JudgeAnswers``) runs through
+:func:`apply_ensemble`, which is lmms-eval's ``FilterEnsemble.apply`` with the task's instances passed
+to that filter as an argument; every other ensemble, and every other task's filters, run as
+lmms-eval runs them. Response i is instance i's (lmms-eval's filter contract keeps the order), and
+its item is ``docs[instance.doc_id]``. Whatever cannot be lined up (the filter applied without
+instances, e.g. by a bare ``FilterEnsemble.apply``), and every answer of a judge whose batched call
+fails, is scored item by item in ``process_results`` as before: a failing judge leaves those answers
+unscored (the run goes on, the answers are saved; ``mmtoxicqa rescore`` finishes the job).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import threading
 
 from mmtoxicqa.lmms.task_metrics import item_context
@@ -108,28 +111,6 @@ def score_batch(docs: list[dict], answers: list[str], image_of=None) -> dict[str
     return scored
 
 
-def _instances_of(resps: list) -> list | None:
-    """The lmms-eval instances behind ``resps``: the ``instances`` list of the calling
-    ``FilterEnsemble.apply``, when each instance's (first) response is the one at its position."""
-    frame = sys._getframe(1)
-    while frame is not None and "instances" not in frame.f_locals:
-        frame = frame.f_back
-    instances = frame.f_locals.get("instances") if frame is not None else None
-    if not isinstance(instances, list) or len(instances) != len(resps):
-        return None
-    for inst, resp in zip(instances, resps):
-        own = getattr(inst, "resps", None)
-        if not isinstance(getattr(inst, "doc_id", None), int) or not isinstance(own, list):
-            return None
-        first = own[0] if own else ""
-        if isinstance(resp, list):  # before take_first: the instance's own response list
-            if resp is not own:
-                return None
-        elif answer_text(first) != answer_text(resp):
-            return None
-    return instances
-
-
 def _doc_rows(docs, doc_ids: list[int]) -> list[dict]:
     """The judge-context fields of ``docs[i]`` for each id (a datasets.Dataset or a list of dicts)."""
     columns = getattr(docs, "column_names", None)
@@ -138,15 +119,21 @@ def _doc_rows(docs, doc_ids: list[int]) -> list[dict]:
     return [dict(docs[i]) for i in doc_ids]
 
 
-def judge_responses(resps: list, docs, image_of_doc=None) -> dict[str, int] | None:
+def _lined_up(instances, resps: list) -> bool:
+    """True when ``instances`` are lmms-eval instances, one per response, each with an integer doc id."""
+    if not isinstance(instances, list | tuple) or len(instances) != len(resps):
+        return False
+    return all(isinstance(getattr(inst, "doc_id", None), int) and not isinstance(inst.doc_id, bool) for inst in instances)
+
+
+def judge_responses(resps: list, docs, instances, image_of_doc=None) -> dict[str, int] | None:
     """Judge every response a task filter received (one entry per request instance: a response, or
-    the instance's list of them) against its item in ``docs`` (the task's docs, indexed by doc id);
-    ``image_of_doc(doc)`` gives an item's image for judges that look at images. Returns what
-    :func:`score_batch` returns, or None (nothing kept) when the responses cannot be lined up with
-    their items."""
+    the instance's list of them) against its item: ``resps[i]`` answers ``instances[i]``, whose item is
+    ``docs[instances[i].doc_id]`` (the task's docs, indexed by doc id). ``image_of_doc(doc)`` gives an
+    item's image for judges that look at images. Returns what :func:`score_batch` returns, or None
+    (nothing kept) when there are no instances or they do not line up with the responses."""
     clear_verdicts()
-    instances = _instances_of(resps)
-    if instances is None or docs is None or not resps:
+    if docs is None or not resps or not _lined_up(instances, resps):
         log.warning("in-run batched judging: the responses could not be lined up with their items; scoring item by item")
         return None
     doc_ids = [inst.doc_id for inst in instances]
@@ -159,3 +146,49 @@ def judge_responses(resps: list, docs, image_of_doc=None) -> dict[str, int] | No
             where.append(doc_id)
     image_of = (lambda i: image_of_doc(dict(docs[where[i]]))) if image_of_doc else None
     return score_batch(flat_docs, answers, image_of)
+
+
+def takes_instances(ensemble) -> bool:
+    """True when one of a FilterEnsemble's filters wants the request instances (``apply_with_instances``)."""
+    return any(callable(getattr(f, "apply_with_instances", None)) for f in getattr(ensemble, "filters", ()))
+
+
+def apply_ensemble(ensemble, instances: list, docs) -> None:
+    """lmms-eval's ``FilterEnsemble.apply``, with ``instances`` handed explicitly to each filter that
+    takes them (``f.apply_with_instances(resps, docs, instances)``); every other filter gets
+    ``f.apply(resps, docs)`` as in lmms-eval. Each instance's result goes to ``filtered_resps[name]``."""
+    resps = [inst.resps for inst in instances]
+    for f in ensemble.filters:
+        if callable(getattr(f, "apply_with_instances", None)):
+            resps = f.apply_with_instances(resps, docs, instances)
+        else:
+            resps = f.apply(resps, docs)
+    for inst, resp in zip(instances, resps):
+        inst.filtered_resps[ensemble.name] = resp
+
+
+def install() -> None:
+    """Wrap lmms-eval's ``ConfigurableTask.apply_filters`` (idempotent): a task's filter ensembles that
+    hold an instance-taking filter run through :func:`apply_ensemble`; a task without one runs
+    lmms-eval's own method unchanged."""
+    from lmms_eval.api.task import ConfigurableTask  # heavy: lmms-eval imports torch and its model registry
+
+    original = ConfigurableTask.apply_filters
+    if getattr(original, "_mmtoxicqa_judging", False):
+        return
+
+    def apply_filters(self):
+        ensembles = getattr(self, "_filters", None)
+        if not ensembles or not any(takes_instances(e) for e in ensembles):
+            return original(self)
+        for ensemble in ensembles:
+            if takes_instances(ensemble):
+                apply_ensemble(ensemble, self._instances, self.task_docs)
+            else:
+                ensemble.apply(self._instances, self.task_docs)
+        return None
+
+    apply_filters._mmtoxicqa_judging = True
+    apply_filters.__wrapped__ = original
+    apply_filters.__doc__ = original.__doc__
+    ConfigurableTask.apply_filters = apply_filters

@@ -196,13 +196,19 @@ def _rgb_image(doc: dict):
 
 class JudgeAnswers(_Filter):
     """The task's filter (after ``take_first``): responses pass through unchanged, and every one of
-    them is judged on the way, one batched call per judge (mmtoxicqa.lmms.task_judging)."""
+    them is judged on the way, one batched call per judge (mmtoxicqa.lmms.task_judging). The task's
+    ``apply_filters`` (wrapped by ``task_judging.install``) calls :meth:`apply_with_instances` with the
+    request instances, which say which item each response answers; a plain ``apply`` (no instances)
+    only passes the responses through, and ``process_results`` scores each item itself."""
 
     def apply(self, resps, docs):
+        return self.apply_with_instances(resps, docs, None)
+
+    def apply_with_instances(self, resps, docs, instances):
 
         resps = list(resps)  # take_first hands over a one-shot iterator
         try:
-            judge_responses(resps, docs, _rgb_image)
+            judge_responses(resps, docs, instances, _rgb_image)
         except Exception as exc:  # noqa: BLE001  (never lose the run here: process_results scores what is missing)
             clear_verdicts()
             log.warning("in-run batched judging skipped (%s); answers are scored item by item", first_line(exc))

@@ -2,6 +2,7 @@
 (docs, prompts, per-item records) and mmtoxicqa.lmms.task_metrics (one ``agg_<metric>`` per registered metric)."""
 
 from mmtoxicqa.lmms.task_data import install
+from mmtoxicqa.lmms.task_judging import install as install_judging
 from mmtoxicqa.lmms.task_metrics import aggregations
 from mmtoxicqa.lmms.task_support import (  # noqa: F401
     JudgeAnswers,
@@ -22,4 +23,5 @@ from mmtoxicqa.lmms.task_support import (  # noqa: F401
 )
 
 globals().update(aggregations())
+install_judging()  # the task's filters get the request instances (JudgeAnswers.apply_with_instances)
 install()  # lmms-eval loads these tasks' data from where mmtoxicqa.lmms.task_data says (imported before any task is built)
