@@ -71,7 +71,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmtoxicqa: interrupted (finished work was saved; rerun the same command to resume)", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
