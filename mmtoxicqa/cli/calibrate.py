@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -11,10 +10,12 @@ from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.paths import cache_dir
 from mmtoxicqa.modeling.loading import load_model
-from mmtoxicqa.modeling.placement import LOAD_OPTIONS
+from mmtoxicqa.modeling.placement import LOAD_OPTIONS, parse_device_map
 from mmtoxicqa.modeling.positions import TOKEN_SCOPES
 from mmtoxicqa.sgm.calibration import calibrate
 from mmtoxicqa.sgm.glasses import Glasses
+from mmtoxicqa.sgm.memory import check_auroc_device
+from mmtoxicqa.sgm.shards import init_from_env
 
 
 def add_cli(subparsers) -> None:
@@ -60,6 +61,25 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--device", default="cpu")
     add_load_arguments(parser)
     parser.add_argument("--resume-dir", default=None, help="folder for per-batch partial results (default: next to --out)")
+    parser.add_argument(
+        "--no-resume-shards",
+        dest="resume",
+        action="store_false",
+        help="write no per-batch partial results (saves their disk space, about the pooled matrix's size; an interrupted run starts over)",
+    )
+    parser.add_argument(
+        "--pool-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="dtype of the pooled items x neurons matrix (half the memory in float16/bfloat16; lossless in bfloat16 for a bfloat16 "
+        "model with max pooling; recorded in the glasses)",
+    )
+    parser.add_argument(
+        "--auroc-device",
+        default=None,
+        help="device that computes the AUROCs, one block of neurons at a time (e.g. cpu, cuda:1; default: where the model computes)",
+    )
+    parser.add_argument("--auroc-block", type=int, default=None, help="neurons per AUROC block (default: about 4M pooled values per block)")
     parser.set_defaults(func=_cli_calibrate)
 
     show = subparsers.add_parser(
@@ -78,30 +98,27 @@ def add_cli(subparsers) -> None:
     show.set_defaults(func=_cli_glasses)
 
 
-def add_load_arguments(parser) -> None:
-    """The loading options of ``--model_args`` (mmtoxicqa.modeling.placement.LOAD_OPTIONS) as command-line flags."""
-    parser.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)")
-    parser.add_argument("--revision", default=None, help="hub revision of --model")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (only for models you trust)")
-    parser.add_argument(
-        "--device-map",
-        default=None,
-        help="split the model over devices: auto, balanced, balanced_low_0, sequential, or a JSON map (text or .json file) of module -> device",
-    )
-    parser.add_argument("--max-memory", default=None, help="per-device cap with --device-map, e.g. '0:20GiB;1:20GiB;cpu:64GiB'")
-    parser.add_argument("--attn-implementation", default=None, help="eager, sdpa or flash_attention_2 (default: the model's)")
-    parser.add_argument("--offload-folder", default=None, help="folder for the weights a device map sends to disk")
-    parser.add_argument("--min-pixels", type=int, default=None, help="image processor pixel budget, lower bound (Qwen2-VL-style)")
-    parser.add_argument("--max-pixels", type=int, default=None, help="image processor pixel budget, upper bound (Qwen2-VL-style)")
-
-
-def load_from_args(args):
-    """``load_model`` with the flags of :func:`add_load_arguments` (and ``--model`` / ``--device``)."""
-
-    return load_model(args.model, **{name: getattr(args, name) for name in LOAD_OPTIONS})
-
-
 def _cli_calibrate(args) -> int:
+
+    check_auroc_device(args.auroc_device)  # before the model loads
+    if args.auroc_block is not None and args.auroc_block < 1:
+        raise MMToxError(f"--auroc-block {args.auroc_block} must be a positive number of neurons")
+    group, args.device, created = init_from_env(args.device)  # under accelerate launch / torchrun: one shard of the items each
+    if group.parallel and isinstance(parse_device_map(args.device_map), str):
+        raise MMToxError(
+            f"--device-map {args.device_map} spreads one copy of the model over every GPU, but {group.world} processes were launched; "
+            "run one process for model parallel, or drop --device-map for data parallel"
+        )
+    try:
+        return _calibrate_command(args, group)
+    finally:
+        if created:
+            import torch.distributed as dist  # heavy: torch loads only where a model runs
+
+            dist.destroy_process_group()
+
+
+def _calibrate_command(args, group) -> int:
 
     loaded = load_from_args(args)
     out = Path(args.out)
@@ -121,12 +138,15 @@ def _cli_calibrate(args) -> int:
         use_cache=False,
         tokens=args.tokens,
         site=args.site,
+        pool_dtype=args.pool_dtype,
+        auroc_device=args.auroc_device,
+        auroc_chunk=args.auroc_block,
+        resume=args.resume,
+        out=out,
     )
-    glasses.save(out)
-
-    shutil.rmtree(resume, ignore_errors=True)
-    print(glasses.summary_text())
-    print(f"wrote {out} in {time.perf_counter() - start:.1f}s")
+    if group.main:  # calibrate wrote --out (rank 0 only, atomically) and removed the resume folder
+        print(glasses.summary_text())
+        print(f"wrote {out} in {time.perf_counter() - start:.1f}s" + (f" ({group.world} processes)" if group.parallel else ""))
     return 0
 
 
@@ -163,3 +183,26 @@ def _cli_glasses(args) -> int:
         write_json_atomic(Path(args.json), summaries)
         print(f"wrote {args.json}")
     return 0
+
+
+def add_load_arguments(parser) -> None:
+    """The loading options of ``--model_args`` (mmtoxicqa.modeling.placement.LOAD_OPTIONS) as command-line flags."""
+    parser.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto (float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--revision", default=None, help="hub revision of --model")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (only for models you trust)")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="split the model over devices: auto, balanced, balanced_low_0, sequential, or a JSON map (text or .json file) of module -> device",
+    )
+    parser.add_argument("--max-memory", default=None, help="per-device cap with --device-map, e.g. '0:20GiB;1:20GiB;cpu:64GiB'")
+    parser.add_argument("--attn-implementation", default=None, help="eager, sdpa or flash_attention_2 (default: the model's)")
+    parser.add_argument("--offload-folder", default=None, help="folder for the weights a device map sends to disk")
+    parser.add_argument("--min-pixels", type=int, default=None, help="image processor pixel budget, lower bound (Qwen2-VL-style)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="image processor pixel budget, upper bound (Qwen2-VL-style)")
+
+
+def load_from_args(args):
+    """``load_model`` with the flags of :func:`add_load_arguments` (and ``--model`` / ``--device``)."""
+
+    return load_model(args.model, **{name: getattr(args, name) for name in LOAD_OPTIONS})

@@ -38,6 +38,8 @@ VARIABLES: dict[str, str] = {
     "PERSPECTIVE_API_URL": "the Perspective endpoint (default Google's)",
     "PERSPECTIVE_QPS": "Perspective requests per second (default 1)",
     "PERSPECTIVE_LANGUAGES": "languages sent to Perspective (default en)",
+    "WORLD_SIZE": "processes of a data-parallel launch (set by accelerate launch / torchrun; calibration runs once over them)",
+    "LOCAL_RANK": "this process's GPU index on its machine (set by the launcher)",
     "HF_HUB_OFFLINE": "Hugging Face's own offline switch (read to word errors; `make` sets it to 1)",
     "TRANSFORMERS_OFFLINE": "transformers' offline switch (read like HF_HUB_OFFLINE)",
 }

@@ -22,6 +22,7 @@ from mmtoxicqa.modeling.positions import TOKEN_SCOPES
 from mmtoxicqa.sgm import Glasses, wear
 from mmtoxicqa.sgm.calibration import calibrate
 from mmtoxicqa.sgm.glasses import selection_mask
+from mmtoxicqa.sgm.memory import check_auroc_device, parse_pool_dtype
 
 NEURON_SLOT = "neuron dampening (sgm / aura / det0 / damp)"
 
@@ -37,8 +38,11 @@ def _glasses(
     calibration_limit,
     tokens: str = "text",
     site: str = "down_input",
+    pool_dtype: str | None = None,
+    auroc_device: str | None = None,
 ):
-    """(fitted glasses, where they came from): a file the user fitted, or a calibration now (cached)."""
+    """(fitted glasses, where they came from): a file the user fitted, or a calibration now (cached;
+    under data parallel, once: each process runs its shard, rank 0 rates and writes, the others load)."""
 
     if glasses:
         path = Path(glasses).expanduser()
@@ -48,8 +52,26 @@ def _glasses(
             )
         return Glasses.load(path, loaded.model), {"file": str(path), "file_sha256": sha256_file(path)}
     limit = check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
-    fitted = calibrate(loaded, calibration_data, text_only=text_only, pooling=pooling, layers=layers, limit=limit, tokens=tokens, site=site)
+    fitted = calibrate(
+        loaded,
+        calibration_data,
+        text_only=text_only,
+        pooling=pooling,
+        layers=layers,
+        limit=limit,
+        tokens=tokens,
+        site=site,
+        pool_dtype=pool_dtype,
+        auroc_device=auroc_device,
+    )
     return fitted, {"file": None, "calibrated_on": str(calibration_data or "the calibration split"), "calibration_limit": limit}
+
+
+def _check_memory_options(pool_dtype, auroc_device) -> None:
+    """Refuse a bad ``calibration_pool_dtype`` / ``calibration_auroc_device`` before calibrating (one line)."""
+
+    parse_pool_dtype(pool_dtype)
+    check_auroc_device(auroc_device)
 
 
 def _as_worn(owner: str, fitted, source: dict, strength, select):
@@ -91,6 +113,8 @@ def sgm(
     sgm_site: str | None = None,
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
+    calibration_pool_dtype: str | None = None,
+    calibration_auroc_device: str | None = None,
 ) -> Method:
     """SGM, safety glasses for toxic neurons (this project; builds on AurA, Suau et al. 2024): language-decoder
     MLP neurons rated by AUROC on fused image+text calibration inputs, each scaled by
@@ -110,6 +134,7 @@ def sgm(
     if sgm_site not in (None, *SITE_KINDS):
         raise MMToxError(f"sgm_site={sgm_site!r} must be one of {', '.join(SITE_KINDS)}")
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
+    _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if strength == 0:
         return Method("sgm", loaded, worn={"sgm": {"strength": 0.0, "dampened": 0, "overrides": ["strength: -> 0 (off)"]}})
     fitted, source = _glasses(
@@ -122,6 +147,8 @@ def sgm(
         calibration_limit=calibration_limit,
         tokens=sgm_tokens,
         site=sgm_site or "down_input",
+        pool_dtype=calibration_pool_dtype,
+        auroc_device=calibration_auroc_device,
     )
     fitted_site = fitted.meta.get("site", "down_input")
     if sgm_site is not None and sgm_site != fitted_site:
@@ -146,6 +173,8 @@ def aura(
     aura_tokens: str = "request",
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
+    calibration_pool_dtype: str | None = None,
+    calibration_auroc_device: str | None = None,
 ) -> Method:
     """AurA (Suau et al. 2024, "Whispering Experts"): SGM's machinery calibrated on the text alone
     (images dropped): the unimodal ablation. As in AurA, a neuron's response is pooled over the
@@ -155,6 +184,7 @@ def aura(
     strength = None if aura_strength in (None, "", "None") else check_number("aura_strength", aura_strength)
     _check_mode(aura_mode, "aura")
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
+    _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if aura_tokens not in TOKEN_SCOPES:
         raise MMToxError(f"aura_tokens={aura_tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
     if strength == 0:
@@ -168,6 +198,8 @@ def aura(
         calibration_data=calibration_data,
         calibration_limit=calibration_limit,
         tokens=aura_tokens,
+        pool_dtype=calibration_pool_dtype,
+        auroc_device=calibration_auroc_device,
     )
     worn, record = _as_worn("aura", fitted, source, strength, None)
     method = Method("aura", loaded, [_wear_part(loaded, worn, aura_mode, "aura")], worn={"aura": record})
@@ -191,15 +223,26 @@ def det0(
     det0_top_k: int = 200,
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
+    calibration_pool_dtype: str | None = None,
+    calibration_auroc_device: str | None = None,
 ) -> Method:
     """Det0 (Suau et al. 2024's baseline, after Suau et al. 2022 "Self-conditioning"): the top-k
     expert neurons by AUROC are set to zero. With ``glasses=``, the ranking is that file's AUROCs."""
     k = check_count("det0_top_k", det0_top_k)
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
+    _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if k == 0:
         return Method("det0", loaded)
     fitted, source = _glasses(
-        loaded, glasses, text_only=False, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
+        loaded,
+        glasses,
+        text_only=False,
+        pooling="max",
+        layers=None,
+        calibration_data=calibration_data,
+        calibration_limit=calibration_limit,
+        pool_dtype=calibration_pool_dtype,
+        auroc_device=calibration_auroc_device,
     )
     worn = _fixed_alpha(fitted, k, 0.0)
     method = Method("det0", loaded, [_wear_part(loaded, worn, "hooks", "det0")], worn={"det0": {**source, **worn.worn_record()}})
@@ -215,16 +258,27 @@ def damp(
     damp_factor: float = 0.5,
     calibration_data: str | None = None,
     calibration_limit: int | None = None,
+    calibration_pool_dtype: str | None = None,
+    calibration_auroc_device: str | None = None,
 ) -> Method:
     """Damp (Suau et al. 2024's baseline): the top-k expert neurons by AUROC are multiplied by a
     fixed factor (factor 1 = off). With ``glasses=``, the ranking is that file's AUROCs."""
     factor = check_number("damp_factor", damp_factor)
     k = check_count("damp_top_k", damp_top_k)
     check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
+    _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if k == 0 or factor == 1.0:
         return Method("damp", loaded)
     fitted, source = _glasses(
-        loaded, glasses, text_only=False, pooling="max", layers=None, calibration_data=calibration_data, calibration_limit=calibration_limit
+        loaded,
+        glasses,
+        text_only=False,
+        pooling="max",
+        layers=None,
+        calibration_data=calibration_data,
+        calibration_limit=calibration_limit,
+        pool_dtype=calibration_pool_dtype,
+        auroc_device=calibration_auroc_device,
     )
     worn = _fixed_alpha(fitted, k, factor)
     method = Method("damp", loaded, [_wear_part(loaded, worn, "hooks", "damp")], worn={"damp": {**source, **worn.worn_record()}})

@@ -8,8 +8,19 @@ statistic over ``n1 * n0``. With ties handled by average ranks:
 
 The average rank of a value v is ``(#{< v} + #{<= v} + 1) / 2``; both counts come from
 ``searchsorted`` on each neuron's sorted column, so ``2 R1`` is an exact integer sum and the
-only rounding is the final division (float64). Columns are processed in chunks on the
-scores' device (CPU or GPU) to bound memory.
+only rounding is the final division (float64).
+
+Memory: columns are processed in blocks (``chunk_size`` columns, default about 4M scores per
+block). Each block is copied on its own to the ``device`` that computes (default: where the
+scores are), so a pooled matrix kept in CPU memory is never copied whole to a GPU; the working
+set of one block is :func:`block_bytes`. A float16 / bfloat16 matrix is widened to float32 one
+block at a time (exact). Several label vectors (the real labels and the placebo's permutation)
+share one sort per block (:func:`aurocs`).
+
+Ties: equal scores get the average rank, so a tie between a toxic and a non-toxic input counts
+1/2 (the Mann-Whitney tie correction). Storing scores in a narrower float type rounds them
+monotonically: it can merge two distinct values into a tie but never swap their order, so each
+cross-class pair that merges moves the AUROC by at most ``1 / (2 n1 n0)``.
 """
 
 from __future__ import annotations
@@ -40,12 +51,24 @@ def check_labels(labels, n: int | None = None, min_per_class: int = MIN_PER_CLAS
     return y
 
 
-def auroc(scores: torch.Tensor, labels, *, chunk_size: int | None = None, min_per_class: int = MIN_PER_CLASS) -> torch.Tensor:
-    """AUROC of each column of ``scores`` (N x M, or N) for ``labels`` (N, 1 = toxic), float64 (M,).
+DEFAULT_BLOCK_ELEMENTS = 1 << 22
 
-    Exact with ties (equals ``sklearn.metrics.roc_auc_score`` per column). Computed on
-    ``scores.device``; ``chunk_size`` columns at a time (default: about 4M elements per chunk).
-    """
+
+def default_chunk_size(n: int) -> int:
+    """Columns per block for ``n`` inputs: about 4M scores (``DEFAULT_BLOCK_ELEMENTS``) per block."""
+    return max(1, DEFAULT_BLOCK_ELEMENTS // max(n, 1))
+
+
+def block_bytes(n: int, n1: int, columns: int, label_sets: int = 1, stored_bytes: int = 4) -> int:
+    """Upper bound of the memory one block of ``columns`` columns takes while its AUROCs are computed
+    (``n`` inputs, ``n1`` toxic, ``stored_bytes`` per stored score): the column copy moved to the
+    computing device (``stored_bytes``), its float32 transpose (4), the sorted values (4) and sort
+    indices (8) per score, and per toxic score and label set its value (4) and two int64 ranks (16)."""
+    per_score = stored_bytes + 4 + 4 + 8
+    return columns * (n * per_score + label_sets * n1 * (4 + 16))
+
+
+def _as_scores(scores) -> tuple[torch.Tensor, bool]:
     if not isinstance(scores, torch.Tensor):
         scores = torch.as_tensor(scores)
     squeeze = scores.dim() == 1
@@ -53,33 +76,80 @@ def auroc(scores: torch.Tensor, labels, *, chunk_size: int | None = None, min_pe
         scores = scores.unsqueeze(1)
     if scores.dim() != 2:
         raise MMToxError(f"scores must be N x M (inputs x neurons), got shape {tuple(scores.shape)}")
+    return scores, squeeze
+
+
+def aurocs(
+    scores: torch.Tensor,
+    label_sets,
+    *,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+    min_per_class: int = MIN_PER_CLASS,
+) -> list[torch.Tensor]:
+    """The AUROC of every column of ``scores`` (N x M) for each labelling in ``label_sets``: a list of
+    float64 (M,) tensors on the CPU, one per labelling, from one sort per block.
+
+    ``scores`` stay where they are; each block of ``chunk_size`` columns (default
+    :func:`default_chunk_size`) is copied to ``device`` (default: ``scores.device``) and computed
+    there, so the working set is one block (:func:`block_bytes`), never a second copy of ``scores``."""
+    scores, _ = _as_scores(scores)
     n, m = scores.shape
-    y = check_labels(labels, n, min_per_class).to(scores.device)
-    n1 = int(y.sum())
-    n0 = n - n1
-    if not scores.is_floating_point():
-        scores = scores.double()
-    nan_cols = torch.isnan(scores).any(0)
-    if bool(nan_cols.any()):
-        col = int(nan_cols.nonzero()[0])
-        raise MMToxError(f"scores column {col} contains NaN; the pooled responses are broken (check the model dtype/inputs)")
+    device = scores.device if device is None else torch.device(device)
+    ys = [check_labels(labels, n, min_per_class).to(device) for labels in label_sets]
+    if not ys:
+        raise MMToxError("aurocs needs at least one labelling")
     if chunk_size is None:
-        chunk_size = max(1, (1 << 22) // max(n, 1))
-    out = torch.empty(m, dtype=torch.float64, device=scores.device)
-    positive_rows = y.nonzero().squeeze(1)
-    offset = n1 + 0  # from the +1 in each average rank: sum over n1 toxic inputs of 1
-    subtract = n1 * (n1 + 1)  # 2 * n1 (n1 + 1) / 2
-    denominator = 2.0 * n1 * n0
+        chunk_size = default_chunk_size(n)
+    if int(chunk_size) < 1:
+        raise MMToxError(f"chunk_size={chunk_size} must be a positive number of columns")
+    chunk_size = int(chunk_size)
+    plans = []
+    for y in ys:
+        n1 = int(y.sum())
+        # 2 R1 = sum over toxic of (#{< v} + #{<= v}) + n1 (from the +1 of each average rank); subtract 2 * n1 (n1 + 1) / 2
+        plans.append((y.nonzero().squeeze(1), n1, n1 * (n1 + 1) - n1, 2.0 * n1 * (n - n1)))
+    outs = [torch.empty(m, dtype=torch.float64) for _ in ys]
     for start in range(0, m, chunk_size):
-        block = scores[:, start : start + chunk_size].T.contiguous()  # (c, N): one row per neuron
-        if block.dtype in (torch.float16, torch.bfloat16):
-            block = block.float()  # exact widening; sort/searchsorted need a native type
-        ordered, _ = torch.sort(block, dim=1)
-        toxic_values = block.index_select(1, positive_rows).contiguous()  # (c, n1)
-        below = torch.searchsorted(ordered, toxic_values, side="left")  # #{< v}
-        upto = torch.searchsorted(ordered, toxic_values, side="right")  # #{<= v}
-        twice_r1 = (below + upto).sum(1) + offset  # exact int64: 2 * R1
-        out[start : start + block.shape[0]] = (twice_r1 - subtract).double() / denominator
+        block = scores[:, start : start + chunk_size].to(device)
+        if block.is_floating_point():
+            if block.dtype in (torch.float16, torch.bfloat16):
+                block = block.float()  # exact widening; sort/searchsorted need a native type
+        else:
+            block = block.double()
+        block = block.T.contiguous()  # (c, N): one row per neuron
+        if bool(torch.isnan(block).any()):
+            col = start + int(torch.isnan(block).any(1).nonzero()[0])
+            raise MMToxError(f"scores column {col} contains NaN; the pooled responses are broken (check the model dtype/inputs)")
+        ordered = torch.sort(block, dim=1).values
+        for out, (positive_rows, _n1, subtract, denominator) in zip(outs, plans):
+            toxic_values = block.index_select(1, positive_rows).contiguous()  # (c, n1)
+            below = torch.searchsorted(ordered, toxic_values, side="left")  # #{< v}
+            upto = torch.searchsorted(ordered, toxic_values, side="right")  # #{<= v}
+            twice_r1 = (below + upto).sum(1)  # exact int64
+            out[start : start + block.shape[0]] = ((twice_r1 - subtract).double() / denominator).cpu()
+            del toxic_values, below, upto
+        del block, ordered
+    return outs
+
+
+def auroc(
+    scores: torch.Tensor,
+    labels,
+    *,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+    min_per_class: int = MIN_PER_CLASS,
+) -> torch.Tensor:
+    """AUROC of each column of ``scores`` (N x M, or N) for ``labels`` (N, 1 = toxic), float64 (M,).
+
+    Exact with ties (equals ``sklearn.metrics.roc_auc_score`` per column). Computed block by block
+    on ``device`` (default: ``scores.device``), ``chunk_size`` columns at a time (default: about 4M
+    scores per block); returned on ``device`` when given, else on ``scores.device``.
+    """
+    matrix, squeeze = _as_scores(scores)
+    [out] = aurocs(matrix, [labels], chunk_size=chunk_size, device=device, min_per_class=min_per_class)
+    out = out.to(matrix.device if device is None else torch.device(device))
     return out[0] if squeeze else out
 
 

@@ -28,6 +28,8 @@ from mmtoxicqa.modeling.loading import LoadedModel, build_inputs
 from mmtoxicqa.modeling.positions import TOKEN_SCOPES, answer_mask, request_mask, text_mask, without_user_text
 from mmtoxicqa.sgm import find_decoder_layers, fit_glasses
 from mmtoxicqa.sgm.glasses import Glasses
+from mmtoxicqa.sgm.memory import check_auroc_device, parse_pool_dtype, pool_dtype_name
+from mmtoxicqa.sgm.shards import Group, fit_glasses_sharded, plan, reduce_steering
 from mmtoxicqa.sgm.steering_vectors import SteeringAccumulator, default_steer_layer, save_steering_vector
 
 log = logging.getLogger(__name__)
@@ -172,20 +174,24 @@ def steering_cache_path(model_id: str, data_hash: str, options: dict) -> Path:
     return _cache_path("steering", ".steer.safetensors", model_id, data_hash, options)
 
 
-def sgm_options(pooling: str = "max", layers=None, text_only: bool = False, tokens: str = "text", site: str = "down_input") -> dict:
+def sgm_options(
+    pooling: str = "max", layers=None, text_only: bool = False, tokens: str = "text", site: str = "down_input", pool_dtype: str = "float32"
+) -> dict:
     """The options that key a glasses cache entry (the defaults are ``sgm``'s)."""
     options = {"pooling": pooling, "layers": None if layers is None else str(layers), "text_only": text_only}
     if tokens != "text":  # the defaults keep the cache keys of glasses fitted before the options existed
         options["tokens"] = tokens
     if site != "down_input":
         options["site"] = site
+    if pool_dtype != "float32":  # a narrower pooled matrix can merge close values into ties: other AUROCs
+        options["pool_dtype"] = pool_dtype
     return options
 
 
-def _say(message: str) -> None:
+def _say(message: str, process: str = "") -> None:
     """One progress line on stderr: visible under lmms-eval and sweeps whatever their log level."""
 
-    print(f"mmtoxicqa: {message}", file=sys.stderr, flush=True)
+    print(f"mmtoxicqa{process}: {message}", file=sys.stderr, flush=True)
 
 
 def calibrate(
@@ -205,6 +211,11 @@ def calibrate(
     tokens: str = "text",
     steer_layer: int | None = None,
     site: str = "down_input",
+    pool_dtype="float32",
+    auroc_device=None,
+    auroc_chunk: int | None = None,
+    resume: bool = True,
+    out: str | Path | None = None,
 ):
     """Fit SGM glasses for ``loaded`` on the calibration split (cached by model + data + options).
 
@@ -216,74 +227,140 @@ def calibrate(
     Collect once, derive all: a pass over image + text inputs with the text scope (what ``sgm``,
     ``sgm_star``, ``det0`` and ``damp`` read) also accumulates the ``steer`` vector of decoder layer
     ``steer_layer`` (default: the middle one) and caches it, so ``steer`` needs no pass of its own.
-    AurA's inputs drop the image, so the decoder sees other activations: it keeps its own pass."""
+    AurA's inputs drop the image, so the decoder sees other activations: it keeps its own pass.
+
+    Memory: ``pool_dtype`` (float32 | float16 | bfloat16) stores the pooled N x M matrix; the AUROCs
+    are computed on ``auroc_device`` (default: where the model computes) ``auroc_chunk`` columns at a
+    time. ``resume=False`` writes no per-batch resume files. ``out``: also write the glasses (with
+    ``strength`` / ``select`` applied) there, atomically.
+
+    Data parallel: under ``torch.distributed`` with N processes (``accelerate launch``, ``torchrun``),
+    every process must call this; each runs the model over its own contiguous block of batches, rank 0
+    gathers the pooled rows, rates the neurons and writes the glasses (``out`` and / or the cache), and
+    the others wait and load that file (:mod:`mmtoxicqa.sgm.shards`). The result equals one process's."""
     if tokens not in TOKEN_SCOPES:
         raise MMToxError(f"tokens={tokens!r} must be one of {', '.join(TOKEN_SCOPES)}")
 
+    dtype = parse_pool_dtype(pool_dtype)
+    auroc_device = check_auroc_device(auroc_device)
+    group = Group.current()
+    process = f"[{group.rank}/{group.world}]" if group.parallel else ""
     items = answer_pairs(calibration_items(data), limit) if tokens == "answer" else calibration_items(data, limit=limit)
     labels = [int(i["toxic_label"]) for i in items]
     data_hash = items_hash(items, text_only)
-    options = sgm_options(pooling, layers, text_only, tokens, site)
+    options = sgm_options(pooling, layers, text_only, tokens, site, pool_dtype_name(dtype))
     cached = glasses_cache_path(loaded.model_id, data_hash, options)
-    if use_cache and cached.is_file():
-        _say(f"using cached glasses {cached} ({len(items)} calibration items)")
-        return Glasses.load(cached, loaded.model).with_options(strength=strength, select=select)
-    if checkpoint_dir is None and use_cache:
+    out = None if out is None else Path(out)
+    shared = cached if use_cache else out  # the file rank 0 writes and the other processes load
+    if group.parallel and shared is None:
+        raise MMToxError(f"calibrating in {group.world} processes needs a file to share the glasses through; pass out= or use_cache=True")
+    if use_cache and group.decide(cached.is_file()):  # rank 0's answer, so that every process takes the same branch
+        if group.main:
+            _say(f"using cached glasses {cached} ({len(items)} calibration items)")
+        glasses = _load_shared(group, cached, loaded).with_options(strength=strength, select=select)
+        if out is not None and group.main:
+            glasses.save(out)
+        group.agree(None, "writing the glasses")
+        return glasses
+    if not resume:
+        checkpoint_dir = None
+    elif checkpoint_dir is None and use_cache:
         checkpoint_dir = cached.with_suffix(".partial")
+    bounds = plan(len(items), batch_size, group.world)
+    lo, hi = bounds[group.rank]
     toxic = sum(labels)
     inputs = "text only (images dropped)" if text_only else "image + text"
     where = f"; glasses will be cached at {cached}" if use_cache else ""
-    _say(f"calibrating on {len(items)} items ({toxic} toxic, {len(items) - toxic} non-toxic; {inputs}, {tokens} tokens){where}")
-    batches = iter_batches(loaded, items, batch_size, text_only, tokens)
+    if group.main:
+        _say(f"calibrating on {len(items)} items ({toxic} toxic, {len(items) - toxic} non-toxic; {inputs}, {tokens} tokens){where}")
+    if group.parallel:
+        batches_here = (hi - lo + batch_size - 1) // batch_size
+        _say(
+            f"process {group.rank} of {group.world} collects items {lo}-{hi - 1} ({hi - lo} of {len(items)}, {batches_here} batches)",
+            process,
+        )
+    batches = iter_batches(loaded, items[lo:hi], batch_size, text_only, tokens)
     steering, steering_cache = (
-        _shared_steering(loaded, items, data_hash, steer_layer)
+        _shared_steering(loaded, items, data_hash, steer_layer, rows=(lo, hi))
         if not text_only and tokens == "text" and site == "down_input"
         else (None, None)
     )
+    if group.parallel:  # every process rides the steering vector along, or none does (its sums are added up over all)
+        import torch  # heavy: torch loads only where a model runs
+
+        if int(group.sum(torch.tensor([0 if steering is not None else 1])).item()):
+            steering, steering_cache = None, None
     if steering is not None:
         batches = steering.follow(batches)
     hooks = Hooks()
     if steering is not None:
         hooks.on_output(steering.layer_module, steering.grab)
+    fit = dict(
+        pooling=pooling,
+        layers=layers,
+        dtype=dtype,
+        checkpoint_path=checkpoint_dir,
+        progress=progress and group.main,
+        site=site,
+        strength=1.0,
+        select=None,
+        model_id=loaded.model_id,
+        data_hash=data_hash,
+        auroc_device=auroc_device,
+        auroc_chunk=auroc_chunk,
+    )
+    error = None
     with hooks:
-        glasses = fit_glasses(
-            loaded,
-            batches,
-            labels,
-            pooling=pooling,
-            layers=layers,
-            strength=1.0,
-            select=None,
-            model_id=loaded.model_id,
-            data_hash=data_hash,
-            checkpoint_path=checkpoint_dir,
-            progress=progress,
-            total=(len(items) + batch_size - 1) // batch_size,
-            site=site,
-        )
-    glasses.meta["text_only"] = text_only
-    glasses.meta["tokens"] = tokens
-    glasses.meta["calibration_items"] = len(items)
-    glasses.meta["calibration_limit"] = limit
-    if steering is not None and steering.complete:
-        save_steering_vector(steering_cache, steering.vector(), steering.layer, loaded.model_id, len(items))
-        _say(f"steering vector (layer {steering.layer}) from the same pass, cached at {steering_cache}")
-    if use_cache:
-        glasses.save(cached)
-
-        if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        _say(f"glasses cached at {cached}")
+        if group.parallel:
+            glasses, error = fit_glasses_sharded(group, loaded, batches, labels, bounds, batch_size=batch_size, **fit)
+        else:
+            glasses = fit_glasses(loaded, batches, labels, total=(len(items) + batch_size - 1) // batch_size, **fit)
+    steering_complete = reduce_steering(group, steering) if steering is not None else False
+    if group.main and error is None:
+        try:
+            glasses.meta["text_only"] = text_only
+            glasses.meta["tokens"] = tokens
+            glasses.meta["calibration_items"] = len(items)
+            glasses.meta["calibration_limit"] = limit
+            if steering is not None and steering_complete:
+                save_steering_vector(steering_cache, steering.vector(), steering.layer, loaded.model_id, len(items))
+                _say(f"steering vector (layer {steering.layer}) from the same pass, cached at {steering_cache}")
+            if use_cache:
+                glasses.save(cached)
+                _say(f"glasses cached at {cached}")
+            if out is not None:
+                glasses.with_options(strength=strength, select=select).save(out)
+            if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        except Exception as exc:  # the others are waiting for the file: tell them, then raise
+            error = exc
+    group.agree(error, "rating the neurons and writing the glasses")
+    if not group.main:
+        glasses = _load_shared(group, shared, loaded)
+        return glasses if shared == out else glasses.with_options(strength=strength, select=select)
     return glasses.with_options(strength=strength, select=select)
 
 
-def _shared_steering(loaded: LoadedModel, items: Sequence[dict], data_hash: str, layer: int | None):
+def _load_shared(group, path: Path, loaded: LoadedModel):
+    """The glasses file rank 0 wrote (or found), read by this process."""
+
+    if group.parallel and not path.is_file():
+        raise MMToxError(
+            f"process {group.rank} of {group.world} cannot see {path}, which process 0 wrote; put MMTOXICQA_CACHE "
+            "(or --out) on a filesystem every process shares"
+        )
+    return Glasses.load(path, loaded.model)
+
+
+def _shared_steering(loaded: LoadedModel, items: Sequence[dict], data_hash: str, layer: int | None, rows: tuple[int, int] | None = None):
     """A steering accumulator to ride along SGM's pass, or (None, None) when its vector is cached
-    or the layer's output would come after the pass stops (SGM stops at the last MLP)."""
+    or the layer's output would come after the pass stops (SGM stops at the last MLP). ``rows``: the
+    items this process runs (data parallel; the sums are added up over the processes afterwards)."""
 
     _, layers = find_decoder_layers(loaded.model)
     layer = default_steer_layer(loaded) if layer is None else layer
     cache = steering_cache_path(loaded.model_id, data_hash, {"steer_layer": layer})
     if cache.is_file() or not 0 <= layer < len(layers) - 1:
         return None, None
-    return SteeringAccumulator(layers, layer, [int(i["toxic_label"]) for i in items]), cache
+    lo, hi = rows if rows is not None else (0, len(items))
+    return SteeringAccumulator(layers, layer, [int(i["toxic_label"]) for i in items[lo:hi]]), cache

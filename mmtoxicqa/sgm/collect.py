@@ -23,7 +23,14 @@ removed before the forward pass; everything else goes to ``model(**batch)``.
 Resuming: with ``checkpoint_path`` (a directory), each finished batch is written atomically as
 ``batch_NNNNNN.safetensors`` (its pooled rows, labels, counted-token counts and the hash of its
 inputs). A rerun with the same batches loads finished ones instead of running the model and
-refuses a checkpoint made from different inputs or options.
+refuses a checkpoint made from different inputs or options. ``batch_offset`` numbers the files
+from that index: processes that each collect one shard of the batches (data parallel) share one
+folder, and a rerun with another number of processes reuses the finished batches.
+
+Storage: the pooled matrix is float32 by default; ``dtype=torch.float16`` / ``torch.bfloat16``
+halves it. Pooling is computed in float32 (a bfloat16 model's max-pooled values are bfloat16
+numbers already, so storing them as bfloat16 loses nothing). float16 overflows above 65504: a
+pooled value that does is refused in one line naming the layer.
 """
 
 from __future__ import annotations
@@ -212,6 +219,21 @@ class _Recorder:
                     )
 
 
+def _check_float16(buffer: torch.Tensor, sites: Sequence[NeuronSite], offsets: Sequence[int]) -> None:
+    """Refuse pooled values that float16 cannot hold (|x| > 65504 becomes inf), naming the layer."""
+    limit = torch.finfo(torch.float16).max
+    over = buffer.abs().amax(0) > limit
+    if bool(over.any()):
+        column = int(over.nonzero()[0])
+        k = max(i for i, start in enumerate(offsets) if start <= column)
+        site = sites[k]
+        largest = float(buffer[:, column].abs().max())
+        raise MMToxError(
+            f"layer {site.layer_index} ({site.module_name}) has a pooled activation of {largest:.4g}, beyond float16's "
+            f"{limit:.0f}; pass pool dtype bfloat16 or float32 (--pool-dtype / calibration_pool_dtype)"
+        )
+
+
 def _checkpoint_manifest(model: nn.Module, sites, pooling, dtype, ignore_ids, image_ids) -> dict:
     return {
         "version": CHECKPOINT_VERSION,
@@ -285,23 +307,25 @@ def collect(
     progress: bool = True,
     total: int | None = None,
     forward_kwargs: Mapping | None = None,
+    batch_offset: int = 0,
 ) -> Responses:
     """Run ``model`` over ``batches`` and return every input's pooled response of every neuron.
 
     ``batches``: model-input dicts (``input_ids``, ``attention_mask``, plus ``pixel_values`` etc.
     as the model's processor makes them). ``labels``: 0/1 per input in batch order, or None when
     each batch carries ``toxic_label``. ``sites``: explicit sites (default: ``discover_sites(model,
-    layers)``). ``dtype``: storage dtype of the pooled matrix (float32 or float16; pooling itself
+    layers)``). ``dtype``: storage dtype of the pooled matrix (float32, float16 or bfloat16; pooling itself
     is computed in the activation dtype / float32). ``placeholder_token_ids``: image/video
     placeholder ids to exclude (default: from the model config); ``ignore_token_ids``: more ids
     to exclude. ``early_stop``: stop each forward pass right after
-    the last site (the remaining layers and the LM head are not needed).
+    the last site (the remaining layers and the LM head are not needed). ``batch_offset``: the index
+    of the first batch in ``checkpoint_path`` (a data-parallel shard's first global batch).
     """
 
     if pooling not in POOLINGS:
         raise MMToxError(f"pooling={pooling!r} is not supported; use one of {', '.join(POOLINGS)}")
     if dtype not in STORE_DTYPES:
-        raise MMToxError(f"dtype={dtype} is not a float dtype for the pooled matrix; use torch.float32 or torch.float16")
+        raise MMToxError(f"dtype={dtype} is not a float dtype for the pooled matrix; use torch.float32, torch.float16 or torch.bfloat16")
     net = unwrap_model(model)
     if placeholder_token_ids is None:
         placeholder_token_ids = sorted(declared_placeholder_ids(net))
@@ -378,7 +402,7 @@ def collect(
                 )
             input_hash = _hash_batch(batch, mask, batch_labels)
             data_digest.update(input_hash.encode())
-            shard = checkpoint / f"batch_{index:06d}.safetensors" if checkpoint is not None else None
+            shard = checkpoint / f"batch_{index + batch_offset:06d}.safetensors" if checkpoint is not None else None
             if shard is not None and shard.is_file():
                 stored = _load_shard(shard, input_hash, recorder.total)
                 pooled = stored["pooled"].to(device=store_device, dtype=dtype)
@@ -398,6 +422,8 @@ def collect(
                     )
                 fired_batches = [f + c for f, c in zip(fired_batches, recorder.fired)]
                 pooled = recorder.buffer.to(device=store_device, dtype=dtype)
+                if dtype == torch.float16:
+                    _check_float16(recorder.buffer, sites, recorder.offsets)
                 if shard is not None:
                     fired = torch.tensor(recorder.fired, dtype=torch.int64)
                     _save_shard(shard, pooled.cpu(), batch_labels, counts.cpu(), fired, input_hash)

@@ -349,6 +349,7 @@ class Glasses:
             "strength": meta.get("strength"),
             "select": meta.get("select"),
             "pooling": meta.get("pooling"),
+            "pool_dtype": meta.get("pool_dtype", meta.get("dtype")),
             "class_sizes": meta.get("class_sizes"),
             "calibration_limit": meta.get("calibration_limit"),
             "neurons": self.num_neurons,
@@ -377,6 +378,7 @@ class Glasses:
             (
                 f"SGM glasses for {s['model_id'] or '?'} ({s['model_type']}): {s['dampened']}/{s['neurons']} neurons dampened, "
                 f"strength {s['strength']}, select {s['select'] or 'all AUROC>0.5'}, pooling {s['pooling']}, classes {s['class_sizes']}"
+                + (f", pooled matrix in {s['pool_dtype']}" if s.get("pool_dtype") not in (None, "float32") else "")
             ),
             "AUROC quantiles: " + ", ".join(f"q{k}={v:.3f}" for k, v in s["auroc_quantiles"].items()),
             *(
