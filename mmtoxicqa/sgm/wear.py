@@ -118,6 +118,11 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
             if mode == "hooks":
                 (handle._hooks.on_input if site.reads == "input" else handle._hooks.on_output)(module, _scale_input(alpha.float()))
                 continue
+            if is_offloaded(module) and getattr(net, "hf_device_map", None) is None:  # meta weights, no device map: never loaded
+                raise MMToxError(
+                    f"layer {site.layer_index} ({site.module_name}) has no weights: the model was built on the meta device (shapes "
+                    "only), so fused mode has nothing to fold into; load its weights, or use mode='hooks'"
+                )
             if is_offloaded(module):
                 raise MMToxError(
                     f"layer {site.layer_index} ({site.module_name}) is offloaded by the device_map (its weights are brought in "
