@@ -18,7 +18,8 @@ What it does:
    ``llava_hf`` (lmms-eval 0.7.3's chat class, which asserts batch size 1) with ``device=cpu,device_map=cpu,dtype=float32``.
    One model per wrapper: the three ``mmtox`` conditions share one loaded model. Each figure is the median
    over repetitions; each ratio is printed both as the ratio of medians and as the median of the ratios
-   within each repetition (robust to a load that drifts between repetitions).
+   within each repetition (robust to a load that drifts between repetitions), and as the ratio of this process's
+   CPU seconds (the work done, whatever else shares the cores).
 
 ``llava_hf`` imports ``decord`` at module level (for videos) even for image tasks. decord is not a project
 dependency: install it beside the venv (``pip install --no-deps --target /tmp/decord-side decord``) and put
@@ -198,16 +199,22 @@ def main() -> int:
 
     names = list(conditions)
     seconds = {name: [] for name in names}
+    cpu = {name: [] for name in names}  # this process's CPU seconds: the work done, less sensitive to other jobs on the cores
     answers = {}
     for rep in range(args.reps):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             requests = fresh(instances)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             out = conditions[name](requests)
             seconds[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
             answers.setdefault(name, [a.strip() for a in out])
-            print(f"  rep {rep + 1} {name}: {seconds[name][-1]:.1f} s ({len(instances) / seconds[name][-1]:.3f} items/s)", flush=True)
+            print(
+                f"  rep {rep + 1} {name}: {seconds[name][-1]:.1f} s ({len(instances) / seconds[name][-1]:.3f} items/s), "
+                f"{cpu[name][-1]:.1f} CPU s, load {load_average()}",
+                flush=True,
+            )
 
     reference = answers["mmtox batch 1"]
     # a batch decodes until its longest answer ends: the steps its finished rows still take (from batch-1 answer lengths, + end token)
@@ -226,12 +233,14 @@ def main() -> int:
     rate = {name: len(instances) / statistics.median(values) for name, values in seconds.items()}
     answer_tokens = sum(len(lm.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in reference)
     print()
-    print(f"{'condition':38s} {'items/s':>8s} {'median s':>9s} {'min-max s':>13s}  answers == mmtox batch 1")
+    print(f"{'condition':38s} {'items/s':>8s} {'median s':>9s} {'min-max s':>13s} {'items/CPU-s':>12s}  answers == mmtox batch 1")
     for name in names:
         values = seconds[name]
         same = sum(a == b for a, b in zip(answers[name], reference))
+        per_cpu = len(instances) / statistics.median(cpu[name])
         print(
-            f"{name:38s} {rate[name]:8.3f} {statistics.median(values):9.1f} {min(values):6.1f}-{max(values):<6.1f}  {same}/{len(reference)}"
+            f"{name:38s} {rate[name]:8.3f} {statistics.median(values):9.1f} {min(values):6.1f}-{max(values):<6.1f} {per_cpu:12.3f}  "
+            f"{same}/{len(reference)}"
         )
     if why_not:
         print(f"{'llava_hf (lmms-eval, batch 1)':38s} {'-':>8s}  not run: {why_not}")
@@ -243,14 +252,18 @@ def main() -> int:
         (f"{b} length-sorted / doc order", b, f"{b}, doc order", "(info: what sorting adds)"),
     ]
     print()
-    print(f"{'ratio of items/s':44s} {'medians':>8s} {'paired':>7s}  {'per repetition':22s} target")
+    print(f"{'ratio of items/s':44s} {'medians':>8s} {'paired':>7s}  {'per repetition':22s} {'CPU time':>8s}  target")
     for label, top, bottom, target in ratios:
         if top not in seconds or bottom not in seconds:
             continue
         paired = [low / high for high, low in zip(seconds[top], seconds[bottom])]  # the same repetition: time of bottom / time of top
+        by_cpu = statistics.median(low / high for high, low in zip(cpu[top], cpu[bottom]))
         each = ", ".join(f"{r:.2f}" for r in paired)
-        print(f"{label:44s} {rate[top] / rate[bottom]:8.2f} {statistics.median(paired):7.2f}  {each:22s} {target}")
-    print("medians: ratio of the conditions' median items/s; paired: median over repetitions of the ratio within each repetition")
+        print(f"{label:44s} {rate[top] / rate[bottom]:8.2f} {statistics.median(paired):7.2f}  {each:22s} {by_cpu:8.2f}  {target}")
+    print(
+        "medians: ratio of the conditions' median items/s; paired: median over repetitions of the ratio within each repetition; "
+        "CPU time: the paired ratio of this process's CPU seconds (the work, whatever else runs on the cores)"
+    )
     print()
     print(
         f"prompts: {min(text_tokens)}-{max(text_tokens)} text tokens (median {statistics.median(text_tokens):.0f}) + "
