@@ -216,6 +216,21 @@ def _fixed_alpha(fitted, top_k: int, factor: float):
     return Glasses(fitted.sites, fitted.auroc, list(alpha.split(widths)), dict(fitted.meta, fixed_factor=factor, top_k=top_k))
 
 
+def _ranking_glasses(loaded, glasses, calibration_data, calibration_limit, pool_dtype, auroc_device):
+    """The glasses whose AUROCs rank det0's and damp's top-k neurons: the file, or SGM's default calibration."""
+    return _glasses(
+        loaded,
+        glasses,
+        text_only=False,
+        pooling="max",
+        layers=None,
+        calibration_data=calibration_data,
+        calibration_limit=calibration_limit,
+        pool_dtype=pool_dtype,
+        auroc_device=auroc_device,
+    )
+
+
 @register_method("det0", slots=(NEURON_SLOT,))
 def det0(
     loaded: LoadedModel,
@@ -233,16 +248,8 @@ def det0(
     _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if k == 0:
         return Method("det0", loaded)
-    fitted, source = _glasses(
-        loaded,
-        glasses,
-        text_only=False,
-        pooling="max",
-        layers=None,
-        calibration_data=calibration_data,
-        calibration_limit=calibration_limit,
-        pool_dtype=calibration_pool_dtype,
-        auroc_device=calibration_auroc_device,
+    fitted, source = _ranking_glasses(
+        loaded, glasses, calibration_data, calibration_limit, calibration_pool_dtype, calibration_auroc_device
     )
     worn = _fixed_alpha(fitted, k, 0.0)
     method = Method("det0", loaded, [_wear_part(loaded, worn, "hooks", "det0")], worn={"det0": {**source, **worn.worn_record()}})
@@ -269,16 +276,8 @@ def damp(
     _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if k == 0 or factor == 1.0:
         return Method("damp", loaded)
-    fitted, source = _glasses(
-        loaded,
-        glasses,
-        text_only=False,
-        pooling="max",
-        layers=None,
-        calibration_data=calibration_data,
-        calibration_limit=calibration_limit,
-        pool_dtype=calibration_pool_dtype,
-        auroc_device=calibration_auroc_device,
+    fitted, source = _ranking_glasses(
+        loaded, glasses, calibration_data, calibration_limit, calibration_pool_dtype, calibration_auroc_device
     )
     worn = _fixed_alpha(fitted, k, factor)
     method = Method("damp", loaded, [_wear_part(loaded, worn, "hooks", "damp")], worn={"damp": {**source, **worn.worn_record()}})
