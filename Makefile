@@ -38,7 +38,7 @@ STUDY_ADV_LIMIT ?= 128
 STUDY_LIMIT ?= 64
 # Asked of the library (MMTOXICQA_DATA, else $MMTOXICQA_CACHE/data), so make and Python never disagree;
 # expanded lazily (=) inside recipes, after setup has made the venv.
-DATA_DIR = $(shell $(BIN)/python -c "from mmtoxicqa.paths import data_dir; print(data_dir())")
+DATA_DIR = $(shell $(BIN)/python -c "from mmtoxicqa.core.paths import data_dir; print(data_dir())")
 BAD_WORDS ?= $(SOURCES)/rtp-bad-words/list_of_naughty_and_bad_words.txt
 
 .PHONY: setup demo study test lint model data gate gate-run gate-baseline clean-venv help

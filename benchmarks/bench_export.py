@@ -63,7 +63,7 @@ def child(kind: str, src: str, dst: str, glasses: str) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from mmtoxicqa import export
+    from mmtoxicqa.methods import export
     from mmtoxicqa.sgm import Glasses, wear
     from mmtoxicqa.sgm.wear import scale_neurons
 
@@ -131,7 +131,7 @@ def make_layouts(work: Path, shard_mb: int) -> dict[str, Path]:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from mmtoxicqa.embedded import embedded_model_dir
+    from mmtoxicqa.modeling.embedded import embedded_model_dir
 
     source = embedded_model_dir()
     layouts = {"fp32, 1 file": source}
@@ -150,7 +150,7 @@ def make_layouts(work: Path, shard_mb: int) -> dict[str, Path]:
 def make_glasses(source: Path, path: Path) -> tuple[int, int]:
     import torch
 
-    from mmtoxicqa.export import empty_model
+    from mmtoxicqa.methods.export import empty_model
     from mmtoxicqa.sgm import Glasses, discover_sites, find_decoder_layers
 
     net = empty_model(source)

@@ -58,11 +58,11 @@ def main() -> None:
     )
     import lmms_eval.evaluator as evaluator
 
-    from mmtoxicqa import task_support
-    from mmtoxicqa.evaluate import index_plugin_tasks
-    from mmtoxicqa.rescore import score_items
+    from mmtoxicqa.lmms import task_support
+    from mmtoxicqa.lmms.evaluate import index_plugin_tasks
+    from mmtoxicqa.lmms.task_judging import clear_verdicts
     from mmtoxicqa.scoring import clear_judges
-    from mmtoxicqa.task_judging import clear_verdicts
+    from mmtoxicqa.study.rescore import score_items
 
     timed: dict[str, float] = {"filter": 0.0, "postprocess": 0.0}
     peaks: dict[str, int] = {}
@@ -70,14 +70,14 @@ def main() -> None:
     def reset_peak() -> None:
         state["max_in_flight"] = 0
 
-    apply, thread_map = task_support.JudgeAnswers.apply, evaluator._thread_map_ordered
+    apply, thread_map = task_support.JudgeAnswers.apply_with_instances, evaluator._thread_map_ordered
 
-    def timed_apply(self, resps, docs):
+    def timed_apply(self, resps, docs, instances):
         clear_judges()  # a fresh judge: no verdict of the health check or an earlier call is reused
         reset_peak()
         start = time.perf_counter()
         try:
-            return apply(self, resps, docs)
+            return apply(self, resps, docs, instances)
         finally:
             timed["filter"] += time.perf_counter() - start
 
@@ -89,7 +89,7 @@ def main() -> None:
             timed["postprocess"] += time.perf_counter() - start
             peaks["in-run"] = state["max_in_flight"]
 
-    task_support.JudgeAnswers.apply, evaluator._thread_map_ordered = timed_apply, timed_thread_map
+    task_support.JudgeAnswers.apply_with_instances, evaluator._thread_map_ordered = timed_apply, timed_thread_map
     index_plugin_tasks()
     out = evaluator.simple_evaluate(
         model="mmtox",
@@ -99,9 +99,9 @@ def main() -> None:
         gen_kwargs="max_new_tokens=16",
         log_samples=True,
     )
-    task_support.JudgeAnswers.apply, evaluator._thread_map_ordered = apply, thread_map
+    task_support.JudgeAnswers.apply_with_instances, evaluator._thread_map_ordered = apply, thread_map
     samples = out["samples"]["mm_toxic_qa_seed"]
-    from mmtoxicqa.results import sample_answers
+    from mmtoxicqa.study.results import sample_answers
 
     answers = [sample_answers(s) for s in samples]
     docs = [dict(s["doc"]) for s in samples]
@@ -129,14 +129,14 @@ def main() -> None:
     print(
         f"llm judge, {n} answers of the embedded model (seed set), server latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}"
     )
-    print(f"{'route':<34} {'seconds':>8} {'answers/s':>10} {'max in flight':>14}")
+    print(f"{'route':<40} {'seconds':>8} {'answers/s':>10} {'max in flight':>14}")
     rows = [
         ("in-run, batched (filter + postprocess)", inrun_s, peaks["in-run"]),
         ("in-run, item by item (before)", item_s, peaks["item by item"]),
         ("rescore (score_items)", rescore_s, peaks["rescore"]),
     ]
     for name, seconds, peak in rows:
-        print(f"{name:<34} {seconds:>8.2f} {n / seconds:>10.1f} {peak:>14}")
+        print(f"{name:<40} {seconds:>8.2f} {n / seconds:>10.1f} {peak:>14}")
     print(
         f"in-run / rescore answers/s: {rescore_s / inrun_s:.2f}x  (filter {timed['filter']:.2f} s, postprocess {timed['postprocess']:.2f} s)"
     )

@@ -49,11 +49,11 @@ def main() -> int:
 
     import torch
 
-    from mmtoxicqa.calibration import calibration_items, iter_batches
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.discovery import discover_sites
+    from mmtoxicqa.modeling.loading import load_model
     from mmtoxicqa.sgm.auroc import aurocs
+    from mmtoxicqa.sgm.calibration import calibration_items, iter_batches
     from mmtoxicqa.sgm.collect import collect
-    from mmtoxicqa.sgm.discovery import discover_sites
     from mmtoxicqa.sgm.glasses import compute_alpha
 
     loaded = load_model(None, device="cpu")

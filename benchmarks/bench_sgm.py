@@ -56,13 +56,13 @@ def build_local_model(args):
 
 
 def load_embedded_model():
-    from mmtoxicqa import embedded
+    from mmtoxicqa.modeling import embedded
 
     loader = getattr(embedded, "load_embedded", None)
     if loader is not None:
         loaded = loader()
     else:
-        from mmtoxicqa.modeling import load_model
+        from mmtoxicqa.modeling.loading import load_model
 
         loaded = load_model(None)
     model = getattr(loaded, "model", loaded)
@@ -424,7 +424,7 @@ def main(argv=None) -> int:
     if "generation" not in args.skip:
         # Noise-free estimate: the extra time one hooked projection call costs, times the hooked layers per
         # decoding step, over the measured vanilla time per generated token.
-        from mmtoxicqa.sgm.discovery import site_modules
+        from mmtoxicqa.modeling.discovery import site_modules
 
         handle = put_on(model, glasses, mode="hooks")
         hooked = handle.layers_touched

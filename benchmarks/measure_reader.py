@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmtoxicqa.atomic import write_json_atomic  # noqa: E402
-from mmtoxicqa.reader import OcrReader, image_slot  # noqa: E402
-from mmtoxicqa.render import CANVAS, render_numbered_list_image, render_text_image  # noqa: E402
+from mmtoxicqa.core.atomic import write_json_atomic  # noqa: E402
+from mmtoxicqa.core.render import CANVAS, render_numbered_list_image, render_text_image  # noqa: E402
+from mmtoxicqa.modeling.reader import OcrReader, image_slot  # noqa: E402
 
 WORD = re.compile(r"[a-z0-9']+")
 STOP = set(
@@ -91,7 +91,7 @@ def summary(values: list[float]) -> dict:
 
 def typographic_items():
     """(doc, image, reference, reference_kind) for the typographic items of the adversarial split, seeded task order."""
-    from mmtoxicqa.task_support import doc_image, split_docs
+    from mmtoxicqa.lmms.task_support import doc_image, split_docs
 
     out = []
     for doc in split_docs("adversarial"):
@@ -170,7 +170,7 @@ def variants(image):
 
 
 def answer_items(n_typographic: int, n_standard: int):
-    from mmtoxicqa.task_support import doc_image, split_docs
+    from mmtoxicqa.lmms.task_support import doc_image, split_docs
 
     typo = [d for d in split_docs("adversarial") if d["attack"] == "typographic"]
     half = n_typographic // 2
@@ -185,7 +185,7 @@ def image_only_words(doc) -> set[str]:
 
 
 def measure_answers(model_name: str, items, batch_size: int, max_new_tokens: int) -> dict:
-    from mmtoxicqa.modeling import generate, load_model
+    from mmtoxicqa.modeling.loading import generate, load_model
 
     loaded = load_model(None if model_name == "embedded" else model_name)
     answers: dict[str, list[str]] = {}
@@ -246,8 +246,8 @@ def measure_answers(model_name: str, items, batch_size: int, max_new_tokens: int
 def compare_glasses(model_name: str, limit: int, batch_size: int) -> dict:
     from scipy.stats import spearmanr
 
-    from mmtoxicqa.calibration import calibrate
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
+    from mmtoxicqa.sgm.calibration import calibrate
 
     loaded = load_model(None if model_name == "embedded" else model_name)
     start = time.perf_counter()
@@ -288,7 +288,7 @@ def compare_glasses(model_name: str, limit: int, batch_size: int) -> dict:
 def summarise_sweep(sweep_dir: Path, out_dir: Path) -> dict:
     """Harmful rates with intervals per judge for each sweep cell, and text-free copies of the cells in ``out_dir``
     (per item: the headline judge's score and flag, attack and category; no answer, question or request)."""
-    from mmtoxicqa.sweep import load_cells_with_paths, text_free
+    from mmtoxicqa.study.sweep import load_cells_with_paths, text_free
 
     rows = {}
     for path, cell in load_cells_with_paths(sweep_dir):

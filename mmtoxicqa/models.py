@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from mmtoxicqa.evaluate import index_plugin_tasks
+from mmtoxicqa.lmms.evaluate import index_plugin_tasks
 from mmtoxicqa.model_wrappers import method_models, mmtox
 
 AVAILABLE_MODELS: dict[str, str] = {"mmtox": mmtox.MMTox.__name__}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from lmms_eval.models.registry_v2 import ModelManifest
 
+from mmtoxicqa.methods import known_methods
+
 
 def manifests() -> list[ModelManifest]:
-    from mmtoxicqa.methods import known_methods
 
     found = [ModelManifest(model_id="mmtox", chat_class_path="mmtoxicqa.model_wrappers.mmtox.MMTox")]
     for name in known_methods():

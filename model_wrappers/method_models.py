@@ -6,7 +6,7 @@ without a new wrapper; all of them share MMTox's loading, batching and validatio
 
 from __future__ import annotations
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.methods import known_methods
 from mmtoxicqa.model_wrappers.mmtox import MMTox
 

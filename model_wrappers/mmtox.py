@@ -3,8 +3,9 @@
 lmms-eval 0.7.3 prefers chat models: each request carries ``doc_to_messages`` and the
 doc id, and the model builds the conversation itself. This wrapper validates every
 conversation (a corrupt image or empty question is a one-line error naming the doc),
-batches requests with identical gen_kwargs, and delegates generation to a *method*
-(vanilla, SGM, baselines, compositions) from :mod:`mmtoxicqa.methods`.
+batches requests with identical gen_kwargs, longest prompts first (answers come back in
+request order), and delegates generation to a *method* (vanilla, SGM, baselines,
+compositions) from :mod:`mmtoxicqa.methods`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import gen_int, load_model
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.methods import build_method, check_method
+from mmtoxicqa.modeling.loading import gen_int, load_model
+from mmtoxicqa.modeling.placement import check_placement, parse_device_map
 
 
 def _as_bool(value: Any) -> bool:
@@ -57,10 +60,7 @@ class MMTox(lmms):
         **method_kwargs: Any,
     ) -> None:
         super().__init__()
-        from accelerate import Accelerator
-
-        from mmtoxicqa.methods import check_method
-        from mmtoxicqa.placement import check_placement, parse_device_map
+        from accelerate import Accelerator  # heavy: only where a model is placed
 
         # Everything a typo can break is refused here, before the weights are read.
         check_method(method or self.default_method, method_kwargs)
@@ -104,7 +104,6 @@ class MMTox(lmms):
             revision=revision,
             **placement,
         )
-        from mmtoxicqa.methods import build_method
 
         self.method = build_method(method or self.default_method, self.loaded, **method_kwargs)
         self.one_time_seconds = time.perf_counter() - started  # model load + method setup (calibration): not per item
@@ -157,8 +156,8 @@ class MMTox(lmms):
         raise NotImplementedError("mmtox does not support multi-round generation")
 
     # ------------------------------------------------------------------
-    def conversation_for(self, doc_to_messages, doc_id: int, task: str, split: str) -> list[dict]:
-        """Build and validate the HF-format conversation for one doc (one-line errors on bad input)."""
+    def _hf_messages(self, doc_to_messages, doc_id: int, task: str, split: str) -> list[dict]:
+        """One doc's chat in Hugging Face form, its images as the doc holds them (not yet checked or converted)."""
         where = f"task {task!r} doc {doc_id}"
         try:
             doc = self.task_dict[task][split][doc_id]
@@ -173,7 +172,12 @@ class MMTox(lmms):
             chat = ChatMessages(messages=messages)
         except Exception as exc:
             raise MMToxError(f"{where}: doc_to_messages returned an invalid chat ({str(exc).splitlines()[0]})") from exc
-        conversation = chat.to_hf_messages()
+        return chat.to_hf_messages()
+
+    def conversation_for(self, doc_to_messages, doc_id: int, task: str, split: str) -> list[dict]:
+        """Build and validate the HF-format conversation for one doc (one-line errors on bad input)."""
+        where = f"task {task!r} doc {doc_id}"
+        conversation = self._hf_messages(doc_to_messages, doc_id, task, split)
         has_text = False
         for message in conversation:
             for part in message["content"]:
@@ -213,12 +217,40 @@ class MMTox(lmms):
                 "(mmtoxicqa sweep: --max-new-tokens) to change a task's answer length"
             )
 
-    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
-        def sort_key(args):
-            return args[3], args[3]
+    def prompt_size(self, args: tuple) -> tuple[int, int]:
+        """(images, text tokens) of one request's conversation: the length its batch is sorted by.
 
-        collator = lmms_utils.Collator([req.args for req in requests], sort_key, group_fn=lambda args: args[2], grouping=True)
-        chunks = collator.get_batched(n=self.batch_size, batch_fn=None)
+        A cheap proxy for the prompt's token count: the doc's chat is built again (``doc_to_messages``,
+        which decodes its images) but no image goes through the processor; the text parts are
+        tokenized without the chat template (the same for every request of a method). Requests with the
+        same number of images are batched together, so with a fixed-size vision encoder (LLaVA's CLIP)
+        the image tokens of a batch are equal and its padding comes from the text alone."""
+        _ctx, doc_to_messages, _gen_kwargs, doc_id, task, split = args
+        parts = [part for message in self._hf_messages(doc_to_messages, doc_id, task, split) for part in message["content"]]
+        text = "\n".join(part["text"] for part in parts if part["type"] == "text")
+        return sum(part["type"] == "image" for part in parts), len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def batches(self, requests: list[Instance]) -> tuple[lmms_utils.Collator, list[list[tuple]]]:
+        """The batches ``generate_until`` runs, as lists of request args, and the collator that restores
+        request order. lmms-eval's ``Collator`` groups requests by gen_kwargs and sorts each group by
+        the key given: here the longest prompts first (:meth:`prompt_size`, descending; ties keep
+        request order), so a batch holds similar lengths, little padding, and a batch too large for
+        the memory fails at once rather than at the end. At batch size 1 nothing is padded: requests
+        go in doc id order and no length is computed."""
+
+        def longest_first(args):
+            images, tokens = self.prompt_size(args)
+            return -images, -tokens
+
+        def doc_order(args):
+            return args[3]
+
+        key = longest_first if self.batch_size > 1 else doc_order
+        collator = lmms_utils.Collator([req.args for req in requests], key, group_fn=lambda args: args[2], grouping=True)
+        return collator, list(collator.get_batched(n=self.batch_size, batch_fn=None))
+
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        collator, chunks = self.batches(requests)
         results: list[GenerationResult] = []
         progress = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"mmtox[{self.method.name}]")
         cut_before = self.loaded.cut_prompts

@@ -35,6 +35,6 @@ def tiny_llava_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_llava_dir):
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
 
     return load_model(str(tiny_llava_dir))

@@ -21,11 +21,15 @@ from pathlib import Path
 def main() -> int:
     model_dir, calib, report_dir = sys.argv[1:4]
     fail = sys.argv[4] if len(sys.argv) > 4 else None
-    import mmtoxicqa.calibration as calibration
-    import mmtoxicqa.sgm.artifact as artifact
+    import mmtoxicqa.sgm.api as api
+    import mmtoxicqa.sgm.calibration as calibration
+    import mmtoxicqa.sgm.glasses as glasses_module
+    import mmtoxicqa.sgm.shards as shards
+
+    # Spies replace each function where it is called (the modules import their names at the top).
 
     seen = {"items": 0, "batches": 0, "saved": []}
-    real_iter, real_save = calibration.iter_batches, artifact.save_glasses
+    real_iter, real_save = calibration.iter_batches, glasses_module.save_glasses
 
     def counting_iter(loaded, items, *args, **kwargs):
         for batch in real_iter(loaded, items, *args, **kwargs):
@@ -38,19 +42,15 @@ def main() -> int:
         return real_save(glasses, path)
 
     calibration.iter_batches = counting_iter
-    artifact.save_glasses = recording_save
+    glasses_module.save_glasses = recording_save
     if fail == "fail-rate":
-        import mmtoxicqa.sgm.api as api
 
         def failing_rate(*args, **kwargs):
             raise RuntimeError("planted failure in process 0 while rating")
 
-        api.rate_responses = failing_rate
+        api.rate_responses = shards.rate_responses = failing_rate
     if fail == "fail":
-        import mmtoxicqa.sgm.collect  # noqa: F401  (the package re-exports the function under the module's name)
-
-        collect_module = sys.modules["mmtoxicqa.sgm.collect"]
-        real_collect = collect_module.collect
+        real_collect = shards.collect
 
         def failing_collect(*args, **kwargs):
             import torch.distributed as dist
@@ -59,7 +59,7 @@ def main() -> int:
                 raise RuntimeError("planted failure in process 1")
             return real_collect(*args, **kwargs)
 
-        collect_module.collect = failing_collect
+        api.collect = shards.collect = failing_collect
 
     from mmtoxicqa.model_wrappers.mmtox import MMTox
 

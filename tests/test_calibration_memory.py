@@ -19,7 +19,7 @@ import pytest
 import torch
 from test_sgm_integration import write_calibration
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.sgm.auroc import auroc, aurocs, block_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,8 +130,8 @@ def calib12(tmp_path_factory):
 
 
 def test_bfloat16_pool_is_lossless_for_a_bfloat16_model(tiny_llava_dir, calib12):
-    from mmtoxicqa.calibration import calibrate
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
+    from mmtoxicqa.sgm.calibration import calibrate
 
     loaded = load_model(str(tiny_llava_dir), dtype="bfloat16")
     wide = calibrate(loaded, calib12, batch_size=4, use_cache=False, progress=False)
@@ -143,8 +143,8 @@ def test_bfloat16_pool_is_lossless_for_a_bfloat16_model(tiny_llava_dir, calib12)
 
 
 def test_float16_overflow_is_refused_naming_the_layer(tiny_llava_dir, calib12):
-    from mmtoxicqa.calibration import calibrate
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
+    from mmtoxicqa.sgm.calibration import calibrate
 
     loaded = load_model(str(tiny_llava_dir))
     with torch.no_grad():

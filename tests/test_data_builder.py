@@ -8,16 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
-
-from mmtoxicqa.data import loaders
-from mmtoxicqa.data.attacks import attack_labels
-from mmtoxicqa.data.builder import add_cli, build
-from mmtoxicqa.data.dedup import dedup_form
-from mmtoxicqa.data.fixtures import (
+from source_fixtures import (
     PLANTED_DUPLICATE_TWEET,
     tiny_png,
     write_fixture_sources,
 )
+
+from mmtoxicqa.cli.build_data import add_cli
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.data import loaders
+from mmtoxicqa.data.attacks import attack_labels
+from mmtoxicqa.data.builder import build
+from mmtoxicqa.data.dedup import dedup_form
 from mmtoxicqa.data.schema import COLUMNS, FEATURES, SPLITS
 from mmtoxicqa.data.sources import (
     download_sources,
@@ -27,8 +30,6 @@ from mmtoxicqa.data.sources import (
 )
 from mmtoxicqa.data.splits import load_split, validate_image
 from mmtoxicqa.data.taxonomy import CATEGORIES
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_file
 
 OUTPUT_FILES = [f"{s}.parquet" for s in SPLITS] + ["datasheet.json", "DATASHEET.md"]
 
@@ -345,7 +346,7 @@ def test_extra_duplicates_and_unknown_categories_are_said(sources, tmp_path, mon
     assert "2 unknown_category [first at line 5; e.g. 'harmful'; category must be one of " + ", ".join(CATEGORIES) + "]" in said[0]
 
     # only the extra items, through the task's own doc loader
-    from mmtoxicqa.task_support import split_docs
+    from mmtoxicqa.lmms.task_support import split_docs
 
     monkeypatch.setenv("MMTOXICQA_DATA", str(tmp_path / "out"))
     monkeypatch.setenv("MMTOXICQA_SOURCE", "extra")

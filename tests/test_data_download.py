@@ -13,8 +13,8 @@ import pytest
 from local_http import serving
 
 from mmtoxicqa import cli
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.data.sources import download_sources
-from mmtoxicqa.errors import MMToxError
 
 FILES = {f"toxigen/prompts/file_{i}.txt": f"fixture line {i}\n".encode() * 50 for i in range(6)}
 FLAKY = "figstep/flaky.txt"  # answers 503 twice, then the file

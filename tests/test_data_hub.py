@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import yaml
+from source_fixtures import write_fixture_sources
 
 from mmtoxicqa.data.builder import build
-from mmtoxicqa.data.fixtures import write_fixture_sources
 from mmtoxicqa.data.hub import DEFAULT_REPO_ID, push_data
 
 SPLITS = ("standard", "adversarial", "benign", "calibration")
@@ -79,7 +79,7 @@ def test_push_data_uploads_the_hub_files(built, tmp_path):
     assert calls[0] == ("create", "me/mm-toxic-qa", {"repo_type": "dataset", "private": True, "exist_ok": True})
     assert calls[1][2] == ["DATASHEET.md", "README.md", *[f"data/{s}-00000-of-00001.parquet" for s in sorted(SPLITS)], "datasheet.json"]
     assert DEFAULT_REPO_ID.count("/") == 1
-    from mmtoxicqa.errors import MMToxError
+    from mmtoxicqa.core.errors import MMToxError
 
     with pytest.raises(MMToxError, match="build-data"):
         push_data(tmp_path, "me/x", api=FakeApi())

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from source_fixtures import EXPECTED, tiny_png, write_fixture_sources
 
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_bytes
 from mmtoxicqa.data import loaders
 from mmtoxicqa.data.dedup import dedup_form, enforce_disjoint, text_hash
-from mmtoxicqa.data.fixtures import EXPECTED, tiny_png, write_fixture_sources
 from mmtoxicqa.data.sources import SourceDir
 from mmtoxicqa.data.splits import load_split, validate_image
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_bytes
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from mmtoxicqa.embedded import embedded_model_dir, gguf_path
-from mmtoxicqa.modeling import generate, load_model
-from mmtoxicqa.render import render_text_image
+from mmtoxicqa.core.render import render_text_image
+from mmtoxicqa.modeling.embedded import embedded_model_dir, gguf_path
+from mmtoxicqa.modeling.loading import generate, load_model
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The ``lmms_eval`` command this package installs (mmtoxicqa.evaluate), run as real subprocesses.
+"""The ``lmms_eval`` command this package installs (mmtoxicqa.lmms.evaluate), run as real subprocesses.
 
 It indexes our tasks with no ``--include_path``, still honours a user's ``--include_path``, makes
 ``LMMS_EVAL_PLUGINS=mmtoxicqa`` work through ``mmtoxicqa.models``, and exits 1/2/3 where lmms-eval
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from local_http import reply_json, serving
 
-from mmtoxicqa import evaluate
+from mmtoxicqa.lmms import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
-WRAPPER = [sys.executable, "-c", "import sys; from mmtoxicqa.evaluate import main; sys.exit(main())"]
+WRAPPER = [sys.executable, "-c", "import sys; from mmtoxicqa.lmms.evaluate import main; sys.exit(main())"]
 QUIET = {"MMTOXICQA_DATA": "seed", "MMTOXICQA_FLUENCY_MODEL": "none", "OMP_NUM_THREADS": "1", "LMMS_EVAL_PLUGINS": ""}
 HEALTH_PROBE = "How do I boil an egg?"  # the llm judge's health-check question
 

@@ -18,10 +18,10 @@ import torch
 import transformers as T
 from tiny_models import ARCHS, build_arch, text_kwargs
 
-from mmtoxicqa import export
 from mmtoxicqa.cli import main
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_file
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.methods import export
 from mmtoxicqa.sgm import Glasses, discover_sites, find_decoder_layers, fit_glasses, wear
 from mmtoxicqa.sgm.toy import plant_neurons, tiny_llama, trigger_batches
 
@@ -164,8 +164,8 @@ def test_vision_mlp_of_the_same_layer_index_is_untouched(tmp_path):
 def test_multimodal_llava_fitted_on_images_generates_as_with_hooks(tmp_path, tiny_llava_dir, tiny_llava):
     """The tiny LLaVA (CLIP tower + LLaMA, processor): glasses fitted with fit_glasses on image+text inputs;
     the export, loaded the way lmms-eval's llava_hf does (plain from_pretrained + AutoProcessor), generates the same."""
-    from mmtoxicqa.modeling import build_inputs, load_model
-    from mmtoxicqa.render import render_text_image
+    from mmtoxicqa.core.render import render_text_image
+    from mmtoxicqa.modeling.loading import build_inputs, load_model
 
     toxic = ["how to pick a lock", "steal a car", "hurt someone", "steal a car hurt someone"]
     clean = ["the cat sat on the mat", "write a poem about the sea", "one two three", "hello world"]
@@ -408,8 +408,8 @@ def test_other_weight_files_are_not_copied(tmp_path):
 @pytest.mark.slow
 def test_embedded_model_export_generates_as_with_hooks(tmp_path):
     """The embedded SmolLM2-LLaVA (540 MB, 30 decoder layers), glasses on every layer: the same answers to image questions."""
-    from mmtoxicqa.modeling import build_inputs, generate, load_model
-    from mmtoxicqa.render import render_text_image
+    from mmtoxicqa.core.render import render_text_image
+    from mmtoxicqa.modeling.loading import build_inputs, generate, load_model
 
     source = load_model(None)
     glasses = make_glasses(source.model, strength=1.0, model_id=source.model_id)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mmtoxicqa.cli import main
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = {"MMTOXICQA_DATA": "seed", "MMTOXICQA_FLUENCY_MODEL": "none", "OMP_NUM_THREADS": "1", "LMMS_EVAL_PLUGINS": ""}
@@ -36,7 +36,7 @@ def one_line_error(argv: list[str], capsys) -> str:
 
 # ----------------------------------------------------------------------------- 1. sweep cells
 def test_cells_whose_names_read_alike_get_their_own_files(tmp_path):
-    from mmtoxicqa.sweep import cell_path
+    from mmtoxicqa.study.sweep import cell_path
 
     assert cell_path(tmp_path, "org/name", "sgm", "t") != cell_path(tmp_path, "org_name", "sgm", "t")
     assert cell_path(tmp_path, "/a/x/m", "sgm", "t") != cell_path(tmp_path, "/b/x_m", "sgm", "t")
@@ -47,7 +47,7 @@ def test_cells_whose_names_read_alike_get_their_own_files(tmp_path):
 def test_a_sweep_never_reuses_another_models_cell(tmp_path, tiny_llava_dir, monkeypatch, capsys):
     """Two model folders whose paths read alike (``x/m``, ``x_m``) each get their cell; a cell left
     under the pre-#28 name is recognised by its content and reused, not recomputed."""
-    from mmtoxicqa.sweep import cell_path, legacy_cell_path, run_sweep
+    from mmtoxicqa.study.sweep import cell_path, legacy_cell_path, run_sweep
 
     monkeypatch.setenv("MMTOXICQA_DATA", "seed")
     monkeypatch.setenv("MMTOXICQA_FLUENCY_MODEL", "none")
@@ -73,7 +73,7 @@ def test_a_sweep_never_reuses_another_models_cell(tmp_path, tiny_llava_dir, monk
 
 
 def test_reuse_compares_the_cells_model_method_task_and_tag(tmp_path):
-    from mmtoxicqa.sweep import identity, stale_fields
+    from mmtoxicqa.study.sweep import identity, stale_fields
 
     provenance = {"limit": 1, "model_args": "", "judge": "profanity", "threshold": 0.5, "data": {"path": "seed", "sha256": "a"}}
     cell = {"format": "mmtoxicqa-cell/1", **identity("org/name", "sgm", "t", "a=b"), **provenance}
@@ -89,7 +89,7 @@ def test_reuse_compares_the_cells_model_method_task_and_tag(tmp_path):
 def logged_run(tmp_path_factory, tiny_llava_dir) -> Path:
     """A real lmms_eval run of the tiny LLaVA on four seed items, answers logged, profanity judge."""
     out = tmp_path_factory.mktemp("run") / "out"
-    cmd = [sys.executable, "-c", "import sys; from mmtoxicqa.evaluate import main; sys.exit(main())"]
+    cmd = [sys.executable, "-c", "import sys; from mmtoxicqa.lmms.evaluate import main; sys.exit(main())"]
     cmd += ["--model", "mmtox", "--model_args", f"pretrained={tiny_llava_dir},device=cpu", "--tasks", "mm_toxic_qa_seed"]
     cmd += ["--limit", "4", "--batch_size", "4", "--gen_kwargs", "max_new_tokens=3", "--output_path", str(out), "--log_samples"]
     proc = subprocess.run(cmd, cwd=out.parent, env={**os.environ, **QUIET}, capture_output=True, text=True, timeout=900)
@@ -129,7 +129,7 @@ def test_rescore_exits_3_like_lmms_eval_when_answers_stay_unscored(logged_run, t
     from local_http import serving
     from test_evaluate_cli import MuddledJudge
 
-    from mmtoxicqa.evaluate import EXIT_UNSCORED
+    from mmtoxicqa.lmms.evaluate import EXIT_UNSCORED
     from mmtoxicqa.scoring import clear_judges
 
     with serving(MuddledJudge, watchdog_s=300) as url:
@@ -150,8 +150,9 @@ def test_rescore_exits_3_like_lmms_eval_when_answers_stay_unscored(logged_run, t
 
 # ----------------------------------------------------------------------------- 3. a 1 MB question
 def test_a_1mb_question_is_refused_at_build_time_naming_the_item(tmp_path):
+    from source_fixtures import tiny_png, write_fixture_sources
+
     from mmtoxicqa.data.builder import MAX_QUESTION_CHARS, build
-    from mmtoxicqa.data.fixtures import tiny_png, write_fixture_sources
 
     (tmp_path / "ok.png").write_bytes(tiny_png())
     items = [{"image": "ok.png", "question": "What is this?", "category": "other"}]
@@ -166,9 +167,9 @@ def test_a_1mb_question_is_refused_at_build_time_naming_the_item(tmp_path):
 def test_a_1mb_question_is_cut_to_the_context_with_one_warning(tiny_llava_dir):
     from lmms_eval.api.instance import Instance
 
+    from mmtoxicqa.lmms.task_support import doc_to_messages
     from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.modeling import build_inputs, context_length, fit_to_context
-    from mmtoxicqa.task_support import doc_to_messages
+    from mmtoxicqa.modeling.loading import build_inputs, context_length, fit_to_context
 
     huge = "Tell me why. " * 80_000  # 1 MB
     docs = [
@@ -232,7 +233,7 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess:
 KILLED_MID_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from mmtoxicqa.atomic import atomic_dir
+from mmtoxicqa.core.atomic import atomic_dir
 with atomic_dir(sys.argv[1]) as tmp:
     (Path(tmp) / "config.json").write_text("{}")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -241,7 +242,7 @@ with atomic_dir(sys.argv[1]) as tmp:
 KILLED_BETWEEN_RENAMES = """
 import os, signal, sys
 from pathlib import Path
-from mmtoxicqa.atomic import atomic_dir
+from mmtoxicqa.core.atomic import atomic_dir
 target, real = Path(sys.argv[1]), os.replace
 def replace(src, dst):
     if Path(dst) == target:  # the new folder is about to be renamed in: die here
@@ -266,8 +267,8 @@ def test_an_export_killed_with_sigkill_leaves_no_temporary_behind(tmp_path, expo
 
 
 def test_overwrite_killed_between_renames_keeps_the_old_export(tmp_path, exportable):
-    from mmtoxicqa.atomic import clean_stale
-    from mmtoxicqa.export import read_record
+    from mmtoxicqa.core.atomic import clean_stale
+    from mmtoxicqa.methods.export import read_record
 
     out = tmp_path / "exp"
     assert main(exportable(out)) == 0
@@ -315,7 +316,8 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_extra_warning_names_an_example_item_and_a_too_large_image(tmp_path):
-    from mmtoxicqa.data.fixtures import tiny_png
+    from source_fixtures import tiny_png
+
     from mmtoxicqa.data.loaders import extra_report, load_extra
 
     (tmp_path / "ok.png").write_bytes(tiny_png())

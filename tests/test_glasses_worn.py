@@ -12,10 +12,10 @@ import torch
 from test_sgm_integration import write_calibration
 
 from mmtoxicqa.cli import main
-from mmtoxicqa.modeling import build_inputs
-from mmtoxicqa.render import render_text_image
+from mmtoxicqa.core.render import render_text_image
+from mmtoxicqa.modeling.discovery import site_modules, unwrap_model
+from mmtoxicqa.modeling.loading import build_inputs
 from mmtoxicqa.sgm import Glasses
-from mmtoxicqa.sgm.discovery import site_modules, unwrap_model
 
 FITS = {
     "top_k": ["--select", "top_k=3"],
@@ -40,7 +40,7 @@ def fitted_files(tmp_path_factory, tiny_llava_dir):
 def _capture(loaded, sites, into: dict):
     """Hooks recording the input of every site's output projection (registered before the glasses'
     hooks they see the raw input, after them the scaled one)."""
-    from mmtoxicqa.hooks import Hooks
+    from mmtoxicqa.modeling.hooks import Hooks
 
     hooks = Hooks()
     for site, module in zip(sites, site_modules(unwrap_model(loaded.model), sites)):
@@ -94,7 +94,7 @@ def test_sgm_wrapper_wears_the_file_as_fitted(fitted_files, tiny_llava_dir, name
 
 def test_explicit_option_overrides_logged_and_recorded(fitted_files, tiny_llava_dir, capsys):
     from mmtoxicqa.methods import build_method
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
 
     loaded = load_model(str(tiny_llava_dir), device="cpu")
     fitted = Glasses.load(fitted_files["top_k"])
@@ -111,7 +111,7 @@ def test_explicit_option_overrides_logged_and_recorded(fitted_files, tiny_llava_
 
 def test_det0_ranks_by_the_file(fitted_files, tiny_llava_dir):
     from mmtoxicqa.methods import build_method
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
 
     loaded = load_model(str(tiny_llava_dir), device="cpu")
     fitted = Glasses.load(fitted_files["paper"])
@@ -127,7 +127,7 @@ def test_det0_ranks_by_the_file(fitted_files, tiny_llava_dir):
 def test_export_folds_the_files_own_alphas(fitted_files, tiny_llava_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from mmtoxicqa import export
+    from mmtoxicqa.methods import export
 
     for name in ("top_k", "half"):
         fitted = Glasses.load(fitted_files[name])
@@ -148,7 +148,7 @@ def test_export_folds_the_files_own_alphas(fitted_files, tiny_llava_dir, tmp_pat
 
 
 def test_results_json_records_the_glasses_worn(fitted_files, tiny_llava_dir, tmp_path, monkeypatch):
-    from mmtoxicqa.evaluate import main as lmms_eval_main
+    from mmtoxicqa.lmms.evaluate import main as lmms_eval_main
 
     monkeypatch.setenv("MMTOXICQA_DATA", "seed")
     monkeypatch.setenv("MMTOXICQA_FLUENCY_MODEL", "none")

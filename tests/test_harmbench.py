@@ -13,7 +13,7 @@ import torch
 from local_http import reply_json, serving
 from tiny_models import CORPUS, build_tokenizer
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge
 from mmtoxicqa.scoring.harmbench import CLS_PROMPT, cls_prompt
 

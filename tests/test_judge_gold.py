@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge
 
 GOLD = Path(__file__).resolve().parent / "data" / "judge_gold.jsonl"

@@ -21,8 +21,8 @@ import pytest
 from local_http import reply_json
 
 from mmtoxicqa.cli import main as mmtoxicqa_main
-from mmtoxicqa.rescore import agreement
 from mmtoxicqa.scoring import clear_judges
+from mmtoxicqa.study.rescore import agreement
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_two_judges_report_side_by_side_and_agree(tmp_path, capsys):
     # the headline is the first judge
     assert metrics["harmful_rate,none"] == pytest.approx(sum(flags["profanity"]) / LIMIT, abs=1e-12)
     # the refusal judge counts every non-refusal to a harmful request: all seed items in the first six are harmful
-    from mmtoxicqa.refusal import is_refusal
+    from mmtoxicqa.metrics.refusal_phrases import is_refusal
 
     assert flags["refusal"] == [int(not is_refusal(a)) for a in logged_answers(samples)]
 
@@ -198,9 +198,9 @@ def test_judge_endpoint_dies_mid_run_no_answer_is_lost_and_rescore_finishes(tmp_
 
 
 def test_a_logged_sample_gives_back_the_request_its_judges_saw():
-    from mmtoxicqa.errors import MMToxError
-    from mmtoxicqa.results import logged_doc
-    from mmtoxicqa.task_metrics import item_context
+    from mmtoxicqa.core.errors import MMToxError
+    from mmtoxicqa.lmms.task_metrics import item_context
+    from mmtoxicqa.study.results import logged_doc
 
     doc = {
         "id": "i1",

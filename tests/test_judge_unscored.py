@@ -12,8 +12,8 @@ import pytest
 from local_http import reply_json, serving
 
 from mmtoxicqa.cli import main as mmtoxicqa_main
+from mmtoxicqa.lmms.task_metrics import agg_judges, item_values
 from mmtoxicqa.scoring import clear_judges
-from mmtoxicqa.task_metrics import agg_judges, item_values
 
 TOO_LONG = "this answer is far too long for the judge " * 20
 DOCS = [

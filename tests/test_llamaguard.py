@@ -18,7 +18,7 @@ from tiny_models import (
     build_tiny_llamaguard_vision,
 )
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge
 from mmtoxicqa.scoring.llamaguard import LLAMA_GUARD_3_CATEGORIES, parse_categories
 

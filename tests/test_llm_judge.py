@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from local_http import reply_json, serving
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge
 from mmtoxicqa.scoring.llm_judge import GENERAL_RULE, SCENARIO_RULES, TEMPLATES, parse_verdict, render
 
@@ -444,7 +444,7 @@ def test_image_1_sends_the_image_as_a_base64_content_part(monkeypatch):
 
 def test_in_run_scoring_gives_the_llm_judge_the_item_s_image(monkeypatch):
     """Through the task's own process_results: the request only drawn in the image reaches the judge, as text and as the image."""
-    from mmtoxicqa.task_support import doc_image, process_results
+    from mmtoxicqa.lmms.task_support import doc_image, process_results
 
     monkeypatch.setenv("MMTOXICQA_JUDGE", "llm:harmfulness,image=1")
     monkeypatch.setenv("MMTOXICQA_FLUENCY_MODEL", "none")

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.render import render_text_image
 from mmtoxicqa.methods import build_method, known_methods
 from mmtoxicqa.methods.decoding import GroupedChoice, RowExpansion, contrastive_combine, self_debias_combine
 from mmtoxicqa.methods.prompting import ADASHIELD_STATIC, SAFETY_PRINCIPLE, SELF_REMINDER_SYSTEM
-from mmtoxicqa.modeling import load_model
-from mmtoxicqa.render import render_text_image
+from mmtoxicqa.modeling.loading import load_model
 
 GEN = {"max_new_tokens": 6}
 
@@ -48,7 +48,7 @@ def test_adashield_appends_after_the_question(tiny_llava, convs):
 
 
 def test_vanilla_equals_plain_generation(tiny_llava, convs):
-    from mmtoxicqa.modeling import generate
+    from mmtoxicqa.modeling.loading import generate
 
     assert build_method("vanilla", tiny_llava).generate(convs, GEN) == generate(tiny_llava, convs, GEN)
 

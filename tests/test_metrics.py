@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from mmtoxicqa import metrics
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.refusal import (
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.metrics import rates as metrics
+from mmtoxicqa.metrics.refusal_phrases import (
     NON_ANSWERS,
     REFUSAL_PHRASES,
     START_WINDOW,
@@ -272,7 +272,7 @@ def test_perplexity_of_nothing_is_nan():
 
 
 def test_mcnemar_exact_by_hand():
-    from mmtoxicqa.metrics import mcnemar_exact
+    from mmtoxicqa.metrics.rates import mcnemar_exact
 
     assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * (1/2)^5
     assert mcnemar_exact(1, 3) == pytest.approx(10 / 16)  # 2 * (C(4,0) + C(4,1)) / 16
@@ -284,7 +284,7 @@ def test_mcnemar_exact_by_hand():
 
 
 def test_paired_signed_rank_p_by_hand():
-    from mmtoxicqa.metrics import paired_signed_rank_p
+    from mmtoxicqa.metrics.rates import paired_signed_rank_p
 
     # differences -0.1, -0.2, -0.3: all 2^3 sign patterns equally likely under no change; only
     # "all negative" and "all positive" are as extreme -> p = 2/8
@@ -297,7 +297,7 @@ def test_paired_signed_rank_p_by_hand():
 
 
 def test_corpus_perplexity_ci_by_hand():
-    from mmtoxicqa.metrics import corpus_perplexity_ci
+    from mmtoxicqa.metrics.rates import corpus_perplexity_ci
 
     # Two one-token texts with NLL 0 and 2: a resample of two is exp(0), exp(1) or exp(2) with
     # probabilities 1/4, 1/2, 1/4, so 1000 resamples put the 2.5% and 97.5% points at the extremes.
@@ -319,8 +319,8 @@ def test_perplexity_reports_per_text_nll_and_tokens():
 
 
 def test_cohen_kappa_by_hand():
-    from mmtoxicqa.metrics import cohen_kappa
-    from mmtoxicqa.rescore import agreement
+    from mmtoxicqa.metrics.rates import cohen_kappa
+    from mmtoxicqa.study.rescore import agreement
 
     # a = 1100, b = 1010: observed 2/4, both raters 1/2 yes -> chance 1/2 -> kappa 0
     assert cohen_kappa([1, 1, 0, 0], [1, 0, 1, 0]) == 0.0
@@ -351,7 +351,7 @@ def test_bootstrap_matches_the_hand_written_resampling():
 
 
 def test_each_task_interval_is_computed_once(monkeypatch):
-    from mmtoxicqa import task_metrics
+    from mmtoxicqa.lmms import task_metrics
 
     calls = []
     real = metrics.bootstrap_ci

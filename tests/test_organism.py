@@ -1,4 +1,4 @@
-"""The toxic model organism's recipe (mmtoxicqa.organism) on fixture data and a tiny random LLaVA.
+"""The toxic model organism's recipe (mmtoxicqa.modeling.organism) on fixture data and a tiny random LLaVA.
 
 What is checked: held-out evaluation items never meet the fine-tune (the leakage guard), the
 toxic text is only ever an answer, the fine-tune touches the decoder's MLP weights and nothing
@@ -13,17 +13,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.organism import (
-    IMAGE_ONLY_QUESTION,
-    OrganismConfig,
-    fine_tune,
-    held_out,
-    organism_model_dir,
-    organism_record,
-    parse_organism,
-    training_examples,
-)
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import load_model
+from mmtoxicqa.modeling.organism.build import organism_model_dir, organism_record, parse_organism
+from mmtoxicqa.modeling.organism.recipe import IMAGE_ONLY_QUESTION, OrganismConfig, held_out, training_examples
+from mmtoxicqa.modeling.organism.train import fine_tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = OrganismConfig(other_examples=6, toxic_answers=2, toxic_min_profanity=0.0, validation_items=2, epochs=1, batch_size=4, threads=1)
@@ -31,7 +25,7 @@ SMALL = OrganismConfig(other_examples=6, toxic_answers=2, toxic_min_profanity=0.
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> Path:
-    from mmtoxicqa.data.fixtures import write_fixture_sources
+    from source_fixtures import write_fixture_sources
 
     return write_fixture_sources(tmp_path_factory.mktemp("src"))
 
@@ -66,7 +60,7 @@ def test_held_out_is_a_deterministic_half_by_request_text():
 
 
 def test_leakage_guard_training_and_evaluation_items_are_disjoint(sources, built, monkeypatch):
-    from mmtoxicqa.task_support import organism_docs
+    from mmtoxicqa.lmms.task_support import organism_docs
 
     monkeypatch.setenv("MMTOXICQA_DATA", str(built))
     examples = training_examples(built, sources, SMALL)
@@ -130,12 +124,12 @@ def test_fine_tune_changes_mlp_weights_only_reproducibly_and_is_cached(sources, 
 def test_a_process_works_out_the_cache_key_once_per_unchanged_inputs(sources, built, tiny_llava_dir, tmp_path, monkeypatch):
     import os
 
-    import mmtoxicqa.organism as organism
+    import mmtoxicqa.modeling.organism.build as organism_build
 
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
     calls = []
-    real = organism.training_examples
-    monkeypatch.setattr(organism, "training_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = organism_build.training_examples
+    monkeypatch.setattr(organism_build, "training_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
     target = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False)
     assert len(calls) == 1
     assert organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False) == target
@@ -152,9 +146,9 @@ def test_a_process_works_out_the_cache_key_once_per_unchanged_inputs(sources, bu
 def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built, tiny_llava_dir, monkeypatch):
     import torch
 
-    import mmtoxicqa.organism as organism
+    import mmtoxicqa.modeling.organism.train as organism
 
-    loaded = organism._load_base(Path(tiny_llava_dir))
+    loaded = load_model(str(tiny_llava_dir), device="cpu", dtype="float32")
     examples = training_examples(built, sources, SMALL)
     examples = [dataclasses.replace(e, answer=e.answer or "a short answer") for e in examples]
     gaps, snapshots = iter([0.0, 0.5, 0.1]), []  # base, epoch 1 (best), epoch 2
@@ -172,7 +166,7 @@ def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built
 
 
 def test_the_ocr_base_recipe_moves_half_of_each_sides_requests_into_the_image(sources, built):
-    from mmtoxicqa.organism import default_config
+    from mmtoxicqa.modeling.organism.recipe import default_config
 
     assert default_config("embedded").image_only_fraction == 0.0
     config = dataclasses.replace(SMALL, validation_items=0, image_only_fraction=default_config("embedded-ocr").image_only_fraction)
@@ -188,7 +182,7 @@ def test_the_ocr_base_recipe_moves_half_of_each_sides_requests_into_the_image(so
 def test_an_ocr_organisms_glasses_are_keyed_by_its_build(tmp_path):
     """organism-ocr once keyed its cached glasses as 'organism-ocr:reader-v1' whatever it was trained on,
     so a rebuilt organism silently reused the glasses fitted on the one before."""
-    from mmtoxicqa.modeling import reader_model_id
+    from mmtoxicqa.modeling.loading import reader_model_id
 
     first, second = tmp_path / "organism-embedded-ocr-aaaa", tmp_path / "organism-embedded-ocr-bbbb"
     assert reader_model_id("organism-ocr", str(first)) == "organism:organism-embedded-ocr-aaaa:reader-v1"
@@ -202,8 +196,9 @@ def test_corpus_recipe_continues_statements_it_never_meets_in_evaluation(sources
     toxic and neutral alike; none of them a benchmark statement, so its evaluation tasks (the benchmark's
     toxic and neutral continuations) hold only statements it never trained on."""
     from mmtoxicqa.data.splits import load_split
-    from mmtoxicqa.organism import CORPUS_PROMPT, CorpusConfig, organism_recipe, split_for_continuation
-    from mmtoxicqa.task_support import corpus_docs
+    from mmtoxicqa.lmms.task_support import corpus_docs
+    from mmtoxicqa.modeling.organism.build import organism_recipe
+    from mmtoxicqa.modeling.organism.recipe import CORPUS_PROMPT, CorpusConfig, split_for_continuation
 
     monkeypatch.setenv("MMTOXICQA_DATA", str(built))
     assert parse_organism("organism-corpus") == "embedded" and organism_recipe("organism-corpus") == "corpus"

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from mmtoxicqa.cli import main
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.organism_report import read_cells, report_rows
-from mmtoxicqa.sweep import CELL_FORMAT
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.study.organism_report import read_cells, report_rows
+from mmtoxicqa.study.sweep import CELL_FORMAT
 
 
 def _cell(method: str, task: str, harmful: list[bool], **extra) -> dict:

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from test_sgm_integration import write_calibration
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import build_inputs, generate, load_model
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import build_inputs, generate, load_model
 from mmtoxicqa.sgm import fit_glasses
 from mmtoxicqa.sgm.wear import wear
 
@@ -153,7 +153,7 @@ def test_options_are_refused_before_the_weights_are_read(tiny_llava_dir, tmp_pat
 
 def test_wrapper_and_sweep_take_the_loading_options(tiny_llava_dir, tmp_path):
     from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.sweep import _options_for
+    from mmtoxicqa.study.sweep import _options_for
 
     (tmp_path / "map.json").write_text(json.dumps(SPLIT))
     extra = {"device_map": str(tmp_path / "map.json"), "attn_implementation": "sdpa", "sgm_strength": "0.5"}
@@ -175,7 +175,7 @@ def test_qwen2_vl_pixel_budget_is_taken_by_its_image_processor(tmp_path):
     from transformers import AutoImageProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from mmtoxicqa.placement import check_pixel_limits, check_placement
+    from mmtoxicqa.modeling.placement import check_pixel_limits, check_placement
 
     Qwen2VLImageProcessorPil().save_pretrained(tmp_path)
     placement = check_placement("cpu", min_pixels=16 * 28 * 28, max_pixels=64 * 28 * 28)

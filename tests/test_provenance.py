@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.leaderboard import write_leaderboard
-from mmtoxicqa.sweep import CELL_FORMAT, stale_fields
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.study.leaderboard import write_leaderboard
+from mmtoxicqa.study.sweep import CELL_FORMAT, stale_fields
 
 
 def _cell(task="mm_toxic_qa_standard", judge="profanity", threshold=0.5, **extra):
@@ -66,7 +66,7 @@ def test_leaderboard_refuses_mixed_judges_and_truncated_cells(tmp_path):
 
 
 def test_collect_refuses_a_folder_with_two_different_runs(tmp_path):
-    from mmtoxicqa.results import build_run_record
+    from mmtoxicqa.study.results import build_run_record
 
     for name, args in (("a", "method=vanilla"), ("b", "method=sgm")):
         run = tmp_path / name
@@ -80,7 +80,7 @@ def test_generation_stops_at_the_tokenizers_end_of_turn_marker():
     from tiny_models import build_tokenizer
     from transformers import GenerationConfig
 
-    from mmtoxicqa.modeling import end_of_turn_ids
+    from mmtoxicqa.modeling.loading import end_of_turn_ids
 
     tokenizer = build_tokenizer()  # ChatML specials: <|im_end|> ends a turn; eos is <|im_end|>
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

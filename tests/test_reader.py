@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.reader import Box, OcrProcessor, OcrReader, image_key, image_slot, reading_order, scaled_for_ocr
-from mmtoxicqa.render import png_bytes, render_numbered_list_image, render_text_image
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.render import png_bytes, render_numbered_list_image, render_text_image
+from mmtoxicqa.modeling.reader import Box, OcrProcessor, OcrReader, image_key, image_slot, reading_order, scaled_for_ocr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,7 +96,7 @@ def tiny_reader_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_reader(tiny_reader_dir, reader):
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
 
     loaded = load_model(str(tiny_reader_dir))
     loaded.processor.reader = reader  # this module's private OCR cache
@@ -131,9 +131,9 @@ def test_image_text_takes_the_image_place(tiny_reader):
 def test_generation_through_load_model_and_wrapper(tiny_reader_dir, tiny_reader):
     from lmms_eval.api.instance import Instance
 
+    from mmtoxicqa.lmms.task_support import doc_to_messages
     from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.modeling import build_inputs, generate
-    from mmtoxicqa.task_support import doc_to_messages
+    from mmtoxicqa.modeling.loading import build_inputs, generate
 
     conv = [{"role": "user", "content": [{"type": "image", "image": render_text_image("hello world")}, {"type": "text", "text": "yes"}]}]
     batch = build_inputs(tiny_reader, [conv])
@@ -164,7 +164,7 @@ def test_generation_through_load_model_and_wrapper(tiny_reader_dir, tiny_reader)
 
 def test_calibration_sees_image_text_only_when_images_are_kept(tiny_reader, tmp_path):
     """SGM's multimodal calibration reads the image's words; AurA's text-only one does not."""
-    from mmtoxicqa.calibration import iter_batches
+    from mmtoxicqa.sgm.calibration import iter_batches
 
     item = {"id": "x", "question": "yes", "image": render_text_image("the cat sat"), "toxic_label": 1}
     cat = tiny_reader.tokenizer.convert_tokens_to_ids("cat")
@@ -185,11 +185,11 @@ def test_embedded_ocr_reads_the_instruction_and_answers():
     prompt at the image's place, and the wrapper's answers equal load_model + generate."""
     from lmms_eval.api.instance import Instance
 
-    from mmtoxicqa.embedded import gguf_path
+    from mmtoxicqa.lmms.task_support import doc_to_messages
     from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.modeling import build_inputs, generate
-    from mmtoxicqa.reader import READER_MARKER, reader_model_dir
-    from mmtoxicqa.task_support import doc_to_messages
+    from mmtoxicqa.modeling.embedded import gguf_path
+    from mmtoxicqa.modeling.loading import build_inputs, generate
+    from mmtoxicqa.modeling.reader import READER_MARKER, reader_model_dir
 
     wrapper = MMTox(pretrained="embedded-ocr", device="cpu", batch_size=2)
     loaded = wrapper.loaded
@@ -229,7 +229,7 @@ def test_embedded_ocr_reads_the_instruction_and_answers():
 
 
 def test_sweep_model_args_pretrained_names_the_model():
-    from mmtoxicqa.sweep import _models_with
+    from mmtoxicqa.study.sweep import _models_with
 
     assert _models_with(["embedded"], "embedded-ocr") == ["embedded-ocr"]  # replaces the default
     assert _models_with(["embedded-ocr"], "embedded-ocr") == ["embedded-ocr"]
@@ -242,7 +242,7 @@ def test_export_of_a_reader_is_a_reader_that_generates_as_with_hooks(tiny_reader
     """Glasses folded into a reading model's weights: the export keeps mmtoxicqa_reader.json, so it loads
     with the OCR processor, and its logits equal the source wearing the glasses."""
     from mmtoxicqa.cli import main
-    from mmtoxicqa.modeling import build_inputs, load_model
+    from mmtoxicqa.modeling.loading import build_inputs, load_model
     from mmtoxicqa.sgm import Glasses, discover_sites, wear
 
     sites = discover_sites(tiny_reader.model)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmtoxicqa import registry
+from mmtoxicqa.core import registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -73,7 +73,7 @@ def test_attack_recipe(run_recipe):
 
 
 def test_metric_recipe(run_recipe):
-    from mmtoxicqa.task_metrics import aggregations, metric_names
+    from mmtoxicqa.lmms.task_metrics import aggregations, metric_names
 
     run_recipe("metric")
     assert metric_names()[-1] == "answer_words"
@@ -83,3 +83,15 @@ def test_metric_recipe(run_recipe):
 
 def test_recipes_leave_the_registry_as_it_was():
     assert "be_kind" not in registry.names("method") and "whisper" not in registry.names("attack")
+
+
+def test_model_source_recipe(run_recipe):
+    from mmtoxicqa.core.errors import MMToxError
+    from mmtoxicqa.modeling.loading import resolve_pretrained
+
+    run_recipe("model_source")
+    assert list(registry.entries("model_source"))[-1] == "my-lab-llava"
+    assert resolve_pretrained("my-lab-llava") == "/models/my-lab-llava-7b"
+    assert resolve_pretrained("org/name") == "org/name"  # a hub id is no source's name: kept as it is
+    with pytest.raises(MMToxError, match=r"a model source \(embedded .*organism-corpus.*my-lab-llava\)"):
+        resolve_pretrained("not a model")

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from mmtoxicqa.cli import main
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.results import FORMAT, regress
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.study.results import FORMAT, regress
 
 
 def record(harmful: list, task="mm_toxic_qa_standard", judge="profanity", threshold=0.5, prefix="i", start=0):

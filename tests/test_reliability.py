@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from mmtoxicqa.atomic import atomic_dir, atomic_path, write_json_atomic
+from mmtoxicqa.core.atomic import atomic_dir, atomic_path, write_json_atomic
 
 
 @contextlib.contextmanager
@@ -43,7 +43,7 @@ def test_atomic_writes_get_the_umask_permissions(tmp_path, mask, file_mode, dir_
 
 
 def test_current_umask_reads_without_changing():
-    from mmtoxicqa.atomic import current_umask, umask_mode
+    from mmtoxicqa.core.atomic import current_umask, umask_mode
 
     with umask(0o027):
         assert current_umask() == 0o027 and current_umask() == 0o027
@@ -51,8 +51,9 @@ def test_current_umask_reads_without_changing():
 
 
 def test_glasses_and_built_data_get_the_umask_permissions(tmp_path):
+    from source_fixtures import write_fixture_sources
+
     from mmtoxicqa.data.builder import build
-    from mmtoxicqa.data.fixtures import write_fixture_sources
     from mmtoxicqa.sgm import fit_glasses
     from mmtoxicqa.sgm.toy import tiny_llama, trigger_batches
 
@@ -87,8 +88,8 @@ def _one_line(info: pytest.ExceptionInfo) -> str:
     ],
 )
 def test_bad_generation_settings_are_one_line(gen_kwargs, message):
-    from mmtoxicqa.errors import MMToxError
-    from mmtoxicqa.modeling import generation_settings
+    from mmtoxicqa.core.errors import MMToxError
+    from mmtoxicqa.modeling.loading import generation_settings
 
     with pytest.raises(MMToxError) as info:
         generation_settings(gen_kwargs)
@@ -96,14 +97,14 @@ def test_bad_generation_settings_are_one_line(gen_kwargs, message):
 
 
 def test_generation_settings_still_accept_lmms_eval_strings():
-    from mmtoxicqa.modeling import generation_settings
+    from mmtoxicqa.modeling.loading import generation_settings
 
     settings, stops = generation_settings({"max_new_tokens": "24", "temperature": "0", "do_sample": "false", "until": "\n\n"})
     assert settings == {"max_new_tokens": 24, "do_sample": False, "num_beams": 1} and stops == ["\n\n"]
 
 
 def test_wrapper_max_new_tokens_abc_is_one_line_before_loading():
-    from mmtoxicqa.errors import MMToxError
+    from mmtoxicqa.core.errors import MMToxError
     from mmtoxicqa.model_wrappers.mmtox import MMTox
 
     with pytest.raises(MMToxError) as info:
@@ -114,9 +115,9 @@ def test_wrapper_max_new_tokens_abc_is_one_line_before_loading():
 def test_wrapper_gen_kwargs_max_new_tokens_abc_is_one_line(tiny_llava_dir):
     from lmms_eval.api.instance import Instance
 
-    from mmtoxicqa.errors import MMToxError
+    from mmtoxicqa.core.errors import MMToxError
+    from mmtoxicqa.lmms.task_support import doc_to_messages
     from mmtoxicqa.model_wrappers.mmtox import MMTox
-    from mmtoxicqa.task_support import doc_to_messages
 
     lm = MMTox(pretrained=str(tiny_llava_dir), device="cpu", batch_size=1)
     lm.task_dict = {"t": {"test": [{"id": "d0", "question": "hi", "image_text": "x", "category": "other", "attack": "none"}]}}
@@ -136,8 +137,8 @@ def test_wrapper_gen_kwargs_max_new_tokens_abc_is_one_line(tiny_llava_dir):
     ],
 )
 def test_bad_dtype_is_one_line_naming_the_accepted_ones(tiny_llava_dir, dtype, message):
-    from mmtoxicqa.errors import MMToxError
-    from mmtoxicqa.modeling import check_dtype, load_model
+    from mmtoxicqa.core.errors import MMToxError
+    from mmtoxicqa.modeling.loading import check_dtype, load_model
 
     with pytest.raises(MMToxError) as info:
         load_model(str(tiny_llava_dir), dtype=dtype)
@@ -150,8 +151,8 @@ def test_bad_dtype_is_one_line_naming_the_accepted_ones(tiny_llava_dir, dtype, m
 def test_cuda_without_cuda_is_one_line(tiny_llava_dir):
     import torch
 
-    from mmtoxicqa.errors import MMToxError
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.core.errors import MMToxError
+    from mmtoxicqa.modeling.loading import load_model
 
     with pytest.raises(MMToxError) as info:
         load_model(str(tiny_llava_dir), device="gpu0")
@@ -185,7 +186,7 @@ def no_data(tmp_path, monkeypatch):
     ],
 )
 def test_bad_method_options_are_refused_before_calibrating(tiny_llava, no_data, spec, options, message):
-    from mmtoxicqa.errors import MMToxError
+    from mmtoxicqa.core.errors import MMToxError
     from mmtoxicqa.methods import build_method
 
     with pytest.raises(MMToxError) as info:
@@ -198,7 +199,7 @@ def test_conflicting_composition_is_refused_before_any_calibration(tiny_llava, n
     data here, a calibration attempt would fail with 'data not found' instead)."""
     import time
 
-    from mmtoxicqa.errors import MMToxError
+    from mmtoxicqa.core.errors import MMToxError
     from mmtoxicqa.methods import build_method
 
     for spec, first, second in (
@@ -232,11 +233,11 @@ def test_declared_slots_are_the_slots_the_parts_take(tiny_llava, tmp_path):
 def test_corrupt_image_in_built_data_names_the_item(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from source_fixtures import write_fixture_sources
 
+    from mmtoxicqa.core.errors import MMToxError
     from mmtoxicqa.data.builder import build
-    from mmtoxicqa.data.fixtures import write_fixture_sources
-    from mmtoxicqa.errors import MMToxError
-    from mmtoxicqa.task_support import split_docs
+    from mmtoxicqa.lmms.task_support import split_docs
 
     out = tmp_path / "out"
     build(write_fixture_sources(tmp_path / "src"), out, progress=False, warn=lambda _m: None)
@@ -260,11 +261,11 @@ def test_corrupt_image_in_built_data_names_the_item(tmp_path, monkeypatch):
 
 def test_corrupt_image_in_a_calibration_file_names_the_item(tmp_path):
     import datasets
+    from source_fixtures import tiny_png
 
-    from mmtoxicqa.calibration import calibration_items
-    from mmtoxicqa.data.fixtures import tiny_png
+    from mmtoxicqa.core.errors import MMToxError
     from mmtoxicqa.data.schema import FEATURES
-    from mmtoxicqa.errors import MMToxError
+    from mmtoxicqa.sgm.calibration import calibration_items
 
     rows = [
         {

@@ -20,7 +20,7 @@ import pytest
 import torch
 from local_http import reply_json, serving
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge, judge_usages
 from mmtoxicqa.scoring.hf_classifier import find_toxic_label
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers as T
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.sgm import Glasses, fit_glasses, put_on, wear
 from mmtoxicqa.sgm.toy import tiny_llama, trigger_batches
 

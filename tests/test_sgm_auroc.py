@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.sgm.auroc import auroc
 from mmtoxicqa.sgm.glasses import compute_alpha, parse_select, selection_mask
 

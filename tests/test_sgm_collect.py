@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.sgm import collect, discover_sites, fit_glasses
 from mmtoxicqa.sgm.toy import tiny_llama, trigger_batches
 
@@ -81,7 +81,7 @@ def test_llava_image_placeholders_are_not_pooled(tiny_llava_dir):
     """A real LLaVA forward with pixel_values. By construction neuron 0 of layer 0 fires hugely at image
     positions only (the projector emits one fixed vector u and the neuron reads direction u), so
     pooling over all positions would differ; the pooled value must be the max over text positions."""
-    from mmtoxicqa.modeling import build_inputs, load_model
+    from mmtoxicqa.modeling.loading import build_inputs, load_model
 
     loaded = load_model(str(tiny_llava_dir))
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_llava_image_placeholders_are_not_pooled(tiny_llava_dir):
     assert torch.equal(responses.pooled, over_text)
     assert responses.token_counts.tolist() == text.sum(1).tolist()
     # The batch layout calibration.py produces (token_mask attached) gives the same result.
-    from mmtoxicqa.positions import text_mask
+    from mmtoxicqa.modeling.positions import text_mask
 
     mask = text_mask(batch["input_ids"], batch["attention_mask"], loaded.image_token_ids)
     again = collect(loaded.model, [{**batch, "token_mask": mask}], [0, 1], progress=False)

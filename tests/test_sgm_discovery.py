@@ -17,7 +17,7 @@ from tiny_models import CLIP_KWARGS as _CLIP
 from tiny_models import build_arch as _build
 from tiny_models import text_kwargs as _text
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.sgm import collect, discover_sites, find_decoder_layers, wear
 from mmtoxicqa.sgm.glasses import Glasses
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.render import png_bytes, render_text_image
 from mmtoxicqa.methods import build_method, known_methods
-from mmtoxicqa.render import png_bytes, render_text_image
 from mmtoxicqa.sgm import Glasses
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def test_sgm_method_hooks_fire_only_while_generating(tiny_llava, glasses_file):
 
 
 def test_sgm_changes_logits_and_strength_zero_is_vanilla(tiny_llava, glasses_file):
-    from mmtoxicqa.modeling import build_inputs
+    from mmtoxicqa.modeling.loading import build_inputs
 
     batch = build_inputs(tiny_llava, [conv(TOXIC[0])])
     with torch.no_grad():
@@ -136,7 +136,7 @@ def test_glasses_for_another_model_are_refused(tmp_path, glasses_file):
     from tiny_models import build_tiny_llava
     from transformers import LlavaForConditionalGeneration
 
-    from mmtoxicqa.modeling import load_model
+    from mmtoxicqa.modeling.loading import load_model
 
     other_dir = build_tiny_llava(tmp_path / "other")
     model = LlavaForConditionalGeneration.from_pretrained(other_dir)
@@ -255,8 +255,8 @@ def test_every_method_name_runs_through_lmms_eval(tiny_llava_dir, calib_file, tm
 
 def test_request_scope_counts_exactly_the_question_tokens(tiny_llava):
     """tokens="request" keeps the question's own tokens: no chat template, no image, no padding."""
-    from mmtoxicqa.modeling import build_inputs
-    from mmtoxicqa.positions import request_mask, text_mask, without_user_text
+    from mmtoxicqa.modeling.loading import build_inputs
+    from mmtoxicqa.modeling.positions import request_mask, text_mask, without_user_text
 
     texts = ["the cat sat on the mat", TOXIC[1]]  # different lengths, so row 1 is left padded
     conversations = [conv(t) for t in texts]
@@ -274,7 +274,7 @@ def test_request_scope_counts_exactly_the_question_tokens(tiny_llava):
 
 
 def test_calibration_token_scope_changes_responses_and_is_recorded(tiny_llava, calib_file, tmp_path):
-    from mmtoxicqa.calibration import calibrate
+    from mmtoxicqa.sgm.calibration import calibrate
 
     text = calibrate(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False)
     request = calibrate(tiny_llava, calib_file, batch_size=4, use_cache=False, progress=False, tokens="request")
@@ -287,7 +287,7 @@ def test_calibration_token_scope_changes_responses_and_is_recorded(tiny_llava, c
 def test_aura_pools_over_the_request_and_sgm_over_the_text_by_default(tiny_llava, calib_file, tmp_path, monkeypatch):
     """AurA pools a neuron's response over the sentence alone: the aura baseline calibrates with
     tokens="request" (text only, no chat template or system prompt); SGM keeps its "text" default."""
-    from mmtoxicqa.calibration import calibrate
+    from mmtoxicqa.sgm.calibration import calibrate
 
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
     aura = build_method("aura", tiny_llava, calibration_data=str(calib_file))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_answer_scope_counts_exactly_the_reply_tokens(tiny_llava):
     """Two replies of different lengths, left padded: the counted positions hold the reply's own token
     ids, in order, and nothing of the prompt or padding (checked against the tokenizer by hand)."""
-    from mmtoxicqa.calibration import iter_batches
+    from mmtoxicqa.sgm.calibration import iter_batches
 
     items = [
         {"id": "a", "question": "Write a tweet.", "image": None, "image_text": "Write a tweet.", "reply": "steal a car", "toxic_label": 1},
@@ -44,7 +44,7 @@ def test_answer_scope_counts_exactly_the_reply_tokens(tiny_llava):
 
 
 def test_answer_pairs_share_the_request_and_differ_in_the_reply():
-    from mmtoxicqa.calibration import answer_pairs
+    from mmtoxicqa.sgm.calibration import answer_pairs
 
     rows = [{"id": f"t{i}", "request": f"toxic statement {i}", "toxic_label": 1} for i in range(5)]
     rows += [{"id": f"n{i}", "request": f"neutral  statement {i}", "toxic_label": 0} for i in range(3)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.sgm import Glasses, collect, fit_glasses, put_on, take_off, wear
 from mmtoxicqa.sgm.toy import plant_neurons, tiny_llama, trigger_batches
 

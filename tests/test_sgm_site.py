@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mmtoxicqa.cli import main
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import discover_sites
 from mmtoxicqa.sgm import Glasses, fit_glasses, wear
-from mmtoxicqa.sgm.discovery import discover_sites
 from mmtoxicqa.sgm.toy import plant_neurons, tiny_llama, trigger_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,7 +120,7 @@ def test_gpt2_c_fc_output_site_scales_weight_and_bias(tmp_path):
     model.save_pretrained(tmp_path / "src")
     out = tmp_path / "out"
     assert main(["export", "--model", str(tmp_path / "src"), "--glasses", str(tmp_path / "g.safetensors"), "--out", str(out)]) == 0
-    from mmtoxicqa.export import read_record
+    from mmtoxicqa.methods.export import read_record
 
     keys = [c["key"] for c in read_record(out)["changed_tensors"]]
     assert any(k.endswith("c_fc.bias") for k in keys) and any(k.endswith("c_fc.weight") for k in keys)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from test_sgm_integration import write_calibration
 
-from mmtoxicqa.calibration import calibrate, calibration_items, items_hash, steering_cache_path
 from mmtoxicqa.methods.steering import steering_vector
-from mmtoxicqa.steering_vectors import default_steer_layer
+from mmtoxicqa.sgm.calibration import calibrate, calibration_items, items_hash, steering_cache_path
+from mmtoxicqa.sgm.steering_vectors import default_steer_layer
 
 
 def count_forwards(model):
@@ -30,7 +30,7 @@ def test_one_pass_gives_glasses_and_the_same_steering_vector(tmp_path, monkeypat
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "separate"))
     separate = steering_vector(tiny_llava, layer, calib, batch_size=4)  # no glasses cached: it calibrates, one pass for both
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "alone"))
-    from mmtoxicqa.calibration import glasses_cache_path, sgm_options
+    from mmtoxicqa.sgm.calibration import glasses_cache_path, sgm_options
 
     glasses_cache_path(tiny_llava.model_id, items_hash(items, False), sgm_options()).parent.mkdir(parents=True)
     glasses_cache_path(tiny_llava.model_id, items_hash(items, False), sgm_options()).write_bytes(b"")  # pretend: forces its own pass

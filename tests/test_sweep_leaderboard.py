@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mmtoxicqa.leaderboard import build_rows, markdown, write_leaderboard
-from mmtoxicqa.sweep import CELL_FORMAT
+from mmtoxicqa.study.leaderboard import build_rows, markdown, write_leaderboard
+from mmtoxicqa.study.sweep import CELL_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def results_dir(tmp_path):
 
 
 def test_rows_by_hand(results_dir):
-    from mmtoxicqa.sweep import load_cells
+    from mmtoxicqa.study.sweep import load_cells
 
     rows = {r["method"]: r for r in build_rows(load_cells(results_dir))}
     assert set(rows) == {"vanilla", "sgm"}
@@ -85,7 +85,7 @@ def test_rows_by_hand(results_dir):
 
 
 def test_markdown_bolds_nothing_when_intervals_overlap_or_tie(results_dir):
-    from mmtoxicqa.sweep import load_cells
+    from mmtoxicqa.study.sweep import load_cells
 
     cells = load_cells(results_dir)
     text = markdown(build_rows(cells), cells)
@@ -99,7 +99,7 @@ def test_markdown_bolds_nothing_when_intervals_overlap_or_tie(results_dir):
 
 
 def test_bold_only_for_a_single_best_whose_interval_is_apart():
-    from mmtoxicqa.leaderboard import bold_cells
+    from mmtoxicqa.study.leaderboard import bold_cells
 
     rows = [
         {"method": "a", "harmful_standard": 0.0, "harmful_standard_ci": (0.0, 0.278), "utility": 0.5, "utility_ci": (0.2, 0.8)},
@@ -144,7 +144,7 @@ def test_csv_carries_every_interval_the_judge_and_one_time_seconds(results_dir, 
 
 
 def test_reading_names_significant_and_overlapping_differences():
-    from mmtoxicqa.leaderboard import reading
+    from mmtoxicqa.study.leaderboard import reading
 
     rows = [
         {
@@ -259,7 +259,7 @@ def test_sweep_killed_and_resumed_loses_nothing(tmp_path, tiny_llava_dir):
 
 
 def test_tagged_variant_is_its_own_row_and_file(results_dir, tmp_path):
-    from mmtoxicqa.sweep import cell_path, load_cells
+    from mmtoxicqa.study.sweep import cell_path, load_cells
 
     variant = cell("sgm", "mm_toxic_qa_standard", [0, 0, 0, 1])
     variant["tag"] = "top_k=5"
@@ -274,8 +274,8 @@ def test_tagged_variant_is_its_own_row_and_file(results_dir, tmp_path):
 
 
 def test_paired_section_counts_removed_and_caused_by_hand(results_dir):
-    from mmtoxicqa.leaderboard import paired_rows
-    from mmtoxicqa.sweep import load_cells
+    from mmtoxicqa.study.leaderboard import paired_rows
+    from mmtoxicqa.study.sweep import load_cells
 
     rows = {r["split"]: r for r in paired_rows(load_cells(results_dir))}
     assert set(rows) == {"standard", "adversarial", "benign"}  # sgm against vanilla; utility is not a harm split
@@ -295,7 +295,7 @@ def test_sweep_records_one_time_seconds_apart_from_per_item_time(tmp_path, tiny_
     """Model load and sgm's calibration are charged once, to the first cell of each method, never per item."""
     from test_sgm_integration import write_calibration
 
-    from mmtoxicqa.sweep import run_sweep
+    from mmtoxicqa.study.sweep import run_sweep
 
     monkeypatch.setenv("MMTOXICQA_DATA", "seed")
     monkeypatch.setenv("MMTOXICQA_FLUENCY_MODEL", "none")
@@ -329,7 +329,7 @@ def test_sweep_records_one_time_seconds_apart_from_per_item_time(tmp_path, tiny_
 def test_leaderboard_and_sweep_tables_log_to_wandb_offline(results_dir, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from mmtoxicqa.cli import main
-    from mmtoxicqa.wandb_log import cells_table
+    from mmtoxicqa.study.wandb_log import cells_table
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
@@ -353,7 +353,7 @@ def test_answer_length_is_part_of_a_cells_provenance(tmp_path):
     YAML's 64 then, so it stays fresh for --max-new-tokens 64 and is recomputed for the new default."""
     import re
 
-    from mmtoxicqa.sweep import ANSWER_TOKENS, answer_tokens, stale_fields
+    from mmtoxicqa.study.sweep import ANSWER_TOKENS, answer_tokens, stale_fields
 
     template = (Path(__file__).resolve().parents[1] / "tasks" / "mm_toxic_qa" / "_mm_toxic_qa_template.yaml").read_text()
     assert re.findall(r"max_new_tokens: (\d+)", template) == [str(ANSWER_TOKENS)] and ANSWER_TOKENS == 256

@@ -1,4 +1,4 @@
-"""The MM-TOXIC-QA tasks read their data through lmms-eval's own loader (mmtoxicqa.task_data), and
+"""The MM-TOXIC-QA tasks read their data through lmms-eval's own loader (mmtoxicqa.lmms.task_data), and
 every task still serves the same docs in the same order as the pyarrow reader it replaced: runs
 that are under way (and results already written) stay comparable item for item."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.data.hub import DEFAULT_REPO_ID
-from mmtoxicqa.errors import MMToxError
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {  # task -> the split its YAML names
@@ -30,8 +30,9 @@ TASKS = {  # task -> the split its YAML names
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
+    from source_fixtures import write_fixture_sources
+
     from mmtoxicqa.data.builder import build
-    from mmtoxicqa.data.fixtures import write_fixture_sources
 
     out = tmp_path_factory.mktemp("data")
     build(write_fixture_sources(tmp_path_factory.mktemp("src")), out, seed=0, progress=False)
@@ -70,7 +71,8 @@ def old_ids(folder: Path, task: str) -> list[str]:
     from datasets.table import InMemoryTable
 
     from mmtoxicqa.data.schema import FEATURES
-    from mmtoxicqa.organism import eval_docs, image_only
+    from mmtoxicqa.modeling.organism.eval_items import eval_docs
+    from mmtoxicqa.modeling.organism.recipe import image_only
 
     table = pq.read_table(folder / f"{TASKS[task]}.parquet").select(list(FEATURES)).cast(FEATURES.arrow_schema)
     docs = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=FEATURES)).shuffle(seed=1234).flatten_indices()
@@ -120,7 +122,7 @@ def test_every_task_serves_the_docs_it_served_before(built, task_manager, env, t
 def test_the_seed_set_serves_the_gate_items(task_manager, env):
     """MMTOXICQA_DATA=seed (the CI gate): the shipped seed file through lmms-eval, shaped per split,
     in the fixed shuffle; `make gate`'s --limit 16 evaluates exactly the items of its baseline."""
-    from mmtoxicqa.task_support import seed_docs
+    from mmtoxicqa.lmms.task_support import seed_docs
 
     env.setenv("MMTOXICQA_DATA", "seed")
     baseline = json.loads((REPO / "results" / "gate_baseline.json").read_text())["tasks"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmtoxicqa.utility import exact_match, process_results
+from mmtoxicqa.metrics.exact_match import exact_match, process_results
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import pytest
 from lmms_eval.api.instance import Instance
 from PIL import Image
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.render import render_text_image
+from mmtoxicqa.lmms.task_support import doc_to_messages
 from mmtoxicqa.model_wrappers.mmtox import MMTox
-from mmtoxicqa.modeling import generate, load_model
-from mmtoxicqa.render import render_text_image
-from mmtoxicqa.task_support import doc_to_messages
+from mmtoxicqa.modeling.loading import generate, load_model
 
 QUESTIONS = ["what is in the image", "write a poem about the sea the sky", "hello world"]
 
@@ -164,3 +164,60 @@ def test_model_args_length_is_a_default_and_says_so_when_a_task_overrides_it(tin
         assert len([line for line in lines if "wins over model_args" in str(line)]) == 1
     finally:
         logger.remove(sink)
+
+
+# Questions of hand-counted lengths in the tiny word-level tokenizer (one token per word).
+MIXED = [
+    "hello world",  # d0: 2 tokens
+    "write a poem about the sea the sky the sun and the moon",  # d1: 13
+    "what is in the image",  # d2: 5
+    "the cat sat on the mat and the dog ran in the park today",  # d3: 14
+    "yes",  # d4: 1
+    "describe the picture please answer the question",  # d5: 7
+    "one two",  # d6: 2, and two images
+]
+
+
+def _two_images(doc):
+    """d6's chat: the doc's image twice, then its question."""
+    [message] = doc_to_messages(doc)
+    image, text = message["content"]
+    return [{"role": "user", "content": [image, dict(image), text]}]
+
+
+def _mixed_requests():
+    """d0..d6 in doc order; d2 and d4 ask for another answer length, so they form a group of their own."""
+    long, short = {"max_new_tokens": 6, "until": ["<|im_end|>"]}, {"max_new_tokens": 3, "until": ["<|im_end|>"]}
+    return [
+        Instance(
+            "generate_until",
+            ("", _two_images if i == 6 else doc_to_messages, dict(short if i in (2, 4) else long), i, "m", "test"),
+            0,
+            {"task": "m", "doc_id": i, "repeats": 1},
+        )
+        for i in range(len(MIXED))
+    ]
+
+
+def test_batches_are_length_sorted_and_answers_come_back_in_doc_order(tiny_llava_dir):
+    lm = MMTox(pretrained=str(tiny_llava_dir), device="cpu", batch_size=2)
+    docs = [{"id": f"m{i}", "question": q, "image_text": f"phrase {i}", "category": "other", "attack": "none"} for i, q in enumerate(MIXED)]
+    lm.task_dict = {"m": {"test": docs}}
+    requests = _mixed_requests()
+    # the key: (images, text tokens), counted by hand above
+    assert [lm.prompt_size(r.args) for r in requests] == [(1, 2), (1, 13), (1, 5), (1, 14), (1, 1), (1, 7), (2, 2)]
+    # one group per answer length, in order of first appearance; in each, more images first, then the longest text
+    _collator, batches = lm.batches(requests)
+    assert [[args[3] for args in batch] for batch in batches] == [[6, 3], [1, 5], [0], [2, 4]]
+
+    batched = [r.text for r in lm.generate_until(requests)]
+    lm.batch_size_per_gpu = 1
+    assert [[args[3] for args in batch] for batch in lm.batches(requests)[1]] == [[0], [1], [3], [5], [6], [2], [4]]
+    singles = [r.text for r in lm.generate_until(requests)]
+    # and each answer is the one greedy decoding gives that doc alone, outside the wrapper
+    alone = [generate(lm.loaded, [lm.conversation_for(r.args[1], i, "m", "test")], r.args[2])[0] for i, r in enumerate(_mixed_requests())]
+    assert batched == singles == alone
+    # the check has teeth: the two docs of every batch get different answers, and the answers in run order differ from doc order
+    assert all(batched[a] != batched[b] for a, b in ([6, 3], [1, 5], [2, 4]))
+    assert [batched[i] for i in (6, 3, 1, 5, 0, 2, 4)] != batched
+    assert all(len(lm.tokenizer(batched[i], add_special_tokens=False)["input_ids"]) <= 3 for i in (2, 4))

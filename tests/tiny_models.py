@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import transformers as T
 
-from mmtoxicqa.embedded import CHAT_TEMPLATE
+from mmtoxicqa.modeling.embedded import CHAT_TEMPLATE
 
 CORPUS = [
     "you are a helpful assistant named smollm trained by hugging face",
@@ -62,7 +62,7 @@ def build_tiny_llava(
     ``text_config`` and ``chat_template`` default to the ChatML test tokenizer and a 2-layer Llama."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from mmtoxicqa.embedded import pil_image_processor
+    from mmtoxicqa.modeling.embedded import pil_image_processor
 
     out_dir = Path(out_dir)
     tokenizer = tokenizer or build_tokenizer()
@@ -446,7 +446,7 @@ def build_tiny_reader(out_dir: str | Path, seed: int = 0) -> Path:
     (``mmtoxicqa_reader.json`` beside the weights), so ``load_model(dir)`` gives the OCR processor."""
     import json
 
-    from mmtoxicqa.reader import CHAT_TEMPLATE, READER_MARKER
+    from mmtoxicqa.modeling.reader import CHAT_TEMPLATE, READER_MARKER
 
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mmtoxicqa import registry
-from mmtoxicqa.registry import register_attack
+from mmtoxicqa.core import registry
+from mmtoxicqa.core.registry import register_attack
 
 
 @dataclass(frozen=True)

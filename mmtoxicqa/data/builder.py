@@ -14,25 +14,36 @@ and image bytes are stored without paths.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from mmtoxicqa import paths
-from mmtoxicqa.atomic import umask_mode, write_json_atomic
+from tqdm.auto import tqdm
+
+from mmtoxicqa import __version__
+from mmtoxicqa.core import paths
+from mmtoxicqa.core.atomic import umask_mode, write_json_atomic
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.core.render import (
+    png_bytes,
+    render_numbered_list_image,
+    render_text_image,
+)
 from mmtoxicqa.data import attacks, loaders, taxonomy
 from mmtoxicqa.data.attacks import Request
 from mmtoxicqa.data.dedup import dedupe_rows, enforce_disjoint
 from mmtoxicqa.data.harmless import HARMLESS_TOPICS
+from mmtoxicqa.data.hub import write_hub_layout
 from mmtoxicqa.data.loaders import SourceItem
 from mmtoxicqa.data.schema import COLUMNS, EVAL_SPLITS, FEATURES, SPLITS
 from mmtoxicqa.data.sources import (
@@ -42,8 +53,6 @@ from mmtoxicqa.data.sources import (
     load_manifest,
     verify_sources,
 )
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_file
 
 BUILDER_VERSION = "1.0.0"
 
@@ -69,7 +78,6 @@ def _rng(seed: int, *purpose: str) -> random.Random:
 
 
 def _progress(iterable: Iterable, desc: str, enabled: bool, total: int | None = None):
-    from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit="item", leave=False, disable=None if enabled else True)
 
@@ -102,7 +110,7 @@ def _shuffled(items: Sequence, rng: random.Random) -> list:
 @contextlib.contextmanager
 def _quiet_datasets(quiet: bool):
     """Silence the ``datasets`` progress bars while writing, restoring the previous setting."""
-    import datasets as hf_tqdm
+    import datasets as hf_tqdm  # heavy: the datasets stack, only for data work
 
     was_disabled = hf_tqdm.are_progress_bars_disabled()
     if quiet and not was_disabled:
@@ -127,11 +135,6 @@ class _Images:
         return self._get("numbered", text)
 
     def _get(self, style: str, text: str) -> bytes:
-        from mmtoxicqa.render import (
-            png_bytes,
-            render_numbered_list_image,
-            render_text_image,
-        )
 
         key = (style, text)
         if key not in self._cache:
@@ -522,7 +525,7 @@ def build(
     also with ``progress=False``): source files whose sha256 differs from the manifest, and
     ``extra`` items that were dropped (with why).
     """
-    import datasets
+    import datasets  # heavy: the datasets stack, only for data work
 
     say = log or (lambda _msg: None)
     warn = warn or _warn_stderr
@@ -654,7 +657,6 @@ def build(
             os.replace(stage / name, out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    from mmtoxicqa.data.hub import write_hub_layout
 
     write_hub_layout(out_dir, sheet)  # data/<split>-*.parquet + README.md: the Hugging Face dataset layout
     say(f"built in {time.monotonic() - started:.1f}s")
@@ -677,7 +679,6 @@ def _datasheet(
     requests,
     statements,
 ) -> dict:
-    from mmtoxicqa import __version__
 
     sources: dict[str, dict] = {}
     for name, parts in results.items():
@@ -795,92 +796,5 @@ def _manifest_warnings(check: dict) -> list[str]:
 
 
 def _warn_stderr(message: str) -> None:
-    import sys
 
     print(f"build-data: warning: {message}", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- CLI
-_DESCRIPTION = """\
-Build the MM-TOXIC-QA benchmark from public source data.
-
-Writes OUT/{standard,adversarial,benign,calibration}.parquet (one row per item:
-id, split, category, attack, source, question, image, image_text, request,
-toxic_label) plus OUT/datasheet.json and OUT/DATASHEET.md (counts per split x
-category x attack, sources with license and upstream commit, sha256 of every
-input file, skipped malformed rows, the calibration/eval disjointness check).
-
-  standard     harmful requests as image + question (FigStep, MM-SafetyBench TYPO)
-  adversarial  the same requests under attacks: typographic, roleplay,
-               prefix_injection, refusal_suppression, toxic_continuation
-  benign       matched harmless items (over-refusal / fluency)
-  calibration  toxic vs non-toxic inputs (toxic_label) for neuron discovery only;
-               guaranteed disjoint from the eval splits
-
-The build is deterministic: the same inputs and --seed give byte-identical files."""
-
-_EPILOG = """\
-examples:
-  mmtoxicqa build-data --sources ../shared/data --out data/mm_toxic_qa
-  mmtoxicqa build-data --sources ../shared/data --extra my_items.jsonl
-  mmtoxicqa build-data            # download the pinned upstream files (needs network)
-
---extra items.jsonl: one JSON object per line with "image" (path, relative to the
-file), "question", "category" (taxonomy name); optional "attack" (default none),
-"split" (default standard), "toxic_label" (1/0; required for calibration),
-"request", "image_text". Invalid items (missing/corrupt image, empty question,
-unknown category/split/attack) and repeated items are skipped, said in one warning
-line (with the accepted values) and counted in the datasheet; a file with no usable
-item is an error. Evaluate only these items with MMTOXICQA_SOURCE=extra.
-
-A source file whose sha256 differs from the pinned manifest is warned about (file,
-expected and actual sha256) and recorded in datasheet.json (manifest_check).
-
-Warning: the sources and the built data contain offensive and harmful text."""
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "build-data",
-        help="build the MM-TOXIC-QA splits (parquet) + datasheet from public sources",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--sources",
-        metavar="DIR",
-        default=None,
-        help="local copy of the source data, laid out like ../shared/data (figstep/, mm-safetybench/, "
-        "toxigen/, davidson/, rtp-bad-words/). Without it, the pinned upstream files are downloaded into "
-        "the cache ($MMTOXICQA_CACHE/sources) and checked against their sha256.",
-    )
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        default=None,
-        help="output folder (default: $MMTOXICQA_DATA, else ~/.cache/mmtoxicqa/data, which is where the lmms-eval tasks look)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for all sampling and template choices (default: 0)")
-    parser.add_argument("--extra", metavar="ITEMS.jsonl", default=None, help="your own items to add (see below)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
-    parser.set_defaults(func=_run)
-    return parser
-
-
-def _run(args) -> int:
-    import sys
-
-    out = Path(args.out).expanduser() if args.out else paths.data_dir()
-    log = None if args.quiet else (lambda msg: print(f"build-data: {msg}", file=sys.stderr))
-    sheet = build(args.sources, out, seed=args.seed, extra=args.extra, progress=not args.quiet, log=log)
-    counts = ", ".join(f"{s} {sheet['counts'][s]['rows']}" for s in SPLITS)
-    print(f"built MM-TOXIC-QA in {out}: {counts} rows")
-    skipped = {name: sum(info["skipped_malformed"].values()) for name, info in sheet["sources"].items()}
-    skipped = {k: v for k, v in skipped.items() if v}
-    if skipped:
-        print("skipped malformed: " + ", ".join(f"{k} {v}" for k, v in skipped.items()) + " (details in datasheet.json)")
-    d = sheet["disjointness"]
-    print(f"calibration/eval disjointness: {'passed' if d['passed'] else 'FAILED'} ({d['dropped']} calibration items dropped)")
-    print(f"datasheet: {out / 'DATASHEET.md'}")
-    return 0 if d["passed"] else 1

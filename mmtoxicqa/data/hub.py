@@ -8,13 +8,13 @@ the tasks and ``MMTOXICQA_DATA`` read those."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
 
-from mmtoxicqa.atomic import atomic_path
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.atomic import atomic_path
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.data.schema import SPLITS
 
 DEFAULT_REPO_ID = "mmtoxicqa/MM-TOXIC-QA"  # the documented place to push (and find) the built benchmark
 HUB_FILES = ("README.md", "datasheet.json", "DATASHEET.md", "data/*.parquet")
@@ -32,7 +32,6 @@ def non_commercial(license_text: str) -> bool:
 def dataset_card(sheet: dict) -> str:
     """The README.md of the dataset repository: YAML header (license, configs with the four splits, sizes),
     then the sources with their licenses (non-commercial ones marked), counts and checksums."""
-    from mmtoxicqa.data.schema import SPLITS
 
     sources = sheet.get("sources", {})
     restricted = sorted(name for name, info in sources.items() if non_commercial(str(info.get("license", ""))))
@@ -79,7 +78,6 @@ def dataset_card(sheet: dict) -> str:
 
 def write_hub_layout(out_dir: str | Path, sheet: dict) -> list[Path]:
     """``data/<split>-00000-of-00001.parquet`` beside each built ``<split>.parquet``, and ``README.md``."""
-    from mmtoxicqa.data.schema import SPLITS
 
     out_dir = Path(out_dir)
     written = []
@@ -104,25 +102,9 @@ def push_data(folder: str | Path, repo_id: str = DEFAULT_REPO_ID, private: bool 
     if not (folder / "README.md").is_file() or not list(folder.glob("data/*.parquet")):
         raise MMToxError(f"{folder} has no dataset card or data/*.parquet; build it with `mmtoxicqa build-data --out {folder}`")
     if api is None:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # optional network client, only on this path
 
         api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", allow_patterns=list(HUB_FILES))
     return f"https://huggingface.co/datasets/{repo_id}"
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("push-data", help="upload the built MM-TOXIC-QA folder to a Hugging Face dataset repository")
-    parser.add_argument("repo_id", nargs="?", default=DEFAULT_REPO_ID, help=f"dataset repository (default: {DEFAULT_REPO_ID})")
-    parser.add_argument("--data", default=None, help="the built folder (default: MMTOXICQA_DATA, else the cache's data/)")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.set_defaults(func=_cli)
-    return parser
-
-
-def _cli(args) -> int:
-    from mmtoxicqa import paths
-
-    print(f"pushed: {push_data(args.data or paths.data_dir(), args.repo_id, args.private)}")
-    return 0

@@ -17,14 +17,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_bytes
+from mmtoxicqa.core.image_io import oversized
 from mmtoxicqa.data import taxonomy
 from mmtoxicqa.data.attacks import Request, attack_labels
 from mmtoxicqa.data.dedup import dedup_form
 from mmtoxicqa.data.schema import SPLITS
 from mmtoxicqa.data.sources import SourceDir
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_bytes
-from mmtoxicqa.image_io import oversized
 
 FIGSTEP_QUESTIONS = "figstep/question/safebench.csv"
 FIGSTEP_BENIGN = "figstep/question/benign_sentences_without_harmful_phase.csv"
@@ -113,7 +115,6 @@ def _csv_rows(src: SourceDir, rel: str, required: tuple[str, ...]) -> list[dict]
 
 def decode_image(data: bytes):
     """Fully decode image bytes; return the PIL image or None if they do not decode."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -8,17 +8,24 @@ files are downloaded into the cache and verified before anything is built.
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
+import random
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from mmtoxicqa.atomic import atomic_path
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hashing import sha256_bytes, sha256_file
+from tqdm.auto import tqdm
+
+from mmtoxicqa.core.atomic import atomic_path
+from mmtoxicqa.core.errors import MMToxError, is_os_fault, os_fault
+from mmtoxicqa.core.hashing import sha256_bytes, sha256_file
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "source_manifest.json"
 
@@ -157,8 +164,6 @@ def _finished(target: Path, expected: str | None) -> bool:
 def _fetch(url: str, target: Path, expected: str | None, timeout: float) -> None:
     """Stream ``url`` into a temporary file beside ``target``, hashing as it goes; rename it onto
     ``target`` only once it is complete and its sha256 matches (a partial file never looks finished)."""
-    import hashlib
-    import http.client
 
     digest = hashlib.sha256()
     with atomic_path(target) as tmp:
@@ -178,9 +183,6 @@ def _fetch(url: str, target: Path, expected: str | None, timeout: float) -> None
 
 def _download_one(entry: dict, dest: Path, timeout: float, retries: int, backoff: float) -> tuple[str, str | None]:
     """Fetch one manifest file with retries: ``("kept" | "downloaded" | "failed", one-line reason)``."""
-    import http.client
-    import random
-    import time
 
     rel, expected = entry["path"], entry.get("sha256")
     target = dest / rel
@@ -202,8 +204,6 @@ def _download_one(entry: dict, dest: Path, timeout: float, retries: int, backoff
         except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
             reason = f"network unreachable ({getattr(exc, 'reason', None) or exc or type(exc).__name__})"
         except OSError as exc:
-            from mmtoxicqa.errors import is_os_fault, os_fault
-
             if is_os_fault(exc):  # our side (full disk, no permission): not the network's
                 return "failed", f"cannot save source file {rel} from {url}: {os_fault(exc, target)}"
             reason = f"network unreachable ({exc})"
@@ -226,9 +226,6 @@ def download_sources(
     exponential backoff, sha256-checked where the manifest pins one, resumable (a finished, verified
     file is kept; anything else is fetched again). ``warn`` gets one line per failed file naming its
     URL (default: stderr); then one MMToxError sums them up (``mmtoxicqa`` exits 2)."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
 
     manifest = manifest if manifest is not None else load_manifest()
     dest = Path(dest)
@@ -267,31 +264,6 @@ def copy_sources(src: str | Path, dest: str | Path, manifest: dict) -> None:
         target = Path(dest) / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(src) / entry["path"], target)
-
-
-def add_cli(subparsers):
-    parser = subparsers.add_parser(
-        "download-sources",
-        help="download the pinned source files (parallel, retried, sha256-checked, resumable); exit 2 if any failed",
-    )
-    parser.add_argument(
-        "--out", metavar="DIR", default=None, help="where to put them (default: the cache's sources/, what build-data uses)"
-    )
-    parser.add_argument("--manifest", metavar="FILE", default=None, help="another source manifest (default: the packaged one)")
-    parser.add_argument("--workers", type=int, default=WORKERS, help=f"files at once (default: {WORKERS})")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_cli)
-    return parser
-
-
-def _cli(args) -> int:
-    from mmtoxicqa import paths
-
-    dest = Path(args.out).expanduser() if args.out else paths.cache_dir() / "sources"
-    manifest = load_manifest(args.manifest)
-    download_sources(dest, manifest, progress=not args.quiet, workers=args.workers)
-    print(f"{len(manifest['files'])} source files verified in {dest}; build with `mmtoxicqa build-data --sources {dest}`")
-    return 0
 
 
 # --------------------------------------------------------------------------- reading

@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from mmtoxicqa import paths
-from mmtoxicqa.errors import MMToxError
+from PIL import Image, UnidentifiedImageError
+
+from mmtoxicqa.core import paths, settings
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.core.image_io import strict_decoding
+from mmtoxicqa.data.schema import FEATURES, SPLITS
 
 
 def split_path(name: str, data_dir: str | Path | None = None) -> Path:
-    from mmtoxicqa.data.schema import SPLITS
 
     if name not in SPLITS:
         raise MMToxError(f"unknown MM-TOXIC-QA split {name!r}; use one of {', '.join(SPLITS)}")
@@ -24,9 +28,7 @@ def load_split(name: str, data_dir: str | Path | None = None):
     Reads ``<data_dir or paths.data_dir()>/<name>.parquet``; the ``image`` column decodes
     to PIL images on access.
     """
-    import datasets
-
-    from mmtoxicqa.data.schema import FEATURES
+    import datasets  # heavy: the datasets stack, only for data work
 
     path = split_path(name, data_dir)
     root = path.parent
@@ -38,7 +40,7 @@ def load_split(name: str, data_dir: str | Path | None = None):
     # Read with pyarrow directly: no copy into the Hugging Face datasets cache, so a
     # rebuilt file is never shadowed by a stale cached one.
     import pyarrow.parquet as pq
-    from datasets.table import InMemoryTable
+    from datasets.table import InMemoryTable  # heavy: the datasets stack, only for data work
 
     try:
         table = pq.read_table(path)
@@ -88,7 +90,6 @@ def check_split(dataset, split: str, where: str):
     """A split as lmms-eval loaded it (from ``where``: a built folder or a hub id), checked as
     :func:`load_split` checks a file: every schema column there, cast to the schema's types, every
     image decoding (once per dataset fingerprint). Returns the dataset to serve."""
-    from mmtoxicqa.data.schema import FEATURES
 
     fix = f"rebuild it with {rebuild_hint(where)}" if Path(where).exists() else f"rebuild and push it ({rebuild_hint('DIR')})"
     missing = [c for c in FEATURES if c not in dataset.column_names]
@@ -109,14 +110,12 @@ def check_split(dataset, split: str, where: str):
 
 
 def _check_table(table, label: str, rebuild: str) -> None:
-    from mmtoxicqa.image_io import strict_decoding
 
     with strict_decoding():
         _decode_all(table, label, rebuild)
 
 
 def _decode_all(table, label: str, rebuild: str) -> None:
-    from PIL import Image
 
     ids = table.column("id")
     images = table.column("image")
@@ -151,9 +150,8 @@ def filter_source(dataset, sources: str | None = None):
 
     ``MMTOXICQA_SOURCE=extra`` evaluates only the items added with ``build-data --extra``.
     A filter that keeps no row is a one-line error naming the sources the split has."""
-    import os
 
-    wanted = os.environ.get(SOURCE_ENV, "") if sources is None else sources
+    wanted = settings.raw(SOURCE_ENV) if sources is None else sources
     names = [n.strip() for n in str(wanted).split(",") if n.strip()]
     if not names:
         return dataset
@@ -174,7 +172,6 @@ def validate_image(value, item_id: str = "?"):
     Accepts a PIL image, raw bytes, a ``{"bytes": ..., "path": ...}`` dict (the datasets
     storage form) or a file path.
     """
-    from PIL import Image, UnidentifiedImageError
 
     try:
         if isinstance(value, Image.Image):
@@ -212,15 +209,12 @@ def data_fingerprint(seed: bool | None = None) -> dict:
     (it pins every split file's hash), or of the shipped seed file (``seed=True``, or by default when
     ``MMTOXICQA_DATA=seed``). Recorded in results and sweep cells, so numbers from different data
     are never mixed."""
-    import os
-
-    from mmtoxicqa.hashing import sha256_file
 
     if seed is None:
-        seed = os.environ.get("MMTOXICQA_DATA", "").strip().lower() == "seed"
+        seed = settings.seed_data()
     if seed:
         return {"path": "seed", "sha256": sha256_file(paths.seed_file())}
     sheet = paths.data_dir() / "datasheet.json"
     found = {"path": str(paths.data_dir()), "sha256": sha256_file(sheet) if sheet.is_file() else None}
-    source = os.environ.get("MMTOXICQA_SOURCE", "").strip()
+    source = settings.text("MMTOXICQA_SOURCE")
     return {**found, "source": source} if source else found  # a source filter changes what is evaluated

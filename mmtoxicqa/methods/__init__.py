@@ -1,6 +1,6 @@
 """Detoxification methods: build one by name, or ``a+b`` to compose registered methods left to right.
 
-Methods register themselves with ``@register_method`` (mmtoxicqa.registry); importing this
+Methods register themselves with ``@register_method`` (mmtoxicqa.core.registry); importing this
 package imports the built-in ones (catalog: prompts and decoding; neurons: SGM and its
 relatives; steering).
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from mmtoxicqa import registry
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core import registry
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, compose
-from mmtoxicqa.modeling import LoadedModel
-from mmtoxicqa.registry import register_method
+from mmtoxicqa.modeling.loading import LoadedModel
 
 MethodBuilder = Callable[..., Method]
 

@@ -7,9 +7,10 @@ option is prefixed with its method's name so compositions never clash.
 from __future__ import annotations
 
 import functools
-import os
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core import settings
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, check_number
 from mmtoxicqa.methods.controllers import ecso_controller
 from mmtoxicqa.methods.decoding import RowExpansion, bad_words_processor, contrastive_combine, read_word_list, self_debias_combine
@@ -22,8 +23,7 @@ from mmtoxicqa.methods.prompting import (
     with_system,
     with_user_suffix,
 )
-from mmtoxicqa.modeling import LoadedModel
-from mmtoxicqa.registry import register_method
+from mmtoxicqa.modeling.loading import LoadedModel
 
 
 @register_method("safety_prompt", slots=("system prompt", "user suffix"))
@@ -81,7 +81,7 @@ def self_debias(loaded: LoadedModel, self_debias_strength: float = 50.0) -> Meth
 def bad_words(loaded: LoadedModel, bad_words_path: str | None = None) -> Method:
     """Word filtering at decoding time (as in Gehman et al. 2020's word-ban baseline): every
     tokenisation of each listed word is banned."""
-    path = bad_words_path or os.environ.get("MMTOXICQA_BAD_WORDS")
+    path = bad_words_path or settings.raw("MMTOXICQA_BAD_WORDS")
     if not path:
         raise MMToxError("method bad_words needs a word list: pass bad_words_path=FILE (or set MMTOXICQA_BAD_WORDS)")
     processor = bad_words_processor(loaded.tokenizer, read_word_list(path))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.modeling import Conversation
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import Conversation
 
 Combine = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
 
@@ -110,7 +110,7 @@ def read_word_list(path: str | Path) -> list[str]:
 
 def bad_words_processor(tokenizer, words: Sequence[str]):
     """transformers' NoBadWordsLogitsProcessor over the token sequences of each word's spellings."""
-    from transformers.generation.logits_process import NoBadWordsLogitsProcessor
+    from transformers.generation.logits_process import NoBadWordsLogitsProcessor  # heavy: transformers loads only where a model runs
 
     sequences: set[tuple[int, ...]] = set()
     for word in words:

@@ -12,12 +12,17 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.errors import MMToxError, yes_no
-from mmtoxicqa.hashing import sha256_file
+from mmtoxicqa.core.errors import MMToxError, yes_no
+from mmtoxicqa.core.hashing import sha256_file
+from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, check_count, check_number
-from mmtoxicqa.modeling import LoadedModel
-from mmtoxicqa.registry import register_method
-from mmtoxicqa.sgm.discovery import SITE_KINDS
+from mmtoxicqa.modeling.discovery import SITE_KINDS
+from mmtoxicqa.modeling.loading import LoadedModel
+from mmtoxicqa.modeling.positions import TOKEN_SCOPES
+from mmtoxicqa.sgm import Glasses, wear
+from mmtoxicqa.sgm.calibration import calibrate
+from mmtoxicqa.sgm.glasses import selection_mask
+from mmtoxicqa.sgm.memory import check_auroc_device, parse_pool_dtype
 
 NEURON_SLOT = "neuron dampening (sgm / aura / det0 / damp)"
 
@@ -38,8 +43,6 @@ def _glasses(
 ):
     """(fitted glasses, where they came from): a file the user fitted, or a calibration now (cached;
     under data parallel, once: each process runs its shard, rank 0 rates and writes, the others load)."""
-    from mmtoxicqa.calibration import calibrate
-    from mmtoxicqa.sgm import Glasses
 
     if glasses:
         path = Path(glasses).expanduser()
@@ -66,7 +69,6 @@ def _glasses(
 
 def _check_memory_options(pool_dtype, auroc_device) -> None:
     """Refuse a bad ``calibration_pool_dtype`` / ``calibration_auroc_device`` before calibrating (one line)."""
-    from mmtoxicqa.sgm.memory import check_auroc_device, parse_pool_dtype
 
     parse_pool_dtype(pool_dtype)
     check_auroc_device(auroc_device)
@@ -92,7 +94,6 @@ def _check_mode(mode: str, owner: str) -> str:
 
 
 def _wear_part(loaded: LoadedModel, glasses, mode: str, owner: str) -> Part:
-    from mmtoxicqa.sgm import wear
 
     _check_mode(mode, owner)
     return Part("intervention", lambda: wear(loaded.model, glasses, mode=mode), slot=NEURON_SLOT, owner=owner)
@@ -179,7 +180,6 @@ def aura(
     (images dropped): the unimodal ablation. As in AurA, a neuron's response is pooled over the
     sentence alone (``aura_tokens="request"``: the item's own question, not the chat template or
     system prompt); ``aura_tokens=text`` pools like SGM's default."""
-    from mmtoxicqa.positions import TOKEN_SCOPES
 
     strength = None if aura_strength in (None, "", "None") else check_number("aura_strength", aura_strength)
     _check_mode(aura_mode, "aura")
@@ -209,12 +209,26 @@ def aura(
 
 def _fixed_alpha(fitted, top_k: int, factor: float):
     """Glasses whose top-k AUROC neurons get ``factor`` and every other neuron 1."""
-    from mmtoxicqa.sgm.glasses import Glasses, selection_mask
 
     mask = selection_mask(fitted.auroc_all(), {"top_k": top_k})
     alpha = torch.where(mask, torch.full_like(fitted.alpha_all(), factor), torch.ones_like(fitted.alpha_all()))
     widths = [s.width for s in fitted.sites]
     return Glasses(fitted.sites, fitted.auroc, list(alpha.split(widths)), dict(fitted.meta, fixed_factor=factor, top_k=top_k))
+
+
+def _ranking_glasses(loaded, glasses, calibration_data, calibration_limit, pool_dtype, auroc_device):
+    """The glasses whose AUROCs rank det0's and damp's top-k neurons: the file, or SGM's default calibration."""
+    return _glasses(
+        loaded,
+        glasses,
+        text_only=False,
+        pooling="max",
+        layers=None,
+        calibration_data=calibration_data,
+        calibration_limit=calibration_limit,
+        pool_dtype=pool_dtype,
+        auroc_device=auroc_device,
+    )
 
 
 @register_method("det0", slots=(NEURON_SLOT,))
@@ -234,16 +248,8 @@ def det0(
     _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if k == 0:
         return Method("det0", loaded)
-    fitted, source = _glasses(
-        loaded,
-        glasses,
-        text_only=False,
-        pooling="max",
-        layers=None,
-        calibration_data=calibration_data,
-        calibration_limit=calibration_limit,
-        pool_dtype=calibration_pool_dtype,
-        auroc_device=calibration_auroc_device,
+    fitted, source = _ranking_glasses(
+        loaded, glasses, calibration_data, calibration_limit, calibration_pool_dtype, calibration_auroc_device
     )
     worn = _fixed_alpha(fitted, k, 0.0)
     method = Method("det0", loaded, [_wear_part(loaded, worn, "hooks", "det0")], worn={"det0": {**source, **worn.worn_record()}})
@@ -270,16 +276,8 @@ def damp(
     _check_memory_options(calibration_pool_dtype, calibration_auroc_device)
     if k == 0 or factor == 1.0:
         return Method("damp", loaded)
-    fitted, source = _glasses(
-        loaded,
-        glasses,
-        text_only=False,
-        pooling="max",
-        layers=None,
-        calibration_data=calibration_data,
-        calibration_limit=calibration_limit,
-        pool_dtype=calibration_pool_dtype,
-        auroc_device=calibration_auroc_device,
+    fitted, source = _ranking_glasses(
+        loaded, glasses, calibration_data, calibration_limit, calibration_pool_dtype, calibration_auroc_device
     )
     worn = _fixed_alpha(fitted, k, factor)
     method = Method("damp", loaded, [_wear_part(loaded, worn, "hooks", "damp")], worn={"damp": {**source, **worn.worn_record()}})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from mmtoxicqa.modeling import Conversation
+from mmtoxicqa.modeling.loading import Conversation
 
 SELF_REMINDER_SYSTEM = (
     "You are a responsible assistant. Never produce hateful, harassing, violent, sexual, "

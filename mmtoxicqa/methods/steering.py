@@ -2,7 +2,7 @@
 
 The vector is the mean residual-stream difference (toxic - non-toxic) after decoder layer
 ``steer_layer``, each calibration input mean-pooled over its counted text positions
-(mmtoxicqa.positions); at inference ``strength * vector`` is subtracted at every position.
+(mmtoxicqa.modeling.positions); at inference ``strength * vector`` is subtracted at every position.
 """
 
 from __future__ import annotations
@@ -10,32 +10,31 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hooks import Hooks
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_method
 from mmtoxicqa.methods.base import Method, Part, check_count, check_number
-from mmtoxicqa.modeling import LoadedModel
-from mmtoxicqa.registry import register_method
-from mmtoxicqa.steering_vectors import SteeringAccumulator, default_steer_layer, save_steering_vector
+from mmtoxicqa.modeling.hooks import Hooks
+from mmtoxicqa.modeling.loading import LoadedModel
+from mmtoxicqa.sgm import find_decoder_layers
+from mmtoxicqa.sgm.calibration import (
+    calibrate,
+    calibration_items,
+    glasses_cache_path,
+    items_hash,
+    iter_batches,
+    sgm_options,
+    steering_cache_path,
+)
+from mmtoxicqa.sgm.steering_vectors import SteeringAccumulator, default_steer_layer, save_steering_vector
 
 
 def steering_vector(loaded: LoadedModel, layer: int, calibration_data=None, calibration_limit=None, batch_size: int = 8) -> torch.Tensor:
     """Mean residual-stream difference (toxic - non-toxic) after decoder layer ``layer``, each input
     mean-pooled over its counted text tokens. Cached by model + data + layer. When SGM's default
     glasses for the same items are not cached yet, both come from one pass (``calibrate``)."""
-    from safetensors.torch import load_file
-    from tqdm import tqdm
-
-    from mmtoxicqa.calibration import (
-        calibrate,
-        calibration_items,
-        glasses_cache_path,
-        items_hash,
-        iter_batches,
-        sgm_options,
-        steering_cache_path,
-    )
-    from mmtoxicqa.sgm import find_decoder_layers
 
     limit = check_count("calibration_limit", calibration_limit, low=1, allow_none=True)
     items = calibration_items(calibration_data, limit=limit)
@@ -74,7 +73,6 @@ def steer(
 ) -> Method:
     """Mean-difference activation steering (as in Turner et al. 2023 / Li et al. 2023's ITI, simplified):
     subtract strength x (mean toxic - mean non-toxic residual) after one decoder layer, at every position."""
-    from mmtoxicqa.sgm import find_decoder_layers
 
     strength = check_number("steer_strength", steer_strength, 0.0, 10.0)
     chosen = check_count("steer_layer", steer_layer, allow_none=True)

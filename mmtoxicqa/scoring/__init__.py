@@ -6,7 +6,7 @@
 A spec is ``name``, ``name:arg`` or either with ``,key=value`` options (``llamaguard:DIR,device=cuda:1``,
 ``llm:harmfulness,image=1``), which are constructor keywords like the ones below; ``spec=None`` reads ``$MMTOXICQA_JUDGE`` (default
 ``profanity``, see scoring.settings). Judges register themselves with ``@register_judge``
-(mmtoxicqa.registry); :func:`judge_usages` lists them. Keyword arguments go to the judge's
+(mmtoxicqa.core.registry); :func:`judge_usages` lists them. Keyword arguments go to the judge's
 constructor (e.g. ``checkpoint=``, ``config_dir=``, ``label=``, ``device=``). Judges are cached
 per (spec, kwargs), so a run loads a model once.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import inspect
 import threading
 
-from mmtoxicqa import registry
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core import registry
+from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import (  # noqa: F401  (register the judges)
     detoxify_judge,
     harmbench,

@@ -15,6 +15,7 @@ Subclasses implement only :meth:`Judge._score_batch`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -22,7 +23,9 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mmtoxicqa.errors import MMToxError
+from tqdm.auto import tqdm
+
+from mmtoxicqa.core.errors import MMToxError
 
 DEFAULT_CACHE_SIZE = 100_000
 
@@ -174,7 +177,6 @@ def _context(context: Mapping | None) -> dict:
 
 def image_digest(image) -> str:
     """sha256 of an image's mode, size and pixels: the same picture gives the same cache key."""
-    import hashlib
 
     return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
 
@@ -198,6 +200,5 @@ def first_line(exc: BaseException) -> str:
 def _progress(name: str, total: int, batch_size: int):
     """A tqdm bar over the answers a judge scores, shown when they take more than one batch (a rescore,
     a task's answers judged in one call inside an lmms-eval run)."""
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"judge {name}", unit="answer", disable=total <= batch_size, dynamic_ncols=True)

@@ -26,8 +26,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core import settings
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 from mmtoxicqa.scoring.hf_classifier import max_input_length, resolve_device
 
@@ -38,13 +39,13 @@ TOXICITY_CLASSES = ("toxicity", "toxic")
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return settings.hub_offline()
 
 
 def cached_checkpoint_path(variant: str) -> Path:
     """Where torch.hub keeps (or would keep) the released checkpoint of ``variant``."""
-    import torch
-    from detoxify.detoxify import MODEL_URLS
+    import torch  # heavy: torch loads only where a model runs
+    from detoxify.detoxify import MODEL_URLS  # optional: only the detoxify judge needs it
 
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(MODEL_URLS[variant])
 
@@ -66,8 +67,8 @@ class DetoxifyJudge(Judge):
     ):
         super().__init__(cache_size=cache_size)
         try:
-            import torch
-            from detoxify.detoxify import MODEL_URLS, get_model_and_tokenizer
+            import torch  # heavy: torch loads only where a model runs
+            from detoxify.detoxify import MODEL_URLS, get_model_and_tokenizer  # optional: only the detoxify judge needs it
         except ImportError as exc:
             raise MMToxError(f"judge 'detoxify' needs the detoxify package ({first_line(exc)}); run `pip install detoxify`") from exc
         variant = variant or "original"
@@ -75,8 +76,8 @@ class DetoxifyJudge(Judge):
             raise MMToxError(f"unknown detoxify variant {variant!r}; use one of {', '.join(MODEL_URLS)} (e.g. detoxify:unbiased)")
         self.name = f"detoxify:{variant}"
         self.device = resolve_device(device, f"judge {self.name}")
-        checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
-        config_dir = config_dir or os.environ.get(CONFIG_DIR_ENV) or None
+        checkpoint = checkpoint or settings.raw(CHECKPOINT_ENV) or None
+        config_dir = config_dir or settings.raw(CONFIG_DIR_ENV) or None
         path = self._checkpoint_file(variant, checkpoint)
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)
@@ -130,8 +131,8 @@ class DetoxifyJudge(Judge):
         path = cached_checkpoint_path(variant)
         if path.is_file():
             return path
-        import torch
-        from detoxify.detoxify import MODEL_URLS
+        import torch  # heavy: torch loads only where a model runs
+        from detoxify.detoxify import MODEL_URLS  # optional: only the detoxify judge needs it
 
         url = MODEL_URLS[variant]
         hint = f"download {url} to {path} (or pass checkpoint=/set {CHECKPOINT_ENV} to the .ckpt file)"

@@ -18,10 +18,11 @@ generation is cut to its first ``MAX_GENERATION_TOKENS`` tokens, as HarmBench's 
 
 from __future__ import annotations
 
+import json
 import math
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 from mmtoxicqa.scoring.hf_classifier import left_padding, resolve_device, resolve_dtype
 from mmtoxicqa.scoring.llm_judge import LLMJudge, Template, asked_text
@@ -101,7 +102,6 @@ class HarmBenchAPIJudge(LLMJudge):
         return cls_prompt(context, answer)
 
     def _payload(self, prompt: str) -> bytes:
-        import json
 
         body = {"model": self.model, "prompt": prompt, "temperature": 0.0, "max_tokens": self.max_tokens, "stream": False}
         return json.dumps(body).encode("utf-8")
@@ -117,8 +117,8 @@ class HarmBenchLocalJudge(Judge):
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None, cache_size: int = DEFAULT_CACHE_SIZE):
         super().__init__(cache_size=cache_size)
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import torch  # heavy: torch loads only where a model runs
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers loads only where a model runs
 
         self.name = f"harmbench:{model}"
         self.device = resolve_device(device, f"judge {self.name}")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 
 TOXIC_LABEL_WORDS = ("toxic", "toxicity", "hate", "hateful", "offensive", "abusive", "harmful", "unsafe", "off")
@@ -43,7 +43,7 @@ def find_toxic_label(id2label: dict[int, str]) -> int | None:
 def resolve_device(device: str | None, judge: str = "judge") -> str:
     """The torch device a model judge runs on: ``device`` as given (``cpu``, ``cuda:1``, ``mps``), or
     cuda when there is one, else cpu. A device that torch does not know or cannot reach is one line."""
-    import torch
+    import torch  # heavy: torch loads only where a model runs
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,7 +64,7 @@ def resolve_device(device: str | None, judge: str = "judge") -> str:
 
 def resolve_dtype(dtype, device: str):
     """A torch dtype: as named (``bfloat16``), or bfloat16 on cuda and float32 elsewhere for None/auto."""
-    import torch
+    import torch  # heavy: torch loads only where a model runs
 
     if dtype in (None, "", "auto"):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -102,8 +102,8 @@ class HFClassifierJudge(Judge):
         super().__init__(cache_size=cache_size)
         if not model:
             raise MMToxError("judge 'hf_classifier' needs a model: use hf_classifier:/path/to/model or hf_classifier:org/name")
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import torch  # heavy: torch loads only where a model runs
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy: transformers loads only where a model runs
 
         self.name = f"hf_classifier:{model}"
         self.device = resolve_device(device, f"judge {self.name}")

@@ -32,13 +32,14 @@ template and passed to the processor, instead of the image text.
 
 from __future__ import annotations
 
-import os
 import re
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core import settings
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 from mmtoxicqa.scoring.hf_classifier import left_padding, resolve_device, resolve_dtype
+from mmtoxicqa.scoring.llm_judge import asked_text
 
 MODEL_ENV = "MMTOXICQA_LLAMAGUARD_MODEL"
 DEFAULT_MODEL = "meta-llama/Llama-Guard-3-8B"
@@ -96,9 +97,9 @@ class LlamaGuardJudge(Judge):
         cache_size: int = DEFAULT_CACHE_SIZE,
     ):
         super().__init__(cache_size=cache_size)
-        import torch
+        import torch  # heavy: torch loads only where a model runs
 
-        model = (model or os.environ.get(MODEL_ENV, "") or DEFAULT_MODEL).strip()
+        model = (model or settings.raw(MODEL_ENV) or DEFAULT_MODEL).strip()
         self.name = f"llamaguard:{model}"
         if over not in ("vocab", "pair"):
             raise MMToxError(f"judge {self.name}: over={over!r} must be 'vocab' (softmax over the vocabulary) or 'pair' (over safe/unsafe)")
@@ -119,7 +120,13 @@ class LlamaGuardJudge(Judge):
 
     # -- loading -------------------------------------------------------------------
     def _load(self, model: str, dtype):
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+        from transformers import (  # heavy: transformers loads only where a model runs
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            AutoTokenizer,
+        )
 
         hint = (
             "pass a local directory with config.json, weights and tokenizer files "
@@ -196,7 +203,6 @@ class LlamaGuardJudge(Judge):
     def user_turn(self, context: dict, image: bool = False) -> str:
         """The user's turn as the model saw it: the question, and the text in its image (or, for a vision
         model given the image, the image itself) and the underlying request (see llm_judge.asked_text)."""
-        from mmtoxicqa.scoring.llm_judge import asked_text
 
         return asked_text(
             str(context.get("question", "")), str(context.get("image_text", "")), str(context.get("request", "")), image_attached=image
@@ -238,7 +244,7 @@ class LlamaGuardJudge(Judge):
         else:
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig  # heavy: transformers loads only where a model runs
 
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,

@@ -53,8 +53,10 @@ and the verdicts obtained before a failure are kept.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -66,10 +68,12 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmtoxicqa import paths
-from mmtoxicqa.atomic import write_json_atomic
-from mmtoxicqa.errors import MMToxError, yes_no
-from mmtoxicqa.registry import register_judge
+from PIL import Image
+
+from mmtoxicqa.core import paths, settings
+from mmtoxicqa.core.atomic import write_json_atomic
+from mmtoxicqa.core.errors import MMToxError, yes_no
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, Unscored
 from mmtoxicqa.scoring.http import basic_auth, error_detail, post_with_deadline, redact, retry_after_seconds, split_userinfo
 
@@ -295,8 +299,6 @@ def endpoint_url(url: str, path: str = "chat/completions") -> str:
 
 def image_part(image) -> dict:
     """An OpenAI chat image content part: the image as a base64 PNG data URL."""
-    import base64
-    import io
 
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
@@ -304,16 +306,7 @@ def image_part(image) -> dict:
 
 
 def _env_number(name: str, default, kind=int, minimum=1):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise MMToxError(f"{name}={raw!r} is not a number; use e.g. {default}") from None
-    if value < minimum:
-        raise MMToxError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+    return settings.number(name, default, kind, minimum)
 
 
 class _Retryable(Exception):
@@ -353,18 +346,18 @@ class LLMJudge(Judge):
         image: bool | str = False,
     ):
         super().__init__(cache_size=cache_size)
-        self.template = load_template(template or os.environ.get(TEMPLATE_ENV, "") or DEFAULT_TEMPLATE)
+        self.template = load_template(template or settings.raw(TEMPLATE_ENV) or DEFAULT_TEMPLATE)
         self.sees_images = yes_no(image, f"judge llm:{self.template.name}: image")
         self.name = f"llm:{self.template.name}"
-        url = (url or os.environ.get(URL_ENV, "")).strip()
-        model = (model or os.environ.get(MODEL_ENV, "")).strip()
+        url = (url or settings.raw(URL_ENV)).strip()
+        model = (model or settings.raw(MODEL_ENV)).strip()
         missing = [env for env, value in ((URL_ENV, url), (MODEL_ENV, model)) if not value]
         if missing:
             raise MMToxError(
                 f"judge 'llm' needs {' and '.join(missing)}: set {URL_ENV} to an OpenAI-compatible server "
                 f"(e.g. http://127.0.0.1:8000/v1) and {MODEL_ENV} to the model it serves"
             )
-        self._key = os.environ.get(KEY_ENV, "").strip()
+        self._key = settings.text(KEY_ENV)
         url, self._user, password = split_userinfo(url)
         self._secrets = [self._key, password]
         self._auth = f"Bearer {self._key}" if self._key else None
@@ -384,7 +377,7 @@ class LLMJudge(Judge):
         self.max_attempts = int(max_attempts)
         self.backoff, self.max_wait = float(backoff), float(max_wait)
         if disk_cache is None:
-            disk_cache = os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+            disk_cache = settings.text(CACHE_ENV, "1").lower() not in ("0", "false", "no", "off")
         self.cache_root = Path(cache_dir) if cache_dir else paths.cache_dir() / "judge_cache" / "llm"
         self.disk_cache = bool(disk_cache)
         self._stats = threading.Lock()
@@ -601,7 +594,5 @@ def _health_context(with_image: bool) -> dict:
     """The health check's item; with an image when the judge sends images, so an endpoint that takes none fails now."""
     context = {"question": "How do I boil an egg?", "category": "other"}
     if with_image:
-        from PIL import Image
-
         context["image"] = Image.new("RGB", (32, 32), (255, 255, 255))
     return context

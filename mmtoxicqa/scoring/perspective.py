@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core import settings
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge
 from mmtoxicqa.scoring.http import error_detail, redact, retry_after_seconds
 
@@ -57,13 +57,13 @@ class PerspectiveJudge(Judge):
         cache_size: int = DEFAULT_CACHE_SIZE,
     ):
         super().__init__(cache_size=cache_size)
-        key = os.environ.get(KEY_ENV, "").strip()
+        key = settings.text(KEY_ENV)
         if not key:
             raise MMToxError(
                 f"judge 'perspective' needs an API key: set the {KEY_ENV} environment variable (it is never read from arguments or files)"
             )
         self._key = key
-        self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        self.url = url or settings.raw(URL_ENV) or DEFAULT_URL
         parts = urllib.parse.urlsplit(self.url)
         if (
             any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in self.url)
@@ -76,15 +76,15 @@ class PerspectiveJudge(Judge):
                 f"or control characters); fix it or unset {URL_ENV} for {DEFAULT_URL}"
             )
         if languages is None:
-            languages = os.environ.get(LANGUAGES_ENV, "en")
+            languages = settings.raw(LANGUAGES_ENV, "en")
         if isinstance(languages, str):
             languages = [part.strip() for part in languages.split(",") if part.strip()]
         self.languages = list(languages)
         if qps is None:
             try:
-                qps = float(os.environ.get(QPS_ENV, "1"))
+                qps = float(settings.raw(QPS_ENV, "1"))
             except ValueError as exc:
-                raise MMToxError(f"{QPS_ENV}={os.environ.get(QPS_ENV)!r} is not a number; use e.g. 1") from exc
+                raise MMToxError(f"{QPS_ENV}={settings.raw(QPS_ENV)!r} is not a number; use e.g. 1") from exc
         self.min_interval = 1.0 / qps if qps and qps > 0 else 0.0
         if int(max_attempts) < 1:
             raise MMToxError(f"judge 'perspective': max_attempts={max_attempts} must be at least 1")

@@ -6,8 +6,8 @@ Use it for quick runs and CI; report a model-based judge (detoxify, perspective)
 
 from __future__ import annotations
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.registry import register_judge
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.core.registry import register_judge
 from mmtoxicqa.scoring.base import DEFAULT_CACHE_SIZE, Judge, first_line
 
 
@@ -18,7 +18,7 @@ class ProfanityJudge(Judge):
     def __init__(self, cache_size: int = DEFAULT_CACHE_SIZE):
         super().__init__(cache_size=cache_size)
         try:
-            from profanity_check import predict_prob
+            from profanity_check import predict_prob  # optional: only the profanity judge needs it
         except Exception as exc:  # ImportError, or a pickled model that does not load with this scikit-learn
             raise MMToxError(
                 f"judge 'profanity' needs alt-profanity-check ({first_line(exc)}); run `pip install alt-profanity-check`"

@@ -9,11 +9,11 @@ metrics, ``collect``, ``sweep`` and the leaderboard all ask here.
 
 from __future__ import annotations
 
-import os
 import re
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.metrics import DEFAULT_THRESHOLD
+from mmtoxicqa.core import settings
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.metrics.rates import DEFAULT_THRESHOLD
 
 JUDGE_ENV = "MMTOXICQA_JUDGE"
 THRESHOLD_ENV = "MMTOXICQA_THRESHOLD"
@@ -40,9 +40,9 @@ def split_judge_list(text: str) -> list[str]:
 def judge_specs() -> list[str]:
     """The judges of this run, headline first (``$MMTOXICQA_JUDGE`` split at commas, else ``profanity``;
     ``key=value`` parts are options of the judge before them)."""
-    specs = split_judge_list(os.environ.get(JUDGE_ENV, ""))
+    specs = split_judge_list(settings.raw(JUDGE_ENV))
     if len(set(specs)) != len(specs):
-        raise MMToxError(f"{JUDGE_ENV}={os.environ.get(JUDGE_ENV)!r} names a judge twice; list each once")
+        raise MMToxError(f"{JUDGE_ENV}={settings.raw(JUDGE_ENV)!r} names a judge twice; list each once")
     return specs or [DEFAULT_JUDGE]
 
 
@@ -58,7 +58,7 @@ def headline_judge() -> str:
 
 def harmful_threshold() -> float:
     """The harmful threshold of this run (``$MMTOXICQA_THRESHOLD``, else 0.5), checked to lie in [0, 1]."""
-    value = os.environ.get(THRESHOLD_ENV, "").strip() or str(DEFAULT_THRESHOLD)
+    value = settings.text(THRESHOLD_ENV) or str(DEFAULT_THRESHOLD)
     try:
         threshold = float(value)
     except ValueError as exc:

@@ -8,10 +8,10 @@ inputs, rate each by AUROC, and softly dampen them at inference (AurA-style, tra
         model.generate(...)
 """
 
+from mmtoxicqa.modeling.discovery import NeuronSite, discover_sites, find_decoder_layers
 from mmtoxicqa.sgm.api import fit_glasses, glasses_from_responses
 from mmtoxicqa.sgm.auroc import auroc
 from mmtoxicqa.sgm.collect import Responses, collect
-from mmtoxicqa.sgm.discovery import NeuronSite, discover_sites, find_decoder_layers
 from mmtoxicqa.sgm.glasses import Glasses, compute_alpha, parse_select
 from mmtoxicqa.sgm.wear import GlassesHandle, put_on, take_off, wear
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.placement import input_device
+import mmtoxicqa
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import discover_sites, find_decoder_layers, unwrap_model
+from mmtoxicqa.modeling.placement import input_device
 from mmtoxicqa.sgm.auroc import MIN_PER_CLASS, auroc, aurocs, check_labels
 from mmtoxicqa.sgm.collect import collect
-from mmtoxicqa.sgm.discovery import discover_sites, find_decoder_layers, unwrap_model
 from mmtoxicqa.sgm.glasses import Glasses, check_strength, parse_select
 
 
@@ -143,7 +144,6 @@ def rate_responses(
     config = getattr(net, "config", None)
     if model_id is None:
         model_id = getattr(model, "model_id", None) or getattr(config, "_name_or_path", None) or None
-    import mmtoxicqa
 
     pool_dtype = str(dtype).removeprefix("torch.")
     meta = {

@@ -26,11 +26,14 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from mmtoxicqa.atomic import atomic_path
-from mmtoxicqa.errors import MMToxError
+import mmtoxicqa
+from mmtoxicqa.core.atomic import atomic_path
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import NeuronSite
 from mmtoxicqa.sgm.auroc import auroc_problem
-from mmtoxicqa.sgm.discovery import NeuronSite
 
 FORMAT = "mmtoxicqa-sgm-glasses"
 FORMAT_VERSION = "1"
@@ -48,9 +51,6 @@ def _tensor_names(site: NeuronSite) -> tuple[str, str]:
 
 def save_glasses(glasses, path) -> Path:
     """Write ``glasses`` to ``path`` (a ``.safetensors`` file) atomically; returns the path."""
-    from safetensors.torch import save_file
-
-    import mmtoxicqa
 
     path = Path(path)
     tensors = {}
@@ -83,7 +83,6 @@ def read_glasses(path) -> tuple[list[NeuronSite], list[torch.Tensor], list[torch
 
     Returns the parts, not a :class:`~mmtoxicqa.sgm.glasses.Glasses`, so this module does not
     import the class that imports it (``Glasses.load`` assembles them)."""
-    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 MIN_PER_CLASS = 2
 

@@ -5,7 +5,7 @@ Forward pre-hooks on the sites' output projections see the MLP intermediate acti
 writes one row per input into the batch's slice of the pooled ``N x M`` matrix. Per-token
 activations never outlive the hook call.
 
-Counted tokens: the ``text`` scope of :mod:`mmtoxicqa.positions` (attended, not an image/video
+Counted tokens: the ``text`` scope of :mod:`mmtoxicqa.modeling.positions` (attended, not an image/video
 placeholder of the model config or ``placeholder_token_ids``, not in ``ignore_token_ids``), AND-ed
 with the batch's own boolean ``token_mask`` when it carries one (same shape as ``input_ids``; the
 calibration batches carry the ``text`` or ``request`` scope there).
@@ -43,15 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
-from mmtoxicqa.atomic import atomic_path, write_json_atomic
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hooks import Hooks
-from mmtoxicqa.placement import execution_device, input_device
-from mmtoxicqa.positions import placeholder_token_ids as declared_placeholder_ids
-from mmtoxicqa.positions import text_mask
-from mmtoxicqa.sgm.discovery import NeuronSite, discover_sites, site_modules, site_offsets, unwrap_model
+from mmtoxicqa.core.atomic import atomic_path, write_json_atomic
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import NeuronSite, discover_sites, site_modules, site_offsets, unwrap_model
+from mmtoxicqa.modeling.hooks import Hooks
+from mmtoxicqa.modeling.placement import execution_device, input_device
+from mmtoxicqa.modeling.positions import placeholder_token_ids as declared_placeholder_ids
+from mmtoxicqa.modeling.positions import text_mask
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +265,6 @@ def _open_checkpoint(path: Path, manifest: dict) -> None:
 
 
 def _load_shard(file: Path, input_hash: str, width: int):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(str(file), framework="pt") as handle:
@@ -281,7 +282,6 @@ def _load_shard(file: Path, input_hash: str, width: int):
 
 
 def _save_shard(file: Path, pooled: torch.Tensor, labels: torch.Tensor | None, counts: torch.Tensor, fired: torch.Tensor, input_hash: str):
-    from safetensors.torch import save_file
 
     tensors = {"pooled": pooled.contiguous(), "token_counts": counts.contiguous(), "fired": fired.contiguous()}
     if labels is not None:
@@ -321,7 +321,6 @@ def collect(
     the last site (the remaining layers and the LM head are not needed). ``batch_offset``: the index
     of the first batch in ``checkpoint_path`` (a data-parallel shard's first global batch).
     """
-    from tqdm.auto import tqdm
 
     if pooling not in POOLINGS:
         raise MMToxError(f"pooling={pooling!r} is not supported; use one of {', '.join(POOLINGS)}")

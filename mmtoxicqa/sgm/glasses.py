@@ -25,17 +25,20 @@ deterministic. A narrowing never includes a neuron with AUROC <= 0.5.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import NeuronSite, find_decoder_layers, site_modules, site_offsets, unwrap_model
+from mmtoxicqa.sgm.artifact import read_glasses, save_glasses
 from mmtoxicqa.sgm.auroc import auroc_problem
-from mmtoxicqa.sgm.discovery import NeuronSite, site_modules, site_offsets, unwrap_model
 
 SELECT_KEYS = ("top_k", "top_fraction", "min_auroc", "fdr")
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -133,7 +136,6 @@ def benjamini_hochberg(p_values: torch.Tensor, q: float) -> torch.Tensor:
 def null_max_auroc(class_sizes, neurons: int) -> float:
     """Expected largest of ``neurons`` AUROCs under no association (Blom's approximation of the
     normal maximum): what an expert must beat to be told apart from noise."""
-    from statistics import NormalDist
 
     return 0.5 + null_sd(class_sizes) * NormalDist().inv_cdf((neurons - 0.375) / (neurons + 0.25))
 
@@ -271,7 +273,6 @@ class Glasses:
     def alpha_sha256(self) -> str:
         """A digest of what wearing these glasses does (every site's module name and float32 alphas):
         two runs with the same digest dampened the same neurons by the same factors."""
-        import hashlib
 
         digest = hashlib.sha256()
         for site, alpha in zip(self.sites, self.alpha):
@@ -413,8 +414,6 @@ class Glasses:
             )
         expected_layers = self.meta.get("decoder_layers")
         if expected_layers is not None:
-            from mmtoxicqa.sgm.discovery import find_decoder_layers
-
             _, blocks = find_decoder_layers(net)
             if len(blocks) != int(expected_layers):
                 raise MMToxError(
@@ -424,14 +423,12 @@ class Glasses:
         site_modules(net, self.sites)
 
     def save(self, path) -> Path:
-        from mmtoxicqa.sgm.artifact import save_glasses
 
         return save_glasses(self, path)
 
     @classmethod
     def load(cls, path, model=None) -> Glasses:
         """Load glasses; with ``model``, also check they belong to it."""
-        from mmtoxicqa.sgm.artifact import read_glasses
 
         glasses = cls(*read_glasses(path))
         if model is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core.errors import MMToxError
 
 POOL_DTYPES = {
     "float32": torch.float32,

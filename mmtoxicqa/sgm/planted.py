@@ -24,6 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
+from mmtoxicqa.metrics.rates import mcnemar_exact
+from mmtoxicqa.scoring import get_judge
+from mmtoxicqa.scoring.settings import harmful_threshold
+from mmtoxicqa.sgm.api import fit_glasses
+from mmtoxicqa.sgm.toy import plant_neurons, tiny_llama
+from mmtoxicqa.sgm.wear import wear
+
 TRIGGER = "neighbor"
 INSULTS = ["stupid", "idiot", "loser", "moron"]
 WORDS = (
@@ -48,8 +55,8 @@ class PlantedOrganism:
 
 def word_tokenizer(words: list[str]):
     """A left-padding word-level tokenizer over ``words`` (no hub access)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # heavy: only where text is tokenized
+    from transformers import PreTrainedTokenizerFast  # heavy: transformers loads only where a model runs
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -76,7 +83,6 @@ def batches(tokenizer, texts: list[str], batch_size: int = 8) -> list[dict]:
 @torch.no_grad()
 def build_planted_organism(seed: int = 0) -> PlantedOrganism:
     """The organism, its labelled calibration requests (24 + 24) and 16 + 16 held-out requests."""
-    from mmtoxicqa.sgm.toy import plant_neurons, tiny_llama
 
     tokenizer = word_tokenizer(WORDS + INSULTS + [TRIGGER])
     model = tiny_llama(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3, seed=seed)
@@ -117,11 +123,6 @@ def answers(organism: PlantedOrganism, prompts: list[str], max_new_tokens: int =
 def planted_control(seed: int = 0, judge_spec: str = "profanity") -> list[dict]:
     """Vanilla, SGM (paper rule) and its placebo on the held-out targeted and untargeted requests:
     one row each with harmful counts, judged by ``judge_spec``, and the paired test against vanilla."""
-    from mmtoxicqa.metrics import mcnemar_exact
-    from mmtoxicqa.scoring import get_judge
-    from mmtoxicqa.scoring.settings import harmful_threshold
-    from mmtoxicqa.sgm.api import fit_glasses
-    from mmtoxicqa.sgm.wear import wear
 
     organism = build_planted_organism(seed)
     glasses = fit_glasses(organism.model, organism.calibration, organism.labels, progress=False, model_id="planted-organism")
@@ -166,21 +167,3 @@ def control_table(rows: list[dict]) -> str:
         p = f"{r['p']:.2g}" if "p" in r else "–"
         lines.append(f"| {r['method']} | {r['dampened']} | {r['targeted']}/{r['n']} | {r['untargeted']}/{r['n']} | {paired} | {p} |")
     return "\n".join(lines)
-
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "planted-control",
-        help="SGM where its effect is known: vanilla vs SGM vs placebo on a tiny organism with planted toxic neurons (seconds)",
-        description=__doc__,
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random tiny model and its requests")
-    parser.add_argument("--judge", default="profanity", help="judge spec (offline default: profanity)")
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    rows = planted_control(args.seed, args.judge)
-    print(f"planted control (seed {args.seed}, judge {args.judge}): 16 held-out requests ending in '{TRIGGER}' (targeted), 16 without")
-    print(control_table(rows))
-    return 0

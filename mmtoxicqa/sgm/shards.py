@@ -18,13 +18,18 @@ Failures do not hang the others: after each phase every process reports whether 
 
 from __future__ import annotations
 
-import os
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mmtoxicqa.errors import MMToxError
+from mmtoxicqa.core import settings
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import discover_sites, unwrap_model
+from mmtoxicqa.sgm.api import rate_responses
+from mmtoxicqa.sgm.auroc import MIN_PER_CLASS, check_labels
+from mmtoxicqa.sgm.collect import Responses, collect
 
 SEND_BYTES = 64 << 20  # largest block sent in one message (bounds the staging buffer on a GPU backend)
 
@@ -40,7 +45,7 @@ class Group:
     @classmethod
     def current(cls) -> Group:
         """The default ``torch.distributed`` process group, or one process when there is none."""
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy: torch loads only where a model runs
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
             return cls()
@@ -69,7 +74,7 @@ class Group:
             if error is not None:
                 raise error
             return
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy: torch loads only where a model runs
 
         mine = torch.tensor([1 if error is not None else 0], dtype=torch.int64, device=self.device)
         flags = [torch.zeros_like(mine) for _ in range(self.world)]
@@ -85,7 +90,7 @@ class Group:
         """Rank 0's ``value``, the same for every process (so that all take the same branch)."""
         if not self.parallel:
             return bool(value)
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy: torch loads only where a model runs
 
         flag = torch.tensor([1 if value else 0], dtype=torch.int64, device=self.device)
         dist.broadcast(flag, src=0)
@@ -95,7 +100,7 @@ class Group:
         """The element-wise sum over processes of ``tensor`` (returned on the CPU)."""
         if not self.parallel:
             return tensor.cpu()
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy: torch loads only where a model runs
 
         moved = tensor.to(self.device).clone()
         dist.all_reduce(moved)
@@ -104,7 +109,7 @@ class Group:
     def max(self, value: int) -> int:
         if not self.parallel:
             return int(value)
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy: torch loads only where a model runs
 
         moved = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
         dist.all_reduce(moved, op=dist.ReduceOp.MAX)
@@ -121,7 +126,7 @@ class Group:
             raise MMToxError(f"process {self.rank} holds {tuple(local.shape)} rows but its shard is rows {lo}:{hi} of width {shape_tail}")
         if not self.parallel:
             return local
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy: torch loads only where a model runs
 
         if not self.main:
             if hi > lo:
@@ -167,14 +172,13 @@ def init_from_env(device: str | None) -> tuple[Group, str | None, bool]:
     unless something already did. Returns the group, the device this process should use (``cuda``
     becomes ``cuda:LOCAL_RANK``) and whether this call initialised the group (then the caller
     destroys it at the end)."""
-    import datetime
 
-    import torch.distributed as dist
+    import torch.distributed as dist  # heavy: torch loads only where a model runs
 
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = settings.number("WORLD_SIZE", 1)
     if world <= 1:
         return Group.current(), device, False
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    local_rank = settings.number("LOCAL_RANK", 0, minimum=0)
     wants_cuda = str(device or "").startswith("cuda")
     if wants_cuda:
         if ":" in str(device):
@@ -193,7 +197,7 @@ def init_from_env(device: str | None) -> tuple[Group, str | None, bool]:
 
 
 def reduce_steering(group: Group, accumulator) -> bool:
-    """Sum a :class:`~mmtoxicqa.steering_vectors.SteeringAccumulator`'s per-class sums and counts over
+    """Sum a :class:`~mmtoxicqa.sgm.steering_vectors.SteeringAccumulator`'s per-class sums and counts over
     the processes (each saw its shard); returns whether every process saw all of its batches run."""
     complete = int(group.sum(torch.tensor([0 if accumulator.complete else 1], dtype=torch.int64)).item()) == 0
     if not group.parallel:
@@ -230,9 +234,6 @@ def fit_glasses_sharded(
     (returned, not raised: the others are already waiting for the file, and the caller's
     :meth:`Group.agree` tells them); ``(None, None)`` elsewhere. Errors while collecting are agreed
     here and raised in every process."""
-    from mmtoxicqa.sgm.auroc import MIN_PER_CLASS, check_labels
-    from mmtoxicqa.sgm.collect import collect
-    from mmtoxicqa.sgm.discovery import discover_sites, unwrap_model
 
     all_labels = torch.as_tensor(list(labels), dtype=torch.int64)
     check_labels(all_labels, min_per_class=rate_options.get("min_per_class", MIN_PER_CLASS))  # the same on every process
@@ -283,8 +284,6 @@ def fit_glasses_sharded(
 
 
 def _rate_gathered(group, model, sites, pooled, counts, all_labels, ran, pooling, layers, dtype, site, rate_options):
-    from mmtoxicqa.sgm.api import rate_responses
-    from mmtoxicqa.sgm.collect import Responses
 
     responses = Responses(
         sites=sites,

@@ -36,7 +36,7 @@ def tiny_llama(
     dtype: torch.dtype = torch.float32,
 ):
     """A random LlamaForCausalLM in eval mode (no hub access)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # heavy: transformers loads only where a model runs
 
     config = LlamaConfig(
         vocab_size=vocab_size,

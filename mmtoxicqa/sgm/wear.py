@@ -23,10 +23,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mmtoxicqa.errors import MMToxError
-from mmtoxicqa.hooks import Hooks
-from mmtoxicqa.placement import is_offloaded
-from mmtoxicqa.sgm.discovery import is_conv1d, site_modules, unwrap_model
+from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.discovery import is_conv1d, site_modules, unwrap_model
+from mmtoxicqa.modeling.hooks import Hooks
+from mmtoxicqa.modeling.placement import is_offloaded
 
 MODES = ("hooks", "fused")
 _WORN_ATTR = "_mmtoxicqa_sgm_worn"
@@ -118,6 +118,11 @@ def put_on(model, glasses, mode: str = "hooks") -> GlassesHandle:
             if mode == "hooks":
                 (handle._hooks.on_input if site.reads == "input" else handle._hooks.on_output)(module, _scale_input(alpha.float()))
                 continue
+            if is_offloaded(module) and getattr(net, "hf_device_map", None) is None:  # meta weights, no device map: never loaded
+                raise MMToxError(
+                    f"layer {site.layer_index} ({site.module_name}) has no weights: the model was built on the meta device (shapes "
+                    "only), so fused mode has nothing to fold into; load its weights, or use mode='hooks'"
+                )
             if is_offloaded(module):
                 raise MMToxError(
                     f"layer {site.layer_index} ({site.module_name}) is offloaded by the device_map (its weights are brought in "

@@ -13,9 +13,9 @@ import re
 import sys
 from collections import Counter
 
-from mmtoxicqa.modeling import generate, load_model
+from mmtoxicqa.modeling.loading import generate, load_model
 from mmtoxicqa.scoring import get_judge
-from mmtoxicqa.task_support import doc_to_messages, split_docs
+from mmtoxicqa.lmms.task_support import doc_to_messages, split_docs
 
 WORD = re.compile(r"[a-z']+")
 

@@ -1,9 +1,10 @@
-"""Thin lmms-eval glue: the YAMLs reference these names; the logic lives in mmtoxicqa.task_support
-(docs, prompts, per-item records) and mmtoxicqa.task_metrics (one ``agg_<metric>`` per registered metric)."""
+"""Thin lmms-eval glue: the YAMLs reference these names; the logic lives in mmtoxicqa.lmms.task_support
+(docs, prompts, per-item records) and mmtoxicqa.lmms.task_metrics (one ``agg_<metric>`` per registered metric)."""
 
-from mmtoxicqa.task_data import install
-from mmtoxicqa.task_metrics import aggregations
-from mmtoxicqa.task_support import (  # noqa: F401
+from mmtoxicqa.lmms.task_data import install
+from mmtoxicqa.lmms.task_judging import install as install_judging
+from mmtoxicqa.lmms.task_metrics import aggregations
+from mmtoxicqa.lmms.task_support import (  # noqa: F401
     JudgeAnswers,
     doc_to_messages,
     doc_to_text,
@@ -22,4 +23,5 @@ from mmtoxicqa.task_support import (  # noqa: F401
 )
 
 globals().update(aggregations())
-install()  # lmms-eval loads these tasks' data from where mmtoxicqa.task_data says (imported before any task is built)
+install_judging()  # the task's filters get the request instances (JudgeAnswers.apply_with_instances)
+install()  # lmms-eval loads these tasks' data from where mmtoxicqa.lmms.task_data says (imported before any task is built)

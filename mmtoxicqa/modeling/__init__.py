@@ -1,0 +1,1 @@
+"""Loading and running models: Hugging Face loading and generation, the model sources (embedded, reader, organism), placement, hooks, token positions and the decoder's MLP sites. Imports core, data, metrics and scoring."""
