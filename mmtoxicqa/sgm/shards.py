@@ -133,6 +133,8 @@ class Group:
                 flat = local.contiguous().view(-1).view(torch.uint8)
                 for start in range(0, flat.numel(), SEND_BYTES):
                     dist.send(flat[start : start + SEND_BYTES].to(self.device), dst=0)
+                    if self.device.type == "cuda":  # NCCL returns before the transfer: wait, so one staged block exists at a time
+                        torch.cuda.synchronize(self.device)
             return None
         full = torch.empty((total, *shape_tail), dtype=dtype)
         if hi > lo:
