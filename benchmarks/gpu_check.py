@@ -403,7 +403,11 @@ def main(argv=None) -> int:
             calib_peak / weights_gib,
             f"peak {calib_peak:.2f} GiB; pooled matrix {pooled_gib:.3f} GiB; {calib_s:.1f} s",
         ),
-        ("calibration peak - weights - pooled (GiB)", calib_peak - weights_gib - pooled_gib, "activations of one batch of 8"),
+        (
+            "calibration peak - weights - pooled (GiB)",
+            calib_peak - weights_gib - pooled_gib,
+            "activations of one batch of 8" if meter.cuda else "on a CPU: Python, libraries and activations (resident memory)",
+        ),
         ("generation peak / weights (vanilla)", gen_peak["vanilla"] / weights_gib, f"batch {args.batch} x {args.new_tokens} new tokens"),
         ("generation: sgm hooks / vanilla (time)", median(times["sgm hooks"]) / vanilla, f"median of {args.reps}; vanilla {vanilla:.2f} s"),
         ("generation: sgm fused / vanilla (time)", median(times["sgm fused"]) / vanilla, "fused: alphas folded and restored in each call"),

@@ -17,7 +17,7 @@ if [[ -z "$python" ]]; then
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-echo "gpu_check: $("$python" --version 2>&1) at $python; $(date -u +%Y-%m-%dT%H:%M:%SZ); $(nproc) CPUs"
+echo "gpu_check: $("$python" --version 2>&1) at $python; $(date -u +%Y-%m-%dT%H:%M:%SZ); $(getconf _NPROCESSORS_ONLN) CPUs"
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
