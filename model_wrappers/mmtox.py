@@ -73,7 +73,10 @@ class MMTox(lmms):
             max_pixels=max_pixels,
         )
         check_placement(device, dtype, **placement)
-        self.accelerator = Accelerator()
+        # On a machine without CUDA, accelerate sees a launcher's processes only when told it runs on the CPU;
+        # without cpu=True every process would answer every request (no sharding, duplicated work).
+        on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=on_cpu)
         if device is None:
             device = f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
         self._rank = self.accelerator.process_index
@@ -252,6 +255,8 @@ class MMTox(lmms):
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         collator, chunks = self.batches(requests)
         results: list[GenerationResult] = []
+        if self.world_size > 1:
+            eval_logger.info(f"mmtox: process {self.rank} of {self.world_size} answers {len(requests)} requests")
         progress = tqdm(total=len(requests), disable=(self.rank != 0), desc=f"mmtox[{self.method.name}]")
         cut_before = self.loaded.cut_prompts
         for chunk in chunks:
