@@ -11,39 +11,40 @@ import importlib
 import sys
 
 from mmtoxicqa import __version__
+from mmtoxicqa.cli.commands import COMMANDS
 from mmtoxicqa.core import paths
 from mmtoxicqa.core.errors import MMToxError, is_os_fault, os_fault
 
-# One module per job, each with add_cli(subparsers); the library modules they call hold no argparse.
-_SUBCOMMAND_MODULES = (
-    "mmtoxicqa.cli.build_model",
-    "mmtoxicqa.cli.read_images",
-    "mmtoxicqa.cli.sources",
-    "mmtoxicqa.cli.build_data",
-    "mmtoxicqa.cli.hub",
-    "mmtoxicqa.cli.calibrate",
-    "mmtoxicqa.cli.runs",
-    "mmtoxicqa.cli.rescore",
-    "mmtoxicqa.cli.sweep",
-    "mmtoxicqa.cli.leaderboard",
-    "mmtoxicqa.cli.export",
-    "mmtoxicqa.cli.organism_report",
-    "mmtoxicqa.cli.planted_control",
-)
+TASKS_PATH_HELP = "print the folder of the bundled lmms-eval task YAMLs (for --include_path)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with ``command``'s real subparser; every other command is listed by name and help only
+    (from :data:`~mmtoxicqa.cli.commands.COMMANDS`), so that neither ``mmtoxicqa --help`` nor one command
+    imports the libraries of all the others. ``command="*"`` builds every real subparser (tests, docs)."""
+
     parser = argparse.ArgumentParser(
         prog="mmtoxicqa",
-        description="MM-TOXIC-QA: measure and reduce toxic output of multimodal LLMs (lmms-eval plugin).",
+        description="MM-TOXIC-QA: measure and reduce toxic output of multimodal LLMs (lmms-eval plugin). "
+        "`mmtoxicqa COMMAND --help` explains a command.",
     )
     parser.add_argument("--version", action="version", version=f"mmtoxicqa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    tasks_p = sub.add_parser("tasks-path", help="print the folder of the bundled lmms-eval task YAMLs (for --include_path)")
+    tasks_p = sub.add_parser("tasks-path", help=TASKS_PATH_HELP)
     tasks_p.set_defaults(func=_print_tasks_path)
-    for name in _SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_cli(sub)
+    wanted = set(COMMANDS) if command == "*" else {command} & set(COMMANDS)
+    for module in dict.fromkeys(COMMANDS[name][0] for name in wanted):  # a module may add several commands
+        importlib.import_module(f"mmtoxicqa.cli.{module}").add_cli(sub)
+    for name, (_module, help_text) in COMMANDS.items():
+        if name not in sub.choices:  # listed for --help; never run (its real parser is built when it is named)
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line: the first argument that is not an option."""
+
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _print_tasks_path(_args) -> int:
@@ -53,7 +54,8 @@ def _print_tasks_path(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core import paths
 from mmtoxicqa.data.builder import build
 from mmtoxicqa.data.schema import SPLITS
@@ -68,7 +69,7 @@ def _run(args) -> int:
 def add_cli(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "build-data",
-        help="build the MM-TOXIC-QA splits (parquet) + datasheet from public sources",
+        help=help_for("build-data"),
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

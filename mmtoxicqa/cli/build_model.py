@@ -7,6 +7,7 @@ each other for the command line.
 
 from __future__ import annotations
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.modeling import embedded
 from mmtoxicqa.modeling.organism.build import organism_model_dir
 from mmtoxicqa.modeling.organism.recipe import write_trigger_calibration
@@ -16,7 +17,7 @@ from mmtoxicqa.modeling.reader import OcrReader, reader_model_dir
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "build-model",
-        help="convert the embedded SmolLM2 GGUF into the cached LLaVA model directory (done automatically on first use)",
+        help=help_for("build-model"),
         description=embedded.__doc__,
     )
     parser.add_argument("--rebuild", action="store_true", help="convert again even if a cached copy exists")

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.paths import cache_dir
@@ -22,7 +23,7 @@ def add_cli(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "calibrate",
-        help="fit SGM glasses (per-neuron AUROC + dampening) for a model on the calibration split",
+        help=help_for("calibrate"),
         description="Find the language-decoder MLP neurons whose activation separates toxic from non-toxic "
         "multimodal inputs, rate them by AUROC and write the glasses (safetensors + JSON metadata). An "
         "interrupted run resumes from its last finished batch when rerun with the same arguments.",
@@ -84,7 +85,7 @@ def add_cli(subparsers) -> None:
 
     show = subparsers.add_parser(
         "glasses",
-        help="summarise SGM glasses: neurons dampened per layer, AUROC distribution (no model needed)",
+        help=help_for("glasses"),
         description="Print what a glasses file holds: the calibration options and class sizes, how many neurons "
         "each layer dampens, the smallest alpha and the AUROC quantiles. With no FILE, list the glasses cached "
         "under $MMTOXICQA_CACHE/glasses (those `sgm` fitted on its own). --strength/--select show the effect of "

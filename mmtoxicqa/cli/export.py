@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.methods.export import check_exportable, export_checkpoint
 
 
@@ -13,7 +14,7 @@ def add_cli(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "export",
-        help="fold SGM glasses into a standard Hugging Face checkpoint (for vLLM / SGLang / TGI / transformers)",
+        help=help_for("export"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core import paths
 from mmtoxicqa.data.hub import DEFAULT_REPO_ID, push_data
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("push-data", help="upload the built MM-TOXIC-QA folder to a Hugging Face dataset repository")
+    parser = subparsers.add_parser("push-data", help=help_for("push-data"))
     parser.add_argument("repo_id", nargs="?", default=DEFAULT_REPO_ID, help=f"dataset repository (default: {DEFAULT_REPO_ID})")
     parser.add_argument("--data", default=None, help="the built folder (default: MMTOXICQA_DATA, else the cache's data/)")
     parser.add_argument("--private", action="store_true", help="create the repository private")

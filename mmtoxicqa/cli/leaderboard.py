@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.study.leaderboard import checked_cells, paired_rows, write_leaderboard
 from mmtoxicqa.study.wandb_log import csv_table, log_run
 
 
 def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "leaderboard", help="write LEADERBOARD.md, leaderboard.csv and frontier.png from sweep cells", description=__doc__
-    )
+    parser = subparsers.add_parser("leaderboard", help=help_for("leaderboard"), description=__doc__)
     parser.add_argument("results_dir", help="folder of sweep cell files (mmtoxicqa sweep --out)")
     parser.add_argument("--out", default="results", help="where to write the leaderboard files (default: results/)")
     parser.add_argument("--judge", default=None, help="only cells scored by this judge (as shown in the header, e.g. profanity@0.5)")

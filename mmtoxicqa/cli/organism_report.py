@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core.atomic import atomic_path, write_json_atomic
 from mmtoxicqa.study.organism_report import markdown, read_cells, report_rows
 from mmtoxicqa.study.sweep import load_cells_with_paths, text_free
@@ -12,7 +13,7 @@ from mmtoxicqa.study.sweep import load_cells_with_paths, text_free
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "organism-report",
-        help="the toxic model organism study's table (LEADERBOARD.md + JSON) from its sweep cells",
+        help=help_for("organism-report"),
         description=__doc__,
     )
     parser.add_argument("cells", help="folder of sweep cell files (mmtoxicqa sweep --out)")

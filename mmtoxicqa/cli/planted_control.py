@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.sgm.planted import TRIGGER, control_table, planted_control
 
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "planted-control",
-        help="SGM where its effect is known: vanilla vs SGM vs placebo on a tiny organism with planted toxic neurons (seconds)",
+        help=help_for("planted-control"),
         description=__doc__,
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tiny model and its requests")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.paths import cache_dir
 from mmtoxicqa.modeling.reader import OcrReader, image_slot
@@ -12,7 +13,7 @@ from mmtoxicqa.modeling.reader import OcrReader, image_slot
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "read-image",
-        help="print the text the reading model (embedded-ocr) reads in images, as its decoder sees it",
+        help=help_for("read-image"),
         description=__doc__,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )

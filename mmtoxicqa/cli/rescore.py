@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.lmms.evaluate import EXIT_OK, EXIT_UNSCORED, unscored_answers
 from mmtoxicqa.scoring.settings import harmful_threshold, split_judge_list
@@ -15,7 +16,7 @@ from mmtoxicqa.study.rescore import judges_agreement, rescore_cells, rescore_run
 def add_cli(subparsers) -> None:
     res = subparsers.add_parser(
         "rescore",
-        help="re-score saved answers (an lmms-eval run folder or sweep cells) with other judges; nothing is regenerated",
+        help=help_for("rescore"),
         description="Reads the answers of an lmms-eval --output_path folder (run with --log_samples) or of a sweep's cell "
         "folder, scores them with --judge and writes a new run folder / new cells to --out. Use it to finish a run "
         "whose judge failed, or to add judges.",
@@ -26,9 +27,7 @@ def add_cli(subparsers) -> None:
     res.add_argument("--out", default=None, help="output folder (default: RUN/rescored-<judges>)")
     res.set_defaults(func=_cli_rescore)
 
-    agree = subparsers.add_parser(
-        "judges-agree", help="agreement (percent and Cohen's kappa) between the judges a run logged, on the same answers"
-    )
+    agree = subparsers.add_parser("judges-agree", help=help_for("judges-agree"))
     agree.add_argument("run", help="lmms-eval --output_path folder of a run with several judges (or a rescored one)")
     agree.add_argument("--threshold", type=float, default=None, help="harmful threshold (default: $MMTOXICQA_THRESHOLD or 0.5)")
     agree.set_defaults(func=_cli_agree)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.study.results import build_run_record, check_setting, format_rows, load_record, regress
 
 
 def add_cli(subparsers) -> None:
-    col = subparsers.add_parser(
-        "collect", help="turn an lmms-eval output folder (--log_samples) into a run record JSON with per-item outcomes"
-    )
+    col = subparsers.add_parser("collect", help=help_for("collect"))
     col.add_argument("output_dir", help="the lmms_eval --output_path folder")
     col.add_argument("--out", required=True, help="where to write the run record (JSON, written atomically)")
     col.add_argument("--judge", default=None, help="judge spec (default: $MMTOXICQA_JUDGE or profanity)")
@@ -18,7 +17,7 @@ def add_cli(subparsers) -> None:
 
     reg = subparsers.add_parser(
         "regress",
-        help="CI gate: exit 1 when a split's harmful rate rises beyond the tolerance with statistical support",
+        help=help_for("regress"),
         description="Compare two run records (from `mmtoxicqa collect`) on the items both runs scored. Exit 0: no "
         "regression; 1: some split's harmful rate rose by more than --max-increase and the exact McNemar test on the "
         "discordant items (harmful in one run only) gives p < --alpha; 2: unusable input (not a run record, empty or bad "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.core import paths
 from mmtoxicqa.data.sources import WORKERS, download_sources, load_manifest
 
@@ -11,7 +12,7 @@ from mmtoxicqa.data.sources import WORKERS, download_sources, load_manifest
 def add_cli(subparsers):
     parser = subparsers.add_parser(
         "download-sources",
-        help="download the pinned source files (parallel, retried, sha256-checked, resumable); exit 2 if any failed",
+        help=help_for("download-sources"),
     )
     parser.add_argument(
         "--out", metavar="DIR", default=None, help="where to put them (default: the cache's sources/, what build-data uses)"

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.study.sweep import ANSWER_TOKENS, run_sweep
 from mmtoxicqa.study.wandb_log import cells_table, log_run
 
@@ -13,7 +14,7 @@ from mmtoxicqa.study.wandb_log import cells_table, log_run
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
-        help="run models x methods x tasks through lmms-eval; one result file per cell, resumable",
+        help=help_for("sweep"),
         description=__doc__,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
