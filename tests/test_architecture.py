@@ -291,16 +291,19 @@ def test_task_yaml_metrics_are_the_registered_ones():
     assert in_yaml == registered
 
 
-def test_cache_keys_outlive_the_move(monkeypatch):
-    """Glasses cache paths and sweep cell names computed before the layers moved (commit 28ac820): a file
-    cached or a cell committed then is found again (the powered study's cells carry ab46a59c16d5)."""
-    from mmtoxicqa.sgm.calibration import glasses_cache_path, sgm_options
+def test_cache_keys_pinned(monkeypatch):
+    """Glasses cache paths and sweep cell names are pinned: a file cached or a cell committed is found again
+    (the powered study's cells carry ab46a59c16d5, computed before the layers moved, commit 28ac820). The
+    glasses keys changed once on purpose, with FIT_VERSION 2 (right-padded calibration batches), so that
+    glasses fitted with left padding are fitted again; the cell names did not change."""
+    from mmtoxicqa.sgm.calibration import FIT_VERSION, glasses_cache_path, sgm_options
     from mmtoxicqa.study.sweep import cell_key
 
     monkeypatch.setenv("MMTOXICQA_CACHE", "/c")
+    assert FIT_VERSION == 2
     embedded = glasses_cache_path("embedded:smollm2-135m-instruct-llava-b179c9523d0e6a0f", "abc", sgm_options())
-    assert str(embedded) == "/c/glasses/embedded_smollm2-135m-instruct-llava-b179c9523d0e6a0f-c8851d25fae96942b4fe.safetensors"
+    assert str(embedded) == "/c/glasses/embedded_smollm2-135m-instruct-llava-b179c9523d0e6a0f-02ca7c56a4c68626b482.safetensors"
     site = glasses_cache_path("organism:organism-embedded-689428d760bfac3b", "abc", sgm_options(tokens="answer", site="gate_up_output"))
-    assert site.name == "organism_organism-embedded-689428d760bfac3b-84523b853e4d8615eec5.safetensors"
+    assert site.name == "organism_organism-embedded-689428d760bfac3b-447ccc450ac41a5d9cf5.safetensors"
     assert cell_key("organism", "sgm", "mm_toxic_qa_organism", "answer") == "ab46a59c16d5"
     assert any(p.name.endswith("__ab46a59c16d5.json") for p in (ROOT / "results/organism/powered/cells").iterdir())

@@ -106,9 +106,9 @@ def test_the_sgm_wrapper_calibrates_once_in_two_processes(tmp_path, tiny_llava_d
     assert Path(reference).name == Path(written).name  # the same cache key: the process count does not change the glasses
     _assert_same_glasses(Path(reference), Path(written))
     assert not list((tmp_path / "two-cache" / "glasses").glob("*.partial"))  # the shared resume folder is gone after success
-    # lmms-eval's own sharding reads the wrapper's rank / world size from accelerate, which on CPU reports one process
-    # even under a launcher (its distributed type is NO without a GPU); calibration reads torch.distributed itself.
-    assert (ranks[1]["wrapper_rank"], ranks[1]["wrapper_world_size"]) == (0, 1)
+    # lmms-eval's own sharding reads the wrapper's rank / world size from accelerate, which sees the launcher's
+    # processes on a CPU because the wrapper asks for Accelerator(cpu=True); calibration reads torch.distributed itself.
+    assert (ranks[1]["wrapper_rank"], ranks[1]["wrapper_world_size"]) == (1, 2)
 
 
 @pytest.mark.slow

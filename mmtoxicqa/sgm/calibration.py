@@ -136,7 +136,7 @@ def items_hash(items: Sequence[dict], text_only: bool) -> str:
 def iter_batches(
     loaded: LoadedModel, items: Sequence[dict], batch_size: int, text_only: bool = False, tokens: str = "text"
 ) -> Iterator[dict]:
-    """Model-input batches (left padded) with the counted-token mask attached as ``token_mask``:
+    """Model-input batches (right padded: see :func:`build_inputs`) with the counted-token mask attached as ``token_mask``:
     every text position (``tokens="text"``), only the item's own question (``"request"``), or only
     the teacher-forced assistant reply (``"answer"``, items from :func:`answer_pairs`)."""
     for start in range(0, len(items), batch_size):
@@ -148,7 +148,7 @@ def iter_batches(
             if missing:
                 raise MMToxError(f"calibration item {missing[0]} has no reply; the answer scope needs items made by answer_pairs()")
             replies = [i["reply"] for i in chunk]
-        batch = dict(build_inputs(loaded, conversations, replies=replies))
+        batch = dict(build_inputs(loaded, conversations, replies=replies, padding_side="right"))
         batch["token_mask"] = text_mask(batch["input_ids"], batch["attention_mask"], loaded.image_token_ids)
         if tokens == "answer":
             batch["token_mask"] &= answer_mask(batch, build_inputs(loaded, conversations))
@@ -158,8 +158,15 @@ def iter_batches(
         yield batch
 
 
+# Bumped when the same model, data and options would fit other glasses, so that a cached file from
+# before is not reused. 2: calibration batches are right padded (left padding leaked row length into the
+# text scope's AUROCs at batch size > 1; see modeling.loading.build_inputs).
+FIT_VERSION = 2
+
+
 def _cache_path(folder: str, suffix: str, model_id: str, data_hash: str, options: dict) -> Path:
-    key = hashlib.sha256(json.dumps({"model": model_id, "data": data_hash, "options": options}, sort_keys=True).encode()).hexdigest()[:20]
+    keyed = {"model": model_id, "data": data_hash, "options": options, "fit": FIT_VERSION}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)[-60:]
     return cache_dir() / folder / f"{safe}-{key}{suffix}"
 
