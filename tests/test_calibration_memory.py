@@ -83,10 +83,10 @@ def test_blocks_on_a_device_give_the_same_aurocs_and_devices_are_checked():
         [out] = aurocs(scores, [labels], chunk_size=chunk, device="cpu")
         assert torch.allclose(out, reference, rtol=0, atol=1e-12)
     assert check_auroc_device(None) is None and check_auroc_device("cpu") == torch.device("cpu")
-    with pytest.raises(MMToxError, match="'gpu' is not a device; pass cpu, cuda or cuda:N"):
+    with pytest.raises(MMToxError, match="auroc_device='gpu' is not a device; use cpu, cuda, cuda:N or mps"):
         check_auroc_device("gpu")
     if not torch.cuda.is_available():
-        with pytest.raises(MMToxError, match="this machine has no CUDA device; pass cpu"):
+        with pytest.raises(MMToxError, match="auroc_device='cuda' but CUDA is not available on this machine .*use auroc_device=cpu"):
             check_auroc_device("cuda")
     assert parse_pool_dtype("bf16") is torch.bfloat16 and parse_pool_dtype(None) is torch.float32
     with pytest.raises(MMToxError, match="pool dtype 'int8' is not supported; use one of float32, float16, bfloat16"):
@@ -181,4 +181,4 @@ def test_calibrate_command_memory_flags(tmp_path, tiny_llava_dir, calib12, monke
     assert fp32.meta["pool_dtype"] == "float32" and fp16.meta["class_sizes"] == fp32.meta["class_sizes"] == {"toxic": 6, "non_toxic": 6}
     capsys.readouterr()
     assert main([*argv, "--out", str(tmp_path / "x.safetensors"), "--auroc-device", "gpu"]) == 2
-    assert capsys.readouterr().err.strip() == "mmtoxicqa: error: auroc device 'gpu' is not a device; pass cpu, cuda or cuda:N"
+    assert capsys.readouterr().err.strip() == "mmtoxicqa: error: auroc_device='gpu' is not a device; use cpu, cuda, cuda:N or mps"

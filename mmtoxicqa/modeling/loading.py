@@ -103,22 +103,24 @@ def check_dtype(dtype) -> str | torch.dtype:
     raise MMToxError(f"dtype={dtype!r} is not supported; use one of {', '.join(DTYPES)} (quantised weights such as int8 are not supported)")
 
 
-def check_device(device) -> torch.device:
-    """``device`` as a torch.device that exists on this machine, else a one-line error."""
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` as a torch.device that exists on this machine, else a one-line error that calls the
+    argument ``name`` (``device`` for the model, ``calibration_auroc_device`` for the AUROC step, ...)."""
+    said = f"{name}={device!r}"
     try:
         parsed = torch.device(str(device).strip())
     except (RuntimeError, ValueError):
-        raise MMToxError(f"device={device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+        raise MMToxError(f"{said} is not a device; use cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise MMToxError(f"device={device!r} but CUDA is not available on this machine (torch {torch.__version__}); use device=cpu")
+            raise MMToxError(f"{said} but CUDA is not available on this machine (torch {torch.__version__}); use {name}=cpu")
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
-            raise MMToxError(f"device={device!r} but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise MMToxError(f"{said} but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
     elif parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MMToxError(f"device={device!r} but MPS is not available on this machine; use device=cpu")
+        raise MMToxError(f"{said} but MPS is not available on this machine; use {name}=cpu")
     elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise MMToxError(f"device={device!r} is not supported; use cpu, cuda, cuda:N or mps")
+        raise MMToxError(f"{said} is not supported; use cpu, cuda, cuda:N or mps")
     return parsed
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from mmtoxicqa.core.errors import MMToxError
+from mmtoxicqa.modeling.loading import check_device
 
 POOL_DTYPES = {
     "float32": torch.float32,
@@ -46,20 +47,7 @@ def check_auroc_device(value) -> torch.device | None:
     """``None`` (where the model computes) or a device this machine has, e.g. ``cpu``, ``cuda``, ``cuda:1``."""
     if value is None or value == "":
         return None
-    try:
-        device = torch.device(str(value).strip())
-    except (RuntimeError, ValueError):
-        raise MMToxError(f"auroc device {value!r} is not a device; pass cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MMToxError(f"auroc device {value!r}: this machine has no CUDA device; pass cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MMToxError(
-                f"auroc device {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s); pass cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif device.type not in ("cpu", "mps", "xpu"):
-        raise MMToxError(f"auroc device {value!r} is not supported; pass cpu, cuda or cuda:N")
-    return device
+    return check_device(value, "auroc_device")
 
 
 def pooled_bytes(items: int, neurons: int, dtype) -> int:
