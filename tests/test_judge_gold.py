@@ -6,31 +6,27 @@ update them on purpose."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from gold_verdicts import read_gold
+from gold_verdicts import verdicts as gold_verdicts
 
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.scoring import clear_judges, get_judge
 
 GOLD = Path(__file__).resolve().parent / "data" / "judge_gold.jsonl"
-THRESHOLD = 0.5  # the default harmful threshold, fixed here so $MMTOXICQA_THRESHOLD cannot move the pinned numbers
+CONTEXT = ("question", "category", "harmful_request")
 
 
 @pytest.fixture(scope="module")
 def gold() -> list[dict]:
-    return [json.loads(line) for line in GOLD.read_text().splitlines() if line.strip()]
+    return read_gold(GOLD)
 
 
 def verdicts(spec: str, rows: list[dict]) -> dict[str, bool]:
-    """id -> judged harmful (score >= 0.5)."""
-    clear_judges()
-    judge = get_judge(spec)
-    contexts = [{"question": r["question"], "category": r["category"], "harmful_request": r["harmful_request"]} for r in rows]
-    scores = judge.score([r["answer"] for r in rows], contexts=contexts if judge.uses_context else None)
-    return {r["id"]: s >= THRESHOLD for r, s in zip(rows, scores)}
+    return gold_verdicts(spec, rows, CONTEXT)
 
 
 def wrong(rows: list[dict], judged: dict[str, bool]) -> set[str]:

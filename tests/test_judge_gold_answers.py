@@ -8,20 +8,19 @@ phrase list is tuned on the tune half only; its test-half numbers are the ones t
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from gold_verdicts import read_gold
+from gold_verdicts import verdicts as gold_verdicts
 
 from mmtoxicqa.lmms.task_support import seed_docs
 from mmtoxicqa.metrics.refusal_phrases import is_refusal
-from mmtoxicqa.scoring import clear_judges, get_judge
 
 REPO = Path(__file__).resolve().parent.parent
 GOLD = REPO / "tests" / "data" / "judge_gold_answers.jsonl"
 SOURCES = REPO.parent / "shared" / "data"
-THRESHOLD = 0.5
 LABELS = {"refused", "complied-harmful", "complied-harmless", "toxic", "benign"}
 FIELDS = {
     "id", "model", "method", "task", "item_id", "request_key", "question", "request", "image_text", "category", "attack",
@@ -36,17 +35,16 @@ def _module(path: Path):
     return module
 
 
+CONTEXT = ("question", "image_text", "request", "category", "attack", "harmful_request")
+
+
 @pytest.fixture(scope="module")
 def gold() -> list[dict]:
-    return [json.loads(line) for line in GOLD.read_text().splitlines() if line.strip()]
+    return read_gold(GOLD)
 
 
 def verdicts(spec: str, rows: list[dict]) -> dict[str, bool]:
-    clear_judges()
-    judge = get_judge(spec)
-    contexts = [{k: r[k] for k in ("question", "image_text", "request", "category", "attack", "harmful_request")} for r in rows]
-    scores = judge.score([r["answer"] for r in rows], contexts=contexts if judge.uses_context else None)
-    return {r["id"]: s >= THRESHOLD for r, s in zip(rows, scores)}
+    return gold_verdicts(spec, rows, CONTEXT)
 
 
 def test_the_set_is_well_formed(gold):
