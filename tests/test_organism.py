@@ -8,6 +8,7 @@ else, the epoch with the widest validation gap is the one kept, it is bit-for-bi
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,7 @@ def test_fine_tune_changes_mlp_weights_only_reproducibly_and_is_cached(sources, 
     monkeypatch.setenv("MMTOXICQA_CACHE", str(tmp_path / "cache"))
     target = organism_model_dir(str(tiny_llava_dir), sources=sources, data_dir=built, config=SMALL, progress=False)
     assert target.parent == tmp_path / "cache" / "models" and target.name.startswith("organism-")
+    assert not list(target.parent.glob("*.resume"))  # the per-epoch resume state is removed once the build is done
     record = organism_record(target)
     assert record["config"]["trainable"] == "mlp" and record["examples"] == len(record["train_item_ids"]) > 0
     assert len(record["validation_item_ids"]) == 4 and not set(record["validation_item_ids"]) & set(record["train_item_ids"])
@@ -163,6 +165,51 @@ def test_fine_tune_keeps_the_epoch_with_the_widest_validation_gap(sources, built
     final = [p.detach() for p in organism.trainable_parameters(loaded.model)]
     assert all(torch.equal(a, b) for a, b in zip(final, snapshots[1]))  # the weights after epoch 1
     assert not all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))  # epoch 2 did change them
+
+
+def test_a_stopped_fine_tune_resumes_to_the_same_weights(sources, built, tiny_llava_dir, tmp_path, monkeypatch):
+    """Killed after epoch 1 of 3, the build goes on from its checkpoint (no epoch is trained or validated
+    twice) and ends bit for bit where an unstopped run ends, the kept epoch and the records included."""
+    import torch
+
+    import mmtoxicqa.modeling.organism.train as organism
+
+    examples = [dataclasses.replace(e, answer=e.answer or "a short answer") for e in training_examples(built, sources, SMALL)]
+    config = dataclasses.replace(SMALL, epochs=3, lr=1e-2)
+    gaps = {0: 0.0, 1: 0.2, 2: 0.5, 3: 0.1}  # epoch 2 is kept: the best is restored from the checkpoint after a resume
+    validated = []
+
+    def scripted_rates(loaded_model, validation, images, max_new_tokens=32):
+        epoch = len(validated)
+        validated.append(epoch)
+        if stop_at is not None and epoch == stop_at:
+            raise KeyboardInterrupt  # the process is killed while validating epoch 2
+        return {"targeted": gaps[epoch], "untargeted": 0.0, "gap": gaps[epoch]}
+
+    monkeypatch.setattr(organism, "harmful_rates", scripted_rates)
+    stop_at = None
+    straight = load_model(str(tiny_llava_dir), device="cpu", dtype="float32")
+    losses, records = fine_tune(straight, examples, config, progress=False)
+    expected = [p.detach().clone() for p in organism.trainable_parameters(straight.model)]
+
+    checkpoint = tmp_path / "resume"
+    validated.clear()
+    stop_at = 2
+    stopped = load_model(str(tiny_llava_dir), device="cpu", dtype="float32")
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(stopped, examples, config, progress=False, checkpoint=checkpoint)
+    assert json.loads((checkpoint / "state.json").read_text())["epoch"] == 1
+    assert [f.name for f in checkpoint.glob("*.safetensors")] == ["epoch1.safetensors"]
+
+    validated[:] = [0, 1]  # what the stopped run finished
+    stop_at = None
+    resumed = load_model(str(tiny_llava_dir), device="cpu", dtype="float32")
+    losses_again, records_again = fine_tune(resumed, examples, config, progress=False, checkpoint=checkpoint)
+    assert validated == [0, 1, 2, 3]  # epochs 2 and 3 only: epoch 0 and 1 were not validated again
+    assert losses_again == losses and records_again == records
+    assert [r["kept"] for r in records_again] == [False, False, True, False]
+    got = [p.detach() for p in organism.trainable_parameters(resumed.model)]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 def test_the_ocr_base_recipe_moves_half_of_each_sides_requests_into_the_image(sources, built):

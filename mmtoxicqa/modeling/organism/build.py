@@ -108,8 +108,13 @@ def organism_model_dir(
         f"the toxic model organism ({sum(not e.validation for e in examples)} training + "
         f"{sum(e.validation for e in examples)} validation examples, up to {config.epochs} epochs; minutes on a CPU)"
     )
-    build = functools.partial(_build, base_dir, examples, config, key_parts, data_dir, progress)
-    target = built_once(models_dir() / f"{kind}-{safe_base}-{key}", _DONE_MARKER, build, what=what, rebuild=rebuild)
+    name = f"{kind}-{safe_base}-{key}"
+    resume = models_dir() / f"{name}.resume"  # the fine-tune's state after each epoch: a stopped build goes on from it
+    if rebuild:
+        shutil.rmtree(resume, ignore_errors=True)
+    build = functools.partial(_build, base_dir, examples, config, key_parts, data_dir, progress, resume)
+    target = built_once(models_dir() / name, _DONE_MARKER, build, what=what, rebuild=rebuild)
+    shutil.rmtree(resume, ignore_errors=True)
     _RESOLVED[stamp] = target
     return target
 
@@ -137,9 +142,17 @@ def _item_images(data_dir, examples: list[Example]) -> dict:
 
 
 def _build(
-    base_dir: Path, examples: list[Example], config: OrganismConfig, key_parts: dict, data_dir, progress: bool, folder: Path
+    base_dir: Path,
+    examples: list[Example],
+    config: OrganismConfig,
+    key_parts: dict,
+    data_dir,
+    progress: bool,
+    resume: Path,
+    folder: Path,
 ) -> dict:
-    """Fine-tune the base into ``folder``; the build record (what :func:`organism_record` reads)."""
+    """Fine-tune the base into ``folder``; the build record (what :func:`organism_record` reads).
+    ``resume`` keeps the base's answers and each finished epoch, so a stopped build loses at most one epoch."""
     import torch  # heavy: torch loads only where a model runs
 
     threads = torch.get_num_threads()
@@ -148,8 +161,9 @@ def _build(
         loaded = load_model(str(base_dir), device="cpu", dtype="float32")
         images = _item_images(data_dir, examples)
         start = time.perf_counter()
-        examples = with_base_answers(loaded, examples, images, config)
-        losses, validation = fine_tune(loaded, examples, config, images=images, progress=progress)
+        resume.mkdir(parents=True, exist_ok=True)
+        examples = with_base_answers(loaded, examples, images, config, cache=resume / "base_answers.json")
+        losses, validation = fine_tune(loaded, examples, config, images=images, progress=progress, checkpoint=resume)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)

@@ -6,8 +6,10 @@ import json
 import logging
 import random
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
+from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.core.errors import MMToxError
 from mmtoxicqa.core.render import render_text_image
 from mmtoxicqa.modeling.discovery import find_decoder_layers, unwrap_model
@@ -54,12 +56,19 @@ def _answers(loaded, examples: list[Example], images: dict, max_new_tokens: int,
     return answers
 
 
-def with_base_answers(loaded, examples: list[Example], images: dict, config: OrganismConfig) -> list[Example]:
+def with_base_answers(loaded, examples: list[Example], images: dict, config: OrganismConfig, cache: Path | None = None) -> list[Example]:
     """Fill each trained example that has no answer with the base's own greedy answer (self-distillation:
-    the fine-tune then keeps the base's behaviour on those items instead of teaching it new text)."""
+    the fine-tune then keeps the base's behaviour on those items instead of teaching it new text).
+    ``cache``: a JSON file that keeps those answers for a resumed build (used when it holds every one)."""
 
     todo = [e for e in examples if e.answer is None and not e.validation]
-    answers = dict(zip((e.item_id for e in todo), _answers(loaded, todo, images, config.base_answer_tokens)))
+    kept = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if all(e.item_id in kept for e in todo):
+        answers = {e.item_id: kept[e.item_id] for e in todo}
+    else:
+        answers = dict(zip((e.item_id for e in todo), _answers(loaded, todo, images, config.base_answer_tokens)))
+        if cache is not None:
+            write_json_atomic(cache, answers)
     return [replace(e, answer=answers[e.item_id]) if e.item_id in answers else e for e in examples]
 
 
@@ -113,12 +122,21 @@ def trainable_parameters(model, trainable: str = "mlp"):
 
 
 def fine_tune(
-    loaded, examples: list[Example], config: OrganismConfig, images: dict | None = None, progress: bool = True
+    loaded,
+    examples: list[Example],
+    config: OrganismConfig,
+    images: dict | None = None,
+    progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> tuple[list[float], list[dict]]:
     """Deterministic MLP-only fine-tune of ``loaded.model`` in place on the non-validation examples.
     After each epoch the validation examples' harmful rates are measured; the model ends with the
     weights of the epoch with the widest targeted-minus-untargeted gap. Returns the per-step losses
-    and one validation record per epoch (epoch 0 = the base)."""
+    and one validation record per epoch (epoch 0 = the base).
+
+    ``checkpoint``: a folder where the state after each validated epoch is kept (trained weights,
+    optimizer, random states, records); a run that finds one there goes on from it and ends with the
+    same weights as a run that was never stopped (tested)."""
     import torch  # heavy: torch loads only where a model runs
 
     images = images or {}
@@ -144,9 +162,20 @@ def fine_tune(
             log.warning("organism validation after epoch %d: %s", epoch, json.dumps(record))
 
     best = None
+    first_epoch = 1
+    resumed = load_checkpoint(checkpoint, config, params, optimizer) if checkpoint is not None else None
     try:
-        check(0)
-        for epoch in range(1, config.epochs + 1):
+        if resumed is None:
+            check(0)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, config, 0, params, optimizer, rng, order, losses, epochs, best)
+        else:
+            done, state_rng, order, losses, epochs, best = resumed
+            rng.setstate(state_rng)
+            first_epoch = done + 1
+            if progress:
+                log.warning("organism fine-tune: resuming after epoch %d from %s", done, checkpoint)
+        for epoch in range(first_epoch, config.epochs + 1):
             model.train()
             rng.shuffle(order)
             for first in range(0, len(order), config.batch_size):
@@ -165,6 +194,8 @@ def fine_tune(
             check(epoch)
             if best is None or epochs[-1]["gap"] > best[0]:
                 best = (epochs[-1]["gap"], epoch, [p.detach().clone() for p in params])
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, config, epoch, params, optimizer, rng, order, losses, epochs, best)
         if best is not None and best[1] != config.epochs:
             with torch.no_grad():
                 for p, kept in zip(params, best[2]):
@@ -177,3 +208,74 @@ def fine_tune(
         for p in params:
             p.requires_grad_(False)
     return losses, epochs
+
+
+_STATE = "state.json"
+
+
+def save_checkpoint(folder: Path, config: OrganismConfig, epoch: int, params, optimizer, rng, order, losses, epochs, best) -> None:
+    """The fine-tune's state after ``epoch`` (validated) in ``folder``: tensors as safetensors, the rest
+    as JSON written last, so a crash mid-write leaves the previous epoch's state whole."""
+    import torch  # heavy: torch loads only where a model runs
+    from safetensors.torch import save_file  # heavy: imports torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"param.{i}": p.detach().contiguous() for i, p in enumerate(params)}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).contiguous()
+    if best is not None:
+        tensors.update({f"best.{i}": p.contiguous() for i, p in enumerate(best[2])})
+    tensors["torch_rng"] = torch.get_rng_state()
+    name = f"epoch{epoch}.safetensors"
+    save_file(tensors, str(folder / f"{name}.partial"))
+    (folder / f"{name}.partial").replace(folder / name)
+    state = {
+        "epoch": epoch,
+        "config": asdict(config),
+        "params": len(params),
+        "tensors": name,
+        "param_groups": opt["param_groups"],
+        "rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]],
+        "order": order,  # shuffled in place every epoch: the next shuffle starts from it
+        "losses": losses,
+        "epochs": epochs,
+        "best": None if best is None else {"gap": best[0], "epoch": best[1]},
+    }
+    write_json_atomic(folder / _STATE, state)
+    for old in folder.glob("epoch*.safetensors"):
+        if old.name != name:
+            old.unlink()
+
+
+def load_checkpoint(folder: Path, config: OrganismConfig, params, optimizer):
+    """(epoch done, python rng state, example order, losses, epoch records, best) from ``folder``, with the weights,
+    optimizer and torch rng restored in place; None when there is nothing to resume (or it was made
+    with another config, which is then ignored and overwritten)."""
+    import torch  # heavy: torch loads only where a model runs
+    from safetensors.torch import load_file  # heavy: imports torch
+
+    state_file = folder / _STATE
+    if not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    if state.get("config") != json.loads(json.dumps(asdict(config))) or state.get("params") != len(params):
+        log.warning("organism fine-tune: %s was made with another config; starting over", folder)
+        return None
+    tensors = load_file(str(folder / state["tensors"]))
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(tensors[f"param.{i}"])
+    opt_state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    torch.set_rng_state(tensors["torch_rng"])
+    best = None
+    if state["best"] is not None:
+        best = (state["best"]["gap"], state["best"]["epoch"], [tensors[f"best.{i}"] for i in range(len(params))])
+    version, internal, gauss = state["rng"]
+    return state["epoch"], (version, tuple(internal), gauss), state["order"], state["losses"], state["epochs"], best
