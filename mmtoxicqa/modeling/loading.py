@@ -105,7 +105,7 @@ def check_dtype(dtype) -> str | torch.dtype:
 
 def check_device(device, name: str = "device") -> torch.device:
     """``device`` as a torch.device that exists on this machine, else a one-line error that calls the
-    argument ``name`` (``device`` for the model, ``calibration_auroc_device`` for the AUROC step, ...)."""
+    argument ``name`` (``device`` for the model, ``auroc_device`` for the AUROC step, ...)."""
     said = f"{name}={device!r}"
     try:
         parsed = torch.device(str(device).strip())
