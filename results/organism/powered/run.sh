@@ -49,6 +49,7 @@ run_task() {  # $1 task, $2 limit ('' = every item)
   $S --methods sgm --tag answer_site --model-args $COMMON,glasses=$GLASSES/answer_site.safetensors
   $S --methods det0 --tag answer --model-args $COMMON,glasses=$A,det0_top_k=200
   $S --methods aura,sgm_star --model-args $COMMON,calibration_limit=$CAL
+  $S --methods coca --model-args $COMMON  # amendment (PLAN.md): CoCa alone, to tell its share of sgm_star's cut
 }
 what=${1:-all}
 case $what in targeted|all) run_task $TARGETED "" ;; esac
