@@ -229,6 +229,7 @@ def save_checkpoint(folder: Path, config: OrganismConfig, epoch: int, params, op
         tensors.update({f"best.{i}": p.contiguous() for i, p in enumerate(best[2])})
     tensors["torch_rng"] = torch.get_rng_state()
     name = f"epoch{epoch}.safetensors"
+    version, internal, gauss = rng.getstate()
     save_file(tensors, str(folder / f"{name}.partial"))
     (folder / f"{name}.partial").replace(folder / name)
     state = {
@@ -237,7 +238,7 @@ def save_checkpoint(folder: Path, config: OrganismConfig, epoch: int, params, op
         "params": len(params),
         "tensors": name,
         "param_groups": opt["param_groups"],
-        "rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]],
+        "rng": [version, list(internal), gauss],
         "order": order,  # shuffled in place every epoch: the next shuffle starts from it
         "losses": losses,
         "epochs": epochs,
