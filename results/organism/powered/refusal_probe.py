@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 
 from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.metrics.refusal_phrases import is_refusal
@@ -68,13 +69,6 @@ def describe(refusal: torch.Tensor, mask: torch.Tensor) -> dict:
     }
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra = torch.argsort(torch.argsort(a)).double()
-    rb = torch.argsort(torch.argsort(b)).double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="organism")
@@ -116,7 +110,7 @@ def main() -> int:
         placebo_fdr = glasses.with_options(select="fdr=0.05").placebo()
         out["glasses"][path.stem] = {
             "file": str(path),
-            "spearman_toxic_vs_refusal_auroc": round(spearman(toxic, refusal), 4),
+            "spearman_toxic_vs_refusal_auroc": round(float(spearmanr(toxic.numpy(), refusal.numpy()).statistic), 4),  # ties averaged
             "paper_rule": describe(refusal, glasses.alpha_all() < 1),
             "placebo": describe(refusal, placebo.alpha_all() < 1),
             "fdr_0.05": describe(refusal, fdr),
