@@ -1,11 +1,13 @@
-"""A real HTTP server on 127.0.0.1 for the API judges' tests: start one handler class, reply JSON."""
+"""A real HTTP server on 127.0.0.1 for the API judges' tests: start one handler class, read a chat request,
+reply JSON or a chat completion."""
 
 from __future__ import annotations
 
 import json
 import threading
+import zlib
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def reply_json(handler, status: int, headers: dict, payload) -> None:
@@ -18,6 +20,59 @@ def reply_json(handler, status: int, headers: dict, payload) -> None:
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def read_prompt(handler) -> str:
+    """The last message of a chat-completions request: what the judge asks."""
+    body = json.loads(handler.rfile.read(int(handler.headers.get("Content-Length", 0))))
+    return body["messages"][-1]["content"]
+
+
+def reply_chat(handler, content: str) -> None:
+    """A 200 chat completion whose one choice says ``content``."""
+    message = {"role": "assistant", "content": content}
+    reply_json(handler, 200, {}, {"object": "chat.completion", "choices": [{"index": 0, "message": message}]})
+
+
+def crc32_verdict(prompt: str) -> str:
+    """A fixed verdict per prompt (crc32 parity): a restarted endpoint gives the same ones, and a test can
+    compute them."""
+    return "unsafe" if zlib.crc32(prompt.encode("utf-8")) % 2 else "safe"
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output clean."""
+
+    def log_message(self, *args):
+        pass
+
+
+class LocalServer:
+    """``handler_class`` served on 127.0.0.1 (a free port unless ``port``) until ``stop()``, which closes the
+    port so that later requests are refused. ``stop()`` may be called twice, and from a handler's thread."""
+
+    def __init__(self, handler_class, port: int = 0, backlog: int | None = None):
+        server_class = ThreadingHTTPServer
+        if backlog:  # a class attribute: it is read when the socket starts listening, inside the constructor
+            server_class = type("BackloggedServer", (ThreadingHTTPServer,), {"request_queue_size": backlog})
+        self.server = server_class(("127.0.0.1", port), handler_class)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._lock = threading.Lock()
+        self._stopped = False
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @contextmanager

@@ -12,11 +12,10 @@ import os
 import shutil
 import subprocess
 import sys
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from local_http import reply_json, serving
+from local_http import QuietHandler, read_prompt, reply_chat, serving
 
 from mmtoxicqa.lmms import evaluate
 
@@ -146,18 +145,11 @@ def test_exit_code_when_the_model_fails(tmp_path):
     assert upstream.returncode == 0
 
 
-class MuddledJudge(BaseHTTPRequestHandler):
+class MuddledJudge(QuietHandler):
     """Passes the llm judge's health check, then replies with text that is no verdict."""
 
-    def log_message(self, *args):
-        pass
-
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        content = "safe" if HEALTH_PROBE in body["messages"][-1]["content"] else "hmm, hard to say"
-        reply_json(
-            self, 200, {}, {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-        )
+        reply_chat(self, "safe" if HEALTH_PROBE in read_prompt(self) else "hmm, hard to say")
 
 
 @pytest.mark.slow

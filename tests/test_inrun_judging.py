@@ -20,8 +20,6 @@ import sys
 import threading
 import time
 import types
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import datasets
@@ -29,7 +27,7 @@ import pytest
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.task import ConfigurableTask
 from lmms_eval.filters import build_filter_ensemble
-from local_http import reply_json
+from local_http import LocalServer, QuietHandler, crc32_verdict, read_prompt, reply_chat
 
 from mmtoxicqa.lmms import task_judging
 from mmtoxicqa.lmms.task_judging import apply_ensemble, batched_verdicts, clear_verdicts
@@ -179,13 +177,9 @@ class Endpoint:
         self.lock = threading.Condition()
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                prompt = body["messages"][-1]["content"]
+                prompt = read_prompt(self)
                 with endpoint.lock:
                     if HEALTH_PROBE in prompt:
                         endpoint.health_checks += 1
@@ -202,23 +196,10 @@ class Endpoint:
                 time.sleep(LATENCY)
                 with endpoint.lock:
                     endpoint.in_flight -= 1
-                verdict = "unsafe" if zlib.crc32(prompt.encode("utf-8")) % 2 else "safe"
-                reply_json(self, 200, {}, {"object": "chat.completion", "choices": [{"index": 0, "message": {"content": verdict}}]})
+                reply_chat(self, crc32_verdict(prompt))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 64
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self._stopped = False
-
-    def stop(self) -> None:
-        with self.lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self.server.shutdown()
-        self.server.server_close()
+        server = LocalServer(Handler, backlog=64)
+        self.url, self.stop = server.url, server.stop
 
 
 def run_lmms_eval(tmp_path: Path, endpoint: Endpoint) -> tuple[subprocess.CompletedProcess, dict, list[dict]]:
@@ -261,7 +242,7 @@ def test_in_run_llm_judging_keeps_the_configured_requests_in_flight(tmp_path):
     for sample in samples:  # each answer was judged against its own item's request
         answer, context = sample["filtered_resps"][0], sample["judges"]["context"]
         [prompt] = [p for p in endpoint.prompts if answer.strip() in p and context["question"] in p]
-        assert sample["judges"]["scores"]["llm"] == [float(zlib.crc32(prompt.encode("utf-8")) % 2)]
+        assert sample["judges"]["scores"]["llm"] == [float(crc32_verdict(prompt) == "unsafe")]
     assert (metrics["judges,none"]["llm"]["n"], metrics["judges,none"]["llm"]["unscored"]) == (LIMIT, 0)
 
 

@@ -13,12 +13,10 @@ import os
 import subprocess
 import sys
 import threading
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from local_http import reply_json
+from local_http import LocalServer, QuietHandler, crc32_verdict, read_prompt, reply_chat
 
 from mmtoxicqa.cli import main as mmtoxicqa_main
 from mmtoxicqa.scoring import clear_judges
@@ -98,13 +96,9 @@ class DyingJudge:
         self.lock = threading.Lock()
         judge = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                prompt = body["messages"][-1]["content"]
+                prompt = read_prompt(self)
                 with judge.lock:
                     if HEALTH_PROBE in prompt:
                         judge.health_checks += 1
@@ -115,30 +109,12 @@ class DyingJudge:
                             judge.verdict_requests.append(prompt)
                 if not answer:
                     self.close_connection = True
-                    threading.Thread(target=judge.stop, daemon=True).start()
+                    threading.Thread(target=judge.server.stop, daemon=True).start()
                     return  # no reply: the client sees a dropped connection, then a closed port
-                verdict = "unsafe" if zlib.crc32(prompt.encode("utf-8")) % 2 else "safe"
-                message = {"role": "assistant", "content": verdict}
-                reply_json(self, 200, {}, {"object": "chat.completion", "choices": [{"index": 0, "message": message}]})
+                reply_chat(self, crc32_verdict(prompt))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self._stopped = False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        with self.lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self.server.shutdown()
-        self.server.server_close()
+        self.server = LocalServer(Handler, port=port)
+        self.port, self.url, self.stop = self.server.port, self.server.url, self.server.stop
 
 
 def test_judge_endpoint_dies_mid_run_no_answer_is_lost_and_rescore_finishes(tmp_path, monkeypatch, capsys):
@@ -190,7 +166,7 @@ def test_judge_endpoint_dies_mid_run_no_answer_is_lost_and_rescore_finishes(tmp_
     scores = [s["judges"]["scores"]["llm"][0] for s in rescored_samples]
     assert all(v in (0.0, 1.0) for v in scores)
     asked = first.verdict_requests + second.verdict_requests
-    unsafe = sum(zlib.crc32(p.encode("utf-8")) % 2 for p in asked)
+    unsafe = sum(crc32_verdict(p) == "unsafe" for p in asked)
     assert sum(scores) == unsafe
     assert rescored["judges,none"]["llm"]["n"] == LIMIT and rescored["judges,none"]["llm"]["unscored"] == 0
     assert rescored["harmful_rate,none"] == pytest.approx(unsafe / LIMIT, abs=1e-12)

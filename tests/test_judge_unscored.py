@@ -6,10 +6,9 @@ per-item values)."""
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
 
 import pytest
-from local_http import reply_json, serving
+from local_http import QuietHandler, read_prompt, reply_chat, reply_json, serving
 
 from mmtoxicqa.cli import main as mmtoxicqa_main
 from mmtoxicqa.lmms.task_metrics import agg_judges, item_values
@@ -23,18 +22,13 @@ DOCS = [
 ANSWERS = [["Sure, here is how to scam people."], [TOO_LONG], ["I cannot help with that."]]
 
 
-class RefusesLongAnswers(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class RefusesLongAnswers(QuietHandler):
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        prompt = body["messages"][-1]["content"]
+        prompt = read_prompt(self)
         if TOO_LONG in prompt:
             reply_json(self, 400, {}, {"error": {"message": "This model's maximum context length is 8 tokens"}})
             return
-        verdict = "unsafe" if "Sure, here is how" in prompt else "safe"
-        reply_json(self, 200, {}, {"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}}]})
+        reply_chat(self, "unsafe" if "Sure, here is how" in prompt else "safe")
 
 
 @pytest.fixture(autouse=True)
