@@ -48,6 +48,7 @@ help:
 	@echo "make demo   - the embedded model through lmms_eval, then $(DEMO_METHODS) side by side and the leaderboard (target < 10 min on 2 cores)"
 	@echo "make study  - the full SGM study of results/sgm_study (vanilla, SGM, SGM* and four SGM variants; about 2 h on 2 cores)"
 	@echo "make organism-study     - the powered organism study: placebo, answer scope, FDR (results/organism/powered; about 2 h)"
+	@echo "                          ORGANISM_STUDY=organism-ocr | organism-corpus: the same rows on the other two organisms"
 	@echo "make organism-study-80  - the first 80-item organism study (results/organism; about 45 min)"
 	@echo "make organism-ocr-study - the organism on the OCR reading model, trigger only in the image (results/organism/ocr)"
 	@echo "make test   - lint (ruff check + ruff format --check) and run the test suite (pytest)"
@@ -160,8 +161,11 @@ ORGANISM_SWEEP = MMTOXICQA_SOURCES=$(SOURCES) $(BIN)/mmtoxicqa sweep --batch-siz
 .PHONY: organism-study organism-study-80
 # The powered study (issue #22): every held-out targeted item, placebo rows, answer-scope and FDR variants.
 # Plan and minimum detectable effect: results/organism/powered/PLAN.md (about 2 h on 2 quiet cores; resumable).
+# ORGANISM_STUDY=organism-ocr or organism-corpus: the same rows on the reading organism or the corpus organism
+# (results/organism/powered/ocr, results/organism/powered/corpus).
+ORGANISM_STUDY ?= organism
 organism-study: $(STAMP)
-	BIN=$(BIN) SOURCES=$(SOURCES) bash results/organism/powered/run.sh all
+	ORGANISM=$(ORGANISM_STUDY) BIN=$(BIN) SOURCES=$(SOURCES) bash results/organism/powered/run.sh all
 
 # The first, 80-item study of recipe v3 (results/organism/LEADERBOARD.md).
 organism-study-80: $(STAMP)
