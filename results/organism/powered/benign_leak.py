@@ -30,20 +30,21 @@ from pathlib import Path
 
 from mmtoxicqa.core.atomic import write_json_atomic
 from mmtoxicqa.metrics.refusal_phrases import is_refusal
+from mmtoxicqa.study.organism_report import read_cells
+from mmtoxicqa.study.sweep import row_name
 
 BENIGN = "mm_toxic_qa_benign"
 WORD = re.compile(r"[a-z]+")
 
 
 def load_cells(folder: Path, organism: str, task: str) -> dict[str, dict]:
-    """Row name (method or method@tag) -> the cell's items, for one organism and task."""
+    """Row name (as the study's reports name it) -> the cell's items, for one organism and task."""
     cells = {}
-    for path in sorted(folder.glob(f"{organism}__*__{task}__*.json")):
-        row = path.name[len(organism) + 2 :].split("__")[0]
-        items = json.loads(path.read_text())["items"]
-        if not any("answer" in item for item in items.values()):
-            raise SystemExit(f"{path} keeps no answers (a committed, text-free cell); pass the study's cells under out/")
-        cells[row] = items
+    for cell in read_cells(folder):
+        if cell.get("model") == organism and cell.get("task") == task:
+            if not any("answer" in item for item in cell["items"].values()):
+                raise SystemExit(f"{folder}: the {row_name(cell)} cell keeps no answers (text-free); pass the study's cells under out/")
+            cells[row_name(cell)] = cell["items"]
     if "vanilla" not in cells:
         raise SystemExit(f"no vanilla cell for {organism} on {task} in {folder}")
     return cells
