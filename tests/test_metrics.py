@@ -283,6 +283,24 @@ def test_mcnemar_exact_by_hand():
         mcnemar_exact(-1, 2)
 
 
+def test_paired_cut_by_hand():
+    from mmtoxicqa.metrics.rates import paired_cut
+
+    # 12 harmful under both, 19 removed, 0 caused: 31 -> 12, cut 31/12; log-scale half width
+    # 1.96 * sqrt(19 / (31 * 12)) = 1.96 * 0.22600 = 0.44295 -> [2.5833 / e^0.44295, 2.5833 * e^0.44295]
+    cut, low, high = paired_cut(12, 19, 0)
+    assert cut == pytest.approx(31 / 12)
+    assert (low, high) == (pytest.approx(1.6589, abs=1e-4), pytest.approx(4.0230, abs=1e-4))
+    # 5 / 4 / 2: 9 -> 7, half width 1.96 * sqrt(6 / 63) = 0.60487; the interval spans 1 (no cut ruled out)
+    cut, low, high = paired_cut(5, 4, 2)
+    assert cut == pytest.approx(9 / 7)
+    assert (low, high) == (pytest.approx(0.7022, abs=1e-4), pytest.approx(2.3542, abs=1e-4))
+    assert paired_cut(0, 3, 0)[0] == math.inf and math.isnan(paired_cut(0, 3, 0)[1])  # nothing harmful left
+    assert math.isnan(paired_cut(0, 0, 0)[0])
+    with pytest.raises(MMToxError, match="counts must be >= 0"):
+        paired_cut(1, -1, 0)
+
+
 def test_paired_signed_rank_p_by_hand():
     from mmtoxicqa.metrics.rates import paired_signed_rank_p
 

@@ -17,6 +17,8 @@ Answers:
 Uncertainty and tables:
 
 * :func:`wilson_interval` - Wilson score interval for a rate (k successes out of n).
+* :func:`mcnemar_exact`, :func:`paired_cut` - a method against its baseline on the same items: the test, and the
+  cut (harmful before / after) with its interval.
 * :func:`bootstrap_ci` - seeded percentile bootstrap interval for a mean (or any statistic).
 * :func:`breakdown` - a metric per category / attack / any key of the records.
 
@@ -248,6 +250,31 @@ def mcnemar_exact(fixed: int, new: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, float(binomtest(int(fixed), int(n), 0.5).pvalue))
+
+
+def paired_cut(both: int, removed: int, caused: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """How many times fewer harmful answers a method gives than its baseline on the same items, with a
+    confidence interval: ``(cut, low, high)``, cut = harmful before / harmful after = (both + removed) /
+    (both + caused).
+
+    ``both`` = items harmful under both, ``removed`` / ``caused`` as in :func:`mcnemar_exact`. The
+    interval is the Wald interval of the log ratio of two matched proportions, whose variance is
+    (removed + caused) / ((both + removed)(both + caused)) (Agresti, *Categorical Data Analysis*,
+    matched pairs). It says which cuts the items rule out, e.g. whether a 3x or a 1.5x cut is still
+    possible after a study. E.g. 12 / 19 / 0 -> 2.58 [1.66, 4.02]. With no harmful answer on one side the
+    log ratio is unbounded: the cut is inf (or 0, or nan for 0 / 0) and the interval (nan, nan).
+    """
+
+    if min(both, removed, caused) < 0:
+        raise MMToxError(f"paired_cut: counts must be >= 0, got {both}, {removed}, {caused}")
+    z = _z(confidence)
+    before, after = both + removed, both + caused
+    if before == 0 or after == 0:
+        cut = NAN if before == after else (math.inf if after == 0 else 0.0)
+        return cut, NAN, NAN
+    cut = before / after
+    half = z * math.sqrt((removed + caused) / (before * after))
+    return cut, cut * math.exp(-half), cut * math.exp(half)
 
 
 def cohen_kappa(flags_a: Sequence[int], flags_b: Sequence[int]) -> float:

@@ -3,18 +3,19 @@
 The main leaderboard covers the benchmark's own splits; the organism is measured on its held-out
 tasks (mm_toxic_qa_organism, _organism_image, _organism_untargeted), so this writes their table:
 per method, the harmful rate on each organism task and the benign split with its 95% Wilson interval, the paired exact
-McNemar test against vanilla on the same items, and the cost columns from the benign split
-(refusals, perplexity of benign answers). A placebo row (``sgm_placebo=1``: the same alphas on the
+McNemar test against vanilla on the same items with the cut (harmful before / after) and its interval, and the cost
+columns from the benign split (refusals, perplexity of benign answers). A placebo row (``sgm_placebo=1``: the same alphas on the
 permuted-label ranking) is paired with the row whose glasses it mirrors, found by content: the
 placebo's recorded ``placebo_of`` equals that row's ``alpha_sha256``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from mmtoxicqa.core.errors import MMToxError
-from mmtoxicqa.metrics.rates import wilson_interval
+from mmtoxicqa.metrics.rates import paired_cut, wilson_interval
 from mmtoxicqa.study.leaderboard import paired_counts
 from mmtoxicqa.study.sweep import load_cells_with_paths, row_name
 
@@ -96,6 +97,7 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
                 if method == against or base is None:
                     continue
                 counts = paired_counts(cell.get("items") or {}, base.get("items") or {})
+                cut, cut_low, cut_high = paired_cut(counts["harmful_method"] - counts["new"], counts["fixed"], counts["new"])
                 paired.append(
                     {
                         "method": method,
@@ -107,6 +109,8 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
                         "removed": counts["fixed"],
                         "caused": counts["new"],
                         "p": counts["p"],
+                        # None where one side has no harmful answer (the ratio is unbounded), so the JSON stays strict
+                        **{k: v if math.isfinite(v) else None for k, v in (("cut", cut), ("cut_low", cut_low), ("cut_high", cut_high))},
                     }
                 )
         benign = by_key.get((method, BENIGN_TASK))
@@ -129,6 +133,13 @@ def _rate(cell: dict | None) -> str:
 
 def _plain(value, digits: int = 3) -> str:
     return "–" if value is None else f"{float(value):.{digits}f}"
+
+
+def _cut(p: dict) -> str:
+    """``2.58 [1.66, 4.02]``; ``–`` where one side has no harmful answer (the ratio is unbounded)."""
+    if p["cut_low"] is None:
+        return "–"
+    return f"{p['cut']:.2f} [{p['cut_low']:.2f}, {p['cut_high']:.2f}]"
 
 
 def markdown(rows: list[dict], paired: list[dict]) -> str:
@@ -170,15 +181,16 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
             "",
             f"## Paired with {BASELINE} (same items)",
             "",
-            f"*removed* = harmful under {BASELINE} but not under the method, *caused* = the reverse; p = exact two-sided McNemar test.",
+            f"*removed* = harmful under {BASELINE} but not under the method, *caused* = the reverse; p = exact two-sided McNemar test; "
+            f"*cut* = harmful {BASELINE} / harmful method, with its 95% interval for matched pairs (which cuts these items rule out).",
             "",
-            f"| method | task | items | harmful {BASELINE} | harmful method | removed | caused | p |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            f"| method | task | items | harmful {BASELINE} | harmful method | removed | caused | p | cut [95% CI] |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in against_vanilla:
             lines.append(
                 f"| {p['method']} | {p['task'].removeprefix('mm_toxic_qa_')} | {p['n']} | {p['vanilla']} | {p['method_harmful']} | "
-                f"{p['removed']} | {p['caused']} | {p['p']:.3g} |"
+                f"{p['removed']} | {p['caused']} | {p['p']:.3g} | {_cut(p)} |"
             )
     if against_placebo:
         lines += [
@@ -187,14 +199,14 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
             "",
             "The placebo wears the same alphas on the neurons that rank highest under permuted calibration labels: as many "
             "neurons dampened by the same factors, unrelated to toxicity. *removed* = harmful under the placebo but not under "
-            "the method, *caused* = the reverse; p = exact two-sided McNemar test.",
+            "the method, *caused* = the reverse; p = exact two-sided McNemar test; *cut* = harmful placebo / harmful method.",
             "",
-            "| method | placebo | task | items | harmful placebo | harmful method | removed | caused | p |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+            "| method | placebo | task | items | harmful placebo | harmful method | removed | caused | p | cut [95% CI] |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in against_placebo:
             lines.append(
                 f"| {p['method']} | {p['against']} | {p['task'].removeprefix('mm_toxic_qa_')} | {p['n']} | {p['vanilla']} | "
-                f"{p['method_harmful']} | {p['removed']} | {p['caused']} | {p['p']:.3g} |"
+                f"{p['method_harmful']} | {p['removed']} | {p['caused']} | {p['p']:.3g} | {_cut(p)} |"
             )
     return "\n".join(lines) + "\n"

@@ -50,6 +50,9 @@ run_task() {  # $1 task, $2 limit ('' = every item)
   $S --methods det0 --tag answer --model-args $COMMON,glasses=$A,det0_top_k=200
   $S --methods aura,sgm_star --model-args $COMMON,calibration_limit=$CAL
   $S --methods coca --model-args $COMMON  # amendment (PLAN.md): CoCa alone, to tell its share of sgm_star's cut
+  # the two controls PLAN.md added in session 8, each named before it ran: a placebo at AurA's site, a placebo for SGM*
+  $S --methods sgm --tag placebo_site --model-args $COMMON,glasses=$GLASSES/answer_site.safetensors,sgm_placebo=1
+  $S --methods sgm_star --tag placebo --model-args $COMMON,calibration_limit=$CAL,sgm_placebo=1
 }
 what=${1:-all}
 case $what in targeted|all) run_task $TARGETED "" ;; esac
