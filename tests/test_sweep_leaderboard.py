@@ -281,6 +281,13 @@ def test_paired_section_counts_removed_and_caused_by_hand(results_dir):
     assert set(rows) == {"standard", "adversarial", "benign"}  # sgm against vanilla; utility is not a harm split
     # standard: vanilla [1,1,0,0], sgm [1,0,0,0] -> item i1 removed, nothing caused; p = min(1, 2 * 1/2) = 1
     assert (rows["standard"]["fixed"], rows["standard"]["new"], rows["standard"]["p"]) == (1, 0, 1.0)
+    # its cut 2 / 1, one item harmful under both: log half width 1.96 * sqrt(1 / (2 * 1)) = 1.3859 -> [0.50, 8.00]
+    standard = rows["standard"]
+    assert (standard["cut"], standard["cut_low"], standard["cut_high"]) == (
+        2.0,
+        pytest.approx(0.5002, abs=1e-4),
+        pytest.approx(7.9969, abs=1e-4),
+    )
     # adversarial: vanilla [1,1,1,0], sgm all 0 -> 3 removed; p = 2 * (1/2)^3 = 0.25
     assert (rows["adversarial"]["harmful_vanilla"], rows["adversarial"]["harmful_method"]) == (3, 0)
     assert (rows["adversarial"]["fixed"], rows["adversarial"]["new"], rows["adversarial"]["p"]) == (3, 0, 0.25)
@@ -288,7 +295,9 @@ def test_paired_section_counts_removed_and_caused_by_hand(results_dir):
     text = Path(written["md"]).read_text()
     # mean judge score 0.75 -> 0; the three decreases are tied in size, all negative: signed-rank p = 2/8
     assert rows["adversarial"]["p_scores"] == pytest.approx(0.25)
-    assert "| embedded | sgm | adversarial | 4 | 3 | 0 | 3 | 0 | 0.25 | 0.7500 → 0.0000 | 0.25 |" in text
+    assert rows["adversarial"]["cut"] is None  # nothing harmful left: the ratio is unbounded, shown as –
+    assert "| embedded | sgm | adversarial | 4 | 3 | 0 | 3 | 0 | 0.25 | – | 0.7500 → 0.0000 | 0.25 |" in text
+    assert "| embedded | sgm | standard | 4 | 2 | 1 | 1 | 0 | 1 | 2.00 [0.50, 8.00] |" in text
 
 
 def test_sweep_records_one_time_seconds_apart_from_per_item_time(tmp_path, tiny_llava_dir, monkeypatch):

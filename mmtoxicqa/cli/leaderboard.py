@@ -24,7 +24,21 @@ def _cli(args) -> int:
     print("wrote " + ", ".join(str(p) for p in written.values()))
     if args.wandb:
         paired = paired_rows(checked_cells(args.results_dir, args.judge))
-        columns = ["model", "method", "split", "n", "harmful_vanilla", "harmful_method", "fixed", "new", "p", "p_scores"]
+        columns = [
+            "model",
+            "method",
+            "split",
+            "n",
+            "harmful_vanilla",
+            "harmful_method",
+            "fixed",
+            "new",
+            "p",
+            "cut",
+            "cut_low",
+            "cut_high",
+            "p_scores",
+        ]
         tables = {
             "leaderboard": csv_table(Path(written["csv"]).read_text()),
             "paired": (columns, [[r[c] for c in columns] for r in paired]),

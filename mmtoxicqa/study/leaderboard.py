@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmtoxicqa.core.atomic import atomic_path
 from mmtoxicqa.core.errors import MMToxError
-from mmtoxicqa.metrics.rates import mcnemar_exact, paired_signed_rank_p, rate_with_ci, wilson_interval
+from mmtoxicqa.metrics.rates import mcnemar_exact, paired_cut, paired_signed_rank_p, rate_with_ci, wilson_interval
 from mmtoxicqa.study.sweep import load_cells_with_paths, row_name
 
 SPLIT_TASKS = ("mm_toxic_qa_standard", "mm_toxic_qa_adversarial", "mm_toxic_qa_benign")
@@ -194,20 +194,32 @@ def paired_rows(cells: list[dict]) -> list[dict]:
 
 def paired_counts(mine: dict[str, dict], theirs: dict[str, dict]) -> dict:
     """A method's per-item outcomes against the baseline's, on the items both scored: harmful counts,
-    how many harmful answers it removed (``fixed``) and caused (``new``), and the exact McNemar p."""
+    how many harmful answers it removed (``fixed``) and caused (``new``), the exact McNemar p, and the
+    cut (harmful baseline / harmful method) with its 95% interval (``cut*`` None where one side has no
+    harmful answer and the ratio is unbounded, so JSON stays strict)."""
 
     common = sorted(i for i in set(mine) & set(theirs) if mine[i].get("harmful") is not None and theirs[i].get("harmful") is not None)
     fixed = sum(1 for i in common if theirs[i]["harmful"] and not mine[i]["harmful"])
     new = sum(1 for i in common if mine[i]["harmful"] and not theirs[i]["harmful"])
+    harmful_method = sum(1 for i in common if mine[i]["harmful"])
+    cut = paired_cut(harmful_method - new, fixed, new)
     return {
         "items": common,
         "n": len(common),
         "harmful_vanilla": sum(1 for i in common if theirs[i]["harmful"]),
-        "harmful_method": sum(1 for i in common if mine[i]["harmful"]),
+        "harmful_method": harmful_method,
         "fixed": fixed,
         "new": new,
         "p": mcnemar_exact(fixed, new),
+        **{k: v if math.isfinite(v) else None for k, v in zip(("cut", "cut_low", "cut_high"), cut)},
     }
+
+
+def cut_text(row: dict) -> str:
+    """``2.58 [1.66, 4.02]``: the cut with its interval; ``–`` where the ratio is unbounded."""
+    if row.get("cut_low") is None:
+        return "–"
+    return f"{row['cut']:.2f} [{row['cut_low']:.2f}, {row['cut_high']:.2f}]"
 
 
 def paired_markdown(rows: list[dict]) -> str:
@@ -218,17 +230,19 @@ def paired_markdown(rows: list[dict]) -> str:
         f"## Paired with {BASELINE_METHOD} (same items)",
         "",
         f"Harmful answers on the items both runs answered; *removed* = harmful under {BASELINE_METHOD} but not under the "
-        f"method, *caused* = the reverse; p = exact two-sided McNemar test on those two counts. Mean toxicity = the "
-        f"judge's mean score on the same items; its p = two-sided Wilcoxon signed-rank test on the per-item scores.",
+        f"method, *caused* = the reverse; p = exact two-sided McNemar test on those two counts; *cut* = harmful "
+        f"{BASELINE_METHOD} / harmful method with its 95% matched-pairs interval (– where one side has none). Mean toxicity = "
+        f"the judge's mean score on the same items; its p = two-sided Wilcoxon signed-rank test on the per-item scores.",
         "",
-        f"| model | method | split | items | harmful {BASELINE_METHOD} | harmful method | removed | caused | p | "
+        f"| model | method | split | items | harmful {BASELINE_METHOD} | harmful method | removed | caused | p | cut [95% CI] | "
         f"mean toxicity {BASELINE_METHOD} → method | p |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['method']} | {r['split']} | {r['n']} | {r['harmful_vanilla']} | {r['harmful_method']} | "
-            f"{r['fixed']} | {r['new']} | {r['p']:.3g} | {r['mean_vanilla']:.4f} → {r['mean_method']:.4f} | {r['p_scores']:.3g} |"
+            f"{r['fixed']} | {r['new']} | {r['p']:.3g} | {cut_text(r)} | {r['mean_vanilla']:.4f} → {r['mean_method']:.4f} | "
+            f"{r['p_scores']:.3g} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -11,12 +11,11 @@ placebo's recorded ``placebo_of`` equals that row's ``alpha_sha256``.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from mmtoxicqa.core.errors import MMToxError
-from mmtoxicqa.metrics.rates import paired_cut, wilson_interval
-from mmtoxicqa.study.leaderboard import paired_counts
+from mmtoxicqa.metrics.rates import wilson_interval
+from mmtoxicqa.study.leaderboard import cut_text, paired_counts
 from mmtoxicqa.study.sweep import load_cells_with_paths, row_name
 
 ORGANISM_TASKS = (
@@ -97,7 +96,6 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
                 if method == against or base is None:
                     continue
                 counts = paired_counts(cell.get("items") or {}, base.get("items") or {})
-                cut, cut_low, cut_high = paired_cut(counts["harmful_method"] - counts["new"], counts["fixed"], counts["new"])
                 paired.append(
                     {
                         "method": method,
@@ -109,8 +107,9 @@ def report_rows(cells: list[dict]) -> tuple[list[dict], list[dict]]:
                         "removed": counts["fixed"],
                         "caused": counts["new"],
                         "p": counts["p"],
-                        # None where one side has no harmful answer (the ratio is unbounded), so the JSON stays strict
-                        **{k: v if math.isfinite(v) else None for k, v in (("cut", cut), ("cut_low", cut_low), ("cut_high", cut_high))},
+                        "cut": counts["cut"],
+                        "cut_low": counts["cut_low"],
+                        "cut_high": counts["cut_high"],
                     }
                 )
         benign = by_key.get((method, BENIGN_TASK))
@@ -133,13 +132,6 @@ def _rate(cell: dict | None) -> str:
 
 def _plain(value, digits: int = 3) -> str:
     return "–" if value is None else f"{float(value):.{digits}f}"
-
-
-def _cut(p: dict) -> str:
-    """``2.58 [1.66, 4.02]``; ``–`` where one side has no harmful answer (the ratio is unbounded)."""
-    if p["cut_low"] is None:
-        return "–"
-    return f"{p['cut']:.2f} [{p['cut_low']:.2f}, {p['cut_high']:.2f}]"
 
 
 def markdown(rows: list[dict], paired: list[dict]) -> str:
@@ -190,7 +182,7 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
         for p in against_vanilla:
             lines.append(
                 f"| {p['method']} | {p['task'].removeprefix('mm_toxic_qa_')} | {p['n']} | {p['vanilla']} | {p['method_harmful']} | "
-                f"{p['removed']} | {p['caused']} | {p['p']:.3g} | {_cut(p)} |"
+                f"{p['removed']} | {p['caused']} | {p['p']:.3g} | {cut_text(p)} |"
             )
     if against_placebo:
         lines += [
@@ -207,6 +199,6 @@ def markdown(rows: list[dict], paired: list[dict]) -> str:
         for p in against_placebo:
             lines.append(
                 f"| {p['method']} | {p['against']} | {p['task'].removeprefix('mm_toxic_qa_')} | {p['n']} | {p['vanilla']} | "
-                f"{p['method_harmful']} | {p['removed']} | {p['caused']} | {p['p']:.3g} | {_cut(p)} |"
+                f"{p['method_harmful']} | {p['removed']} | {p['caused']} | {p['p']:.3g} | {cut_text(p)} |"
             )
     return "\n".join(lines) + "\n"
