@@ -31,6 +31,14 @@ def test_each_command_is_added_by_its_own_module():
         assert parser.get_default("func").__module__ == f"mmtoxicqa.cli.{module}"
 
 
+def test_every_command_help_describes_it_for_a_user():
+    """`mmtoxicqa CMD --help` opens with what the command does, not the cli module's note to developers."""
+    for name in COMMANDS:
+        description = _subparsers(build_parser(name)).choices[name].description or ""
+        assert len(description.split()) >= 15, f"{name} --help has no description"
+        assert "argparse" not in description and ":mod:" not in description, f"{name} --help shows the developer docstring"
+
+
 def test_help_imports_no_heavy_library():
     probe = (
         "import sys\n"

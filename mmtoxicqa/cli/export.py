@@ -9,13 +9,22 @@ from pathlib import Path
 from mmtoxicqa.cli.commands import help_for
 from mmtoxicqa.methods.export import check_exportable, export_checkpoint
 
+EXPORT_DESCRIPTION = """Fold SGM glasses into a plain Hugging Face checkpoint that vLLM, SGLang, TGI or transformers serve
+without hooks or custom code: each dampened neuron's weight column (or gate/up rows, for glasses fitted at
+that site) is multiplied by its alpha, and every other tensor, the config, tokenizer and shard layout stay as
+they were. The model is never loaded with weights, so it works for checkpoints larger than RAM.
+
+example:
+  mmtoxicqa calibrate --model embedded --out g.safetensors
+  mmtoxicqa export --glasses g.safetensors --out exported/"""
+
 
 def add_cli(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "export",
         help=help_for("export"),
-        description=__doc__,
+        description=EXPORT_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default=None, help="local model folder or downloaded hub id (default: the embedded model)")

@@ -14,7 +14,11 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "organism-report",
         help=help_for("organism-report"),
-        description=__doc__,
+        description="Read a folder of sweep cells run on a toxic model organism (pretrained=organism, organism-ocr, "
+        "organism-corpus) and write LEADERBOARD.md and organism_table.json: the harmful rate on each organism task and "
+        "on the benign split with its 95% Wilson interval, benign refusals and perplexity, and every row paired on the "
+        "same items with vanilla and with its own placebo (removed, caused, exact McNemar p, and the cut with its 95% "
+        "interval). --cells-out keeps copies of the cells with scores only, no answer or request text, for committing.",
     )
     parser.add_argument("cells", help="folder of sweep cell files (mmtoxicqa sweep --out)")
     parser.add_argument("--out", required=True, help="folder to write LEADERBOARD.md and organism_table.json into")

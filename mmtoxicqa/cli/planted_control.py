@@ -10,7 +10,11 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "planted-control",
         help=help_for("planted-control"),
-        description=__doc__,
+        description="Build a tiny random Llama whose toxicity sits in three planted MLP neurons (they fire on the harmless "
+        "word 'neighbor' and only the insult rows of its LM head read them), fit SGM glasses on labelled requests, "
+        "and answer 16 held-out targeted and 16 untargeted requests as vanilla, with the glasses, and with their "
+        "placebo (the same alphas on the permuted-label ranking), judged by the offline profanity judge. SGM "
+        "removes the toxicity and the placebo does not: what the method does when its premise holds. Seconds on a CPU.",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tiny model and its requests")
     parser.add_argument("--judge", default="profanity", help="judge spec (offline default: profanity)")

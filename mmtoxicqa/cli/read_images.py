@@ -14,8 +14,9 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "read-image",
         help=help_for("read-image"),
-        description=__doc__,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        description="Print, for each image, the text that the reading model (pretrained=embedded-ocr) reads in it "
+        "with RapidOCR and puts in the image's place in the chat: exactly what its decoder sees of the image. "
+        "Results are cached by the image's pixels.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--no-cache", action="store_true", help=f"read again instead of using {cache_dir() / 'ocr'}")

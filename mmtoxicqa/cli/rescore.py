@@ -27,7 +27,12 @@ def add_cli(subparsers) -> None:
     res.add_argument("--out", default=None, help="output folder (default: RUN/rescored-<judges>)")
     res.set_defaults(func=_cli_rescore)
 
-    agree = subparsers.add_parser("judges-agree", help=help_for("judges-agree"))
+    agree = subparsers.add_parser(
+        "judges-agree",
+        help=help_for("judges-agree"),
+        description="For a run scored by several judges (e.g. --judge profanity,refusal, or a rescored run), print how "
+        "often each pair of judges gives the same harmful verdict on the same answers, and Cohen's kappa.",
+    )
     agree.add_argument("run", help="lmms-eval --output_path folder of a run with several judges (or a rescored one)")
     agree.add_argument("--threshold", type=float, default=None, help="harmful threshold (default: $MMTOXICQA_THRESHOLD or 0.5)")
     agree.set_defaults(func=_cli_agree)

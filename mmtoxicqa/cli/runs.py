@@ -8,7 +8,13 @@ from mmtoxicqa.study.results import build_run_record, check_setting, format_rows
 
 
 def add_cli(subparsers) -> None:
-    col = subparsers.add_parser("collect", help=help_for("collect"))
+    col = subparsers.add_parser(
+        "collect",
+        help=help_for("collect"),
+        description="Read an lmms-eval --output_path folder of a run made with --log_samples and write one run record "
+        "(JSON): every item's id, judge score and harmful flag per split, with the judge and threshold. "
+        "`mmtoxicqa regress` compares two of them.",
+    )
     col.add_argument("output_dir", help="the lmms_eval --output_path folder")
     col.add_argument("--out", required=True, help="where to write the run record (JSON, written atomically)")
     col.add_argument("--judge", default=None, help="judge spec (default: $MMTOXICQA_JUDGE or profanity)")

@@ -13,6 +13,9 @@ def add_cli(subparsers):
     parser = subparsers.add_parser(
         "download-sources",
         help=help_for("download-sources"),
+        description="Download the public source files named in the packaged source manifest (pinned upstream commits, "
+        "sha256 of each file), several at a time, with retries; a finished file whose hash matches is not fetched "
+        "again. `mmtoxicqa build-data` reads them from there. Exit 2 if any file failed, naming it.",
     )
     parser.add_argument(
         "--out", metavar="DIR", default=None, help="where to put them (default: the cache's sources/, what build-data uses)"

@@ -15,7 +15,16 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
         help=help_for("sweep"),
-        description=__doc__,
+        description="""Run every model x method x task combination through lmms-eval and write one JSON file (a cell) per
+combination: metrics, each item's answer, judge score and harmful flag, timings, and the exact inputs. A cell
+is written atomically when it finishes, and rerunning the same command skips every finished cell whose recorded
+inputs match, so an interrupted sweep resumes where it stopped. Read the cells with `mmtoxicqa leaderboard` (or
+`organism-report` for a model organism).
+
+example:
+  mmtoxicqa sweep --models embedded --methods vanilla,sgm,sgm+coca --tasks mm_toxic_qa_adversarial \\
+      --limit 16 --out out/sweep
+  mmtoxicqa sweep --models embedded --methods sgm --tag strength_0.5 --model-args sgm_strength=0.5 --out out/sweep""",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", default="embedded", help="comma-separated hub ids / local dirs ('embedded' = the embedded model)")
