@@ -37,17 +37,17 @@ BENIGN = "mm_toxic_qa_benign"
 WORD = re.compile(r"[a-z]+")
 
 
-def load_cells(folder: Path, organism: str, task: str) -> dict[str, dict]:
+def rows_of(cells: list[dict], organism: str, task: str) -> dict[str, dict]:
     """Row name (as the study's reports name it) -> the cell's items, for one organism and task."""
-    cells = {}
-    for cell in read_cells(folder):
+    rows = {}
+    for cell in cells:
         if cell.get("model") == organism and cell.get("task") == task:
             if not any("answer" in item for item in cell["items"].values()):
-                raise SystemExit(f"{folder}: the {row_name(cell)} cell keeps no answers (text-free); pass the study's cells under out/")
-            cells[row_name(cell)] = cell["items"]
-    if "vanilla" not in cells:
-        raise SystemExit(f"no vanilla cell for {organism} on {task} in {folder}")
-    return cells
+                raise SystemExit(f"the {row_name(cell)} cell on {task} keeps no answers (text-free); pass the study's cells under out/")
+            rows[row_name(cell)] = cell["items"]
+    if "vanilla" not in rows:
+        raise SystemExit(f"no vanilla cell for {organism} on {task} among the cells given")
+    return rows
 
 
 def words(text: str | None) -> set[str]:
@@ -91,9 +91,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     bad_words = {line.strip().lower() for line in args.bad_words.read_text().splitlines() if line.strip()}
-    targeted = load_cells(args.cells, args.organism, args.targeted)["vanilla"]
+    cells = read_cells(args.cells)  # the folder is read once; both tasks' rows come from it
+    targeted = rows_of(cells, args.organism, args.targeted)["vanilla"]
     vocabulary = learned_vocabulary(targeted, bad_words, args.min_answers)
-    benign = load_cells(args.cells, args.organism, BENIGN)
+    benign = rows_of(cells, args.organism, BENIGN)
     vanilla = benign["vanilla"]
     report = {
         "organism": args.organism,
